@@ -1,0 +1,3 @@
+"""zcron: brokerless distributed cron on ZeroMQ."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from zcron.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""Cluster configuration: TOML file → frozen dataclasses with loopback defaults (spec §2)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from zcron.errors import ConfigError
+
+DEFAULT_PATH = "/etc/zcron/zcron.conf"
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | int | float, where: str = "duration") -> float:
+    """Return seconds for `250ms`, `30s`, `5m`, `2h`, `14d` (or `1h30m`); bare numbers are seconds."""
+    if isinstance(text, bool):
+        raise ConfigError(f"{where}: expected a duration like 30s, got {text!r}")
+    if isinstance(text, int | float):
+        if text < 0:
+            raise ConfigError(f"{where}: duration must not be negative, got {text!r}")
+        return float(text)
+    spec = str(text).strip()
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(spec):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if not spec or pos != len(spec):
+        raise ConfigError(f"{where}: bad duration {text!r} (use e.g. 250ms, 30s, 5m, 2h, 14d)")
+    return total
+
+
+def default_schedules_dir() -> str:
+    """`./etc/zcron.d` when it exists (a checkout), else the installed `/etc/zcron.d`."""
+    return "etc/zcron.d" if os.path.isdir("etc/zcron.d") else "/etc/zcron.d"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    schedulers: dict[str, str] = field(default_factory=lambda: {"a": "tcp://127.0.0.1:7701"})
+    sink: str = "tcp://127.0.0.1:7710"
+    keys: str | None = None
+    heartbeat: float = 0.2
+    peer_timeout: float = 1.0
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    id: str = "a"
+    schedules: str = field(default_factory=default_schedules_dir)
+    state: str = ".zcron/scheduler"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    id: str = field(default_factory=socket.gethostname)
+    pool: tuple[str, ...] = ("default",)
+    slots: int = 4
+    spool: str = ".zcron/worker"
+    drain_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    http: str = "127.0.0.1:9464"
+    data: str = ".zcron/sink"
+    retention: float = 14 * 86400.0
+    job_labels: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    path: str | None = None
+
+    def scheduler_address(self, scheduler_id: str | None = None) -> str:
+        """The address of one configured scheduler (this process's own by default)."""
+        sid = scheduler_id or self.scheduler.id
+        try:
+            return self.cluster.schedulers[sid]
+        except KeyError:
+            raise ConfigError(
+                f"{self.path or 'config'}: scheduler id {sid!r} is not in [cluster] schedulers "
+                f"({', '.join(sorted(self.cluster.schedulers))})"
+            ) from None
+
+    def with_overrides(self, section: str, **values: Any) -> Config:
+        """A copy with command-line values (those not None) replacing the file's."""
+        given = {k: v for k, v in values.items() if v is not None}
+        if not given:
+            return self
+        return replace(self, **{section: replace(getattr(self, section), **given)})
+
+
+_DURATIONS = {"heartbeat", "peer_timeout", "retention", "drain_timeout"}
+_SECTIONS = {
+    "cluster": ClusterConfig,
+    "scheduler": SchedulerConfig,
+    "worker": WorkerConfig,
+    "sink": SinkConfig,
+}
+
+
+def _coerce(section: str, key: str, value: Any, where: str) -> Any:
+    name = f"{where}: [{section}] {key}"
+    if key in _DURATIONS:
+        return parse_duration(value, name)
+    if key == "schedulers":
+        if not isinstance(value, dict) or not value or not all(
+            isinstance(v, str) for v in value.values()
+        ):
+            raise ConfigError(f"{name}: expected a table of id = \"tcp://host:port\"")
+        return dict(value)
+    if key == "pool":
+        pools = [value] if isinstance(value, str) else value
+        if not isinstance(pools, list) or not pools or not all(isinstance(p, str) for p in pools):
+            raise ConfigError(f"{name}: expected a pool name or a list of them")
+        return tuple(pools)
+    if key == "slots":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name}: expected a whole number >= 1, got {value!r}")
+        return value
+    if key in ("insecure", "job_labels"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def _section(section: str, table: Any, where: str) -> Any:
+    cls = _SECTIONS[section]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [{section}] must be a table")
+    known = {f.name for f in fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(
+                f"{where}: unknown key [{section}] {key} (known: {', '.join(sorted(known))})"
+            )
+        values[key] = _coerce(section, key, value, where)
+    return cls(**values)
+
+
+def parse_config(text: str, where: str = "config") -> Config:
+    """Parse TOML text into a Config; every unknown key or bad value is a ConfigError."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    unknown = set(doc) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown section [{sorted(unknown)[0]}] (known: {', '.join(_SECTIONS)})"
+        )
+    parts = {name: _section(name, doc[name], where) for name in _SECTIONS if name in doc}
+    config = Config(path=where, **parts)
+    if config.cluster.heartbeat <= 0 or config.cluster.peer_timeout <= config.cluster.heartbeat:
+        raise ConfigError(f"{where}: [cluster] peer_timeout must exceed heartbeat (> 0)")
+    return config
+
+
+def config_path(explicit: str | None) -> str | None:
+    """`-c FILE`, else $ZCRON_CONFIG, else /etc/zcron/zcron.conf when present, else None."""
+    if explicit:
+        return explicit
+    if os.environ.get("ZCRON_CONFIG"):
+        return os.environ["ZCRON_CONFIG"]
+    return DEFAULT_PATH if os.path.exists(DEFAULT_PATH) else None
+
+
+def load_config(explicit: str | None = None) -> Config:
+    """Load the configuration the spec's lookup order names, or the loopback defaults."""
+    path = config_path(explicit)
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    return parse_config(text, path)
+
+
+def port_after(address: str, offset: int) -> str:
+    """The address `offset` ports after `address` (a process's further sockets)."""
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + offset}"

@@ -1,0 +1,63 @@
+"""Socket factory: every zcron socket gets linger 0, bounded queues and a message size cap."""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlparse
+
+import zmq
+
+from zcron.errors import ConfigError
+from zcron.protocol import MAX_MESSAGE_BYTES
+
+DEFAULT_HWM = 10_000
+
+
+def is_loopback(address: str) -> bool:
+    """True when a tcp:// address names a loopback host (ipc:// and inproc:// count too)."""
+    parsed = urlparse(address)
+    if parsed.scheme in ("ipc", "inproc"):
+        return True
+    host = parsed.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(address: str, insecure: bool, keys: str | None) -> None:
+    """Refuse a non-loopback bind without CURVE keys unless told insecure (spec §7)."""
+    if keys or insecure or is_loopback(address):
+        return
+    raise ConfigError(
+        f"refusing to bind {address}: not loopback and [cluster] keys is not set; "
+        "anyone who reaches this port could run commands. Set keys, or --insecure / insecure = true"
+    )
+
+
+def make_socket(
+    ctx: zmq.Context, kind: int, identity: str | None = None, hwm: int = DEFAULT_HWM
+) -> zmq.Socket:
+    """A socket with zcron's defaults; the caller binds or connects it."""
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity.encode())
+    if kind == zmq.ROUTER:
+        # A reply to a peer that vanished is dropped instead of raising.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+    return sock
+
+
+def bind(sock: zmq.Socket, address: str, insecure: bool = False, keys: str | None = None) -> None:
+    """Bind after the loopback rule; a taken port is a clear runtime error."""
+    check_bind(address, insecure, keys)
+    try:
+        sock.bind(address)
+    except zmq.ZMQError as exc:
+        raise ConfigError(f"cannot bind {address}: {exc}") from None

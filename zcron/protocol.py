@@ -1,0 +1,165 @@
+"""Wire messages: small versioned msgpack maps, defined and validated in this one place.
+
+Every message is a map {"v": VERSION, "t": TYPE, ...fields}. `decode` checks the version,
+the type, every field's type and size, and rejects unknown fields, raising ProtocolError
+with a short `reason` that labels `zcron_rejected_messages_total`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from zcron.errors import ProtocolError
+
+VERSION = 1
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_NAME = 256
+MAX_TEXT = 64 * 1024
+STATUSES = ("ok", "failed", "timeout", "killed", "lost", "skipped", "missed", "refused")
+
+NUM = (int, float)
+OPT_NUM = (int, float, type(None))
+OPT_STR = (str, type(None))
+OPT_INT = (int, type(None))
+
+# field -> (accepted types, required, max length for str/list/dict)
+RECORD = {
+    "run_id": (str, True, MAX_NAME),
+    "job": (str, True, MAX_NAME),
+    "tick": (NUM, True, 0),
+    "attempt": (int, True, 0),
+    "scheduler": (OPT_STR, True, MAX_NAME),
+    "worker": (OPT_STR, True, MAX_NAME),
+    "pool": (str, True, MAX_NAME),
+    "dispatched": (OPT_NUM, True, 0),
+    "started": (OPT_NUM, True, 0),
+    "finished": (OPT_NUM, True, 0),
+    "exit_code": (OPT_INT, True, 0),
+    "signal": (OPT_INT, True, 0),
+    "status": (str, True, 16),
+    "stdout_tail": (str, True, MAX_TEXT),
+    "stderr_tail": (str, True, MAX_TEXT),
+}
+
+SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
+    # worker -> scheduler: free slots (credit) and liveness; `seen` counts jobs received
+    "ready": {
+        "worker": (str, True, MAX_NAME),
+        "pools": (list, True, 64),
+        "slots": (int, True, 0),
+        "free": (int, True, 0),
+        "seen": (int, True, 0),
+        "running": (list, True, 4096),
+    },
+    # scheduler -> worker: one attempt of one tick
+    "job": {
+        "run_id": (str, True, MAX_NAME),
+        "job": (str, True, MAX_NAME),
+        "tick": (NUM, True, 0),
+        "attempt": (int, True, 0),
+        "scheduler": (str, True, MAX_NAME),
+        "pool": (str, True, MAX_NAME),
+        "command": ((str, list), True, MAX_TEXT),
+        "shell": (str, True, 4096),
+        "user": (OPT_STR, True, MAX_NAME),
+        "env": (dict, True, 1024),
+        "cwd": (OPT_STR, True, 4096),
+        "timeout": (OPT_NUM, True, 0),
+        "on_timeout": (str, True, 16),
+        "dispatched": (NUM, True, 0),
+    },
+    # worker -> scheduler: a run ended (frees overlap state)
+    "finished": {
+        "run_id": (str, True, MAX_NAME),
+        "job": (str, True, MAX_NAME),
+        "status": (str, True, 16),
+    },
+    # worker or scheduler -> sink: one run record (spec §5)
+    "result": {"record": (dict, True, 64)},
+    # sink -> sender: these run ids are stored durably
+    "ack": {"run_ids": (list, True, 10000)},
+    # scheduler -> sink: the jobs this scheduler knows and their next ticks
+    "jobs": {
+        "scheduler": (str, True, MAX_NAME),
+        "jobs": (list, True, 1_000_000),
+        "sent": (NUM, True, 0),
+    },
+    # command line -> scheduler, and the reply
+    "request": {"op": (str, True, 32), "args": (dict, True, 64)},
+    "reply": {"ok": (bool, True, 0), "error": (OPT_STR, True, MAX_TEXT), "body": (object, True, 0)},
+}
+
+
+def _check_fields(values: Any, schema: dict, where: str) -> None:
+    if not isinstance(values, dict):
+        raise ProtocolError("malformed", f"{where} is not a map")
+    for name in values:
+        if name not in schema:
+            raise ProtocolError("unknown_field", f"{where}.{name!s:.40}")
+    for name, (types, required, limit) in schema.items():
+        if name not in values:
+            if required:
+                raise ProtocolError("missing_field", f"{where}.{name}")
+            continue
+        value = values[name]
+        if isinstance(value, bool) and types in (int, NUM, OPT_NUM, OPT_INT):
+            raise ProtocolError("bad_field", f"{where}.{name} is a bool")
+        if not isinstance(value, types):
+            raise ProtocolError("bad_field", f"{where}.{name} has type {type(value).__name__}")
+        if limit and isinstance(value, str | list | dict) and len(value) > limit:
+            raise ProtocolError("too_large", f"{where}.{name} longer than {limit}")
+
+
+def _check_nested(kind: str, msg: dict) -> None:
+    if kind == "result":
+        _check_fields(msg["record"], RECORD, "record")
+        if msg["record"]["status"] not in STATUSES:
+            raise ProtocolError("bad_field", "record.status")
+    elif kind == "job":
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in msg["env"].items()):
+            raise ProtocolError("bad_field", "job.env must map strings to strings")
+        command = msg["command"]
+        if isinstance(command, list) and not (command and all(isinstance(a, str) for a in command)):
+            raise ProtocolError("bad_field", "job.command list must hold strings")
+    elif kind in ("ready", "ack") and not all(
+        isinstance(v, str) for v in msg["pools" if kind == "ready" else "run_ids"]
+    ):
+        raise ProtocolError("bad_field", f"{kind} list must hold strings")
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    """Encode one message; the fields must satisfy the type's schema."""
+    msg = {"v": VERSION, "t": kind, **fields}
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def decode(frame: bytes) -> tuple[str, dict]:
+    """Decode and validate one frame into (type, fields); raise ProtocolError otherwise."""
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"{len(frame)} bytes")
+    try:
+        msg = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError("malformed", type(exc).__name__) from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("malformed", "not a map")
+    if msg.get("v") != VERSION:
+        raise ProtocolError("version", f"version {msg.get('v')!r:.20}")
+    kind = msg.get("t")
+    schema = SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise ProtocolError("unknown_type", f"{kind!r:.40}")
+    fields = {k: v for k, v in msg.items() if k not in ("v", "t")}
+    _check_fields(fields, schema, kind)
+    _check_nested(kind, fields)
+    return kind, fields
+
+
+def record(**values: Any) -> dict:
+    """A run record (spec §5) with every field present; unset times and codes are None."""
+    base = {name: None for name in RECORD}
+    base.update(stdout_tail="", stderr_tail="", attempt=1, pool="default")
+    base.update(values)
+    return base
