@@ -1,0 +1,164 @@
+"""Test harness: free ports, config files, real zcron processes, waiting on conditions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports that were free on 127.0.0.1 a moment ago."""
+    socks, ports = [], []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        socks.append(sock)
+        ports.append(sock.getsockname()[1])
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Cluster:
+    """Addresses and paths of one test cluster on loopback."""
+
+    root: Path
+    schedulers: dict[str, int]
+    sink_port: int
+    http_port: int
+    extra: str = ""
+    config_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config_path = self.root / "zcron.conf"
+        (self.root / "zcron.d").mkdir(exist_ok=True)
+        self.write_config()
+
+    @property
+    def schedules(self) -> Path:
+        return self.root / "zcron.d"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def write_config(self) -> None:
+        peers = ", ".join(f'{sid} = "tcp://127.0.0.1:{port}"' for sid, port in self.schedulers.items())
+        self.config_path.write_text(
+            f"""[cluster]
+schedulers = {{ {peers} }}
+sink = "tcp://127.0.0.1:{self.sink_port}"
+heartbeat = "100ms"
+peer_timeout = "600ms"
+
+[scheduler]
+schedules = "{self.schedules}"
+state = "{self.root}/scheduler"
+
+[worker]
+slots = 8
+spool = "{self.root}/worker"
+
+[sink]
+http = "127.0.0.1:{self.http_port}"
+data = "{self.root}/sink"
+{self.extra}"""
+        )
+
+    def get_json(self, path: str) -> Any:
+        with urllib.request.urlopen(self.http + path, timeout=5) as response:
+            return json.loads(response.read())
+
+    def runs(self, **params: Any) -> list[dict]:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        try:
+            return self.get_json(f"/api/runs?{query}")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return []
+
+
+def make_cluster(root: Path, scheduler_ids: tuple[str, ...] = ("a",), extra: str = "") -> Cluster:
+    ports = free_ports(len(scheduler_ids) * 2 + 2)
+    return Cluster(
+        root=root,
+        schedulers={sid: ports[2 * i] for i, sid in enumerate(scheduler_ids)},
+        sink_port=ports[-2],
+        http_port=ports[-1],
+        extra=extra,
+    )
+
+
+class Processes:
+    """Starts real zcron processes and stops every one of them by pid."""
+
+    def __init__(self, logdir: Path):
+        self.logdir = logdir
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, *args: str, name: str | None = None, **kwargs: Any) -> subprocess.Popen:
+        name = name or args[0]
+        log = open(self.logdir / f"{name}-{len(self.started)}.log", "wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "zcron", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            **kwargs,
+        )
+        proc.log_path = log.name  # type: ignore[attr-defined]
+        self.started.append(proc)
+        return proc
+
+    def log(self, proc: subprocess.Popen) -> str:
+        return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+
+    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        """Signal the process and wait for it; SIGKILL its whole group if it does not exit."""
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill_group(proc)
+        return proc.returncode
+
+    def kill_group(self, proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            if proc.poll() is None:
+                self.stop(proc, timeout=5)
+            self.kill_group(proc)  # jobs the process left behind in its session
