@@ -95,6 +95,12 @@ data = "{self.root}/sink"
         with urllib.request.urlopen(self.http + path, timeout=5) as response:
             return json.loads(response.read())
 
+    def get_json_or_none(self, path: str) -> Any:
+        try:
+            return self.get_json(path)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+
     def runs(self, **params: Any) -> list[dict]:
         query = "&".join(f"{k}={v}" for k, v in params.items())
         try:
@@ -162,3 +168,32 @@ class Processes:
             if proc.poll() is None:
                 self.stop(proc, timeout=5)
             self.kill_group(proc)  # jobs the process left behind in its session
+
+
+def tick_counts(records: list[dict], job: str, first: float, last: float, step: float = 1.0
+                ) -> dict[float, int]:
+    """For every expected instant of `job` in [first, last], how many distinct runs match it.
+
+    Zero is a missed tick, two a duplicate; only first attempts count.
+    """
+    expected = {round(first + i * step, 6): set() for i in range(int((last - first) / step) + 1)}
+    for rec in records:
+        if rec["job"] == job and rec["attempt"] == 1 and round(rec["tick"], 6) in expected:
+            expected[round(rec["tick"], 6)].add(rec["run_id"])
+    return {tick: len(run_ids) for tick, run_ids in expected.items()}
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of a process, from /proc."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(p) for p in path.read_text().split()]
+    except OSError:
+        return []
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

@@ -17,7 +17,7 @@ Usage:
 Options:
   -c FILE, --config FILE  Configuration file (else $ZCRON_CONFIG, else /etc/zcron/zcron.conf).
   --schedules DIR         Schedule directory (default ./etc/zcron.d when it exists).
-  --data DIR              Where `up` keeps its state, spool and LMDB [default: .zcron].
+  --data DIR              Where `up` keeps its state, spool and LMDB (default .zcron).
   --http ADDR             The sink's HTTP address (host:port).
   --slots N               Jobs a worker runs at once.
   --id NAME               This process's id (a key of [cluster] schedulers for a scheduler).

@@ -198,3 +198,28 @@ def port_after(address: str, offset: int) -> str:
     """The address `offset` ports after `address` (a process's further sockets)."""
     host, _, port = address.rpartition(":")
     return f"{host}:{int(port) + offset}"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def dump_config(config: Config) -> str:
+    """TOML text that parse_config reads back as the same configuration."""
+    lines = []
+    for section in _SECTIONS:
+        lines.append(f"[{section}]")
+        for item in fields(getattr(config, section)):
+            value = getattr(getattr(config, section), item.name)
+            if value is not None:
+                lines.append(f"{item.name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)

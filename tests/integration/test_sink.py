@@ -1,0 +1,308 @@
+"""A real sink process on loopback: results acked after commit, HTTP API, metrics, restarts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.harness import Cluster, Processes, make_cluster, wait_until
+from zcron.errors import ProtocolError
+from zcron.http import merge_jobs
+from zcron.protocol import decode, encode, record
+from zcron.sink import Reports, check_job_entry
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)  # closes the sockets a test left open
+
+
+def start_sink(procs: Processes, cluster: Cluster) -> subprocess.Popen:
+    """Start `zcron sink` and wait until its HTTP side answers."""
+    proc = procs.start("sink", "-c", str(cluster.config_path))
+    wait_until(lambda: answers(cluster) or proc.poll() is not None, 10, "sink HTTP")
+    assert proc.poll() is None, procs.log(proc)
+    return proc
+
+
+def answers(cluster: Cluster) -> bool:
+    try:
+        cluster.get_json("/api/jobs")
+    except (urllib.error.URLError, ConnectionError):
+        return False
+    return True
+
+
+def connect(ctx: zmq.Context, cluster: Cluster, identity: str = "w1") -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, identity.encode())
+    sock.connect(f"tcp://127.0.0.1:{cluster.sink_port}")
+    return sock
+
+
+def run_record(n: int, job: str = "backup", status: str = "ok", base: float = 0.0) -> dict:
+    tick = (base or time.time() - 100) + n
+    return record(
+        run_id=f"{job}-{n}",
+        job=job,
+        tick=tick,
+        scheduler="a",
+        worker="w1",
+        dispatched=tick + 0.0004,
+        started=tick + 0.0011,
+        finished=tick + 0.0153,
+        exit_code=0 if status == "ok" else 1,
+        status=status,
+    )
+
+
+def acked(sock: zmq.Socket, want: set[str], timeout: float = 5.0) -> set[str]:
+    """Collect acked run ids until `want` is covered or the timeout passes."""
+    got: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while not want <= got and sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+        kind, fields = decode(sock.recv())
+        assert kind == "ack"
+        got |= set(fields["run_ids"])
+    return got
+
+
+def deliver(sock: zmq.Socket, records: list[dict]) -> None:
+    for rec in records:
+        sock.send(encode("result", record=rec))
+    want = {rec["run_id"] for rec in records}
+    assert acked(sock, want) >= want
+
+
+def metric_samples(cluster: Cluster) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(cluster.http + "/metrics", timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def http_error(cluster: Cluster, path: str) -> tuple[int, dict]:
+    with pytest.raises(urllib.error.HTTPError) as info:
+        cluster.get_json(path)
+    return info.value.code, json.loads(info.value.read())
+
+
+def test_results_are_acked_and_listed_newest_first(
+    procs: Processes, cluster: Cluster, ctx: zmq.Context
+) -> None:
+    start_sink(procs, cluster)
+    sock = connect(ctx, cluster)
+    base = time.time() - 100
+    records = [run_record(n, base=base) for n in (3, 1, 2)]
+    records += [run_record(4, job="report", status="failed", base=base)]
+    deliver(sock, records)
+    assert [r["run_id"] for r in cluster.runs()] == ["report-4", "backup-3", "backup-2", "backup-1"]
+    assert cluster.runs()[1] == records[0]
+    assert [r["run_id"] for r in cluster.runs(job="backup", limit=2)] == ["backup-3", "backup-2"]
+    assert [r["run_id"] for r in cluster.runs(status="failed")] == ["report-4"]
+    since, until = base + 1.5, base + 3.5
+    assert [r["run_id"] for r in cluster.runs(since=since, until=until)] == ["backup-3", "backup-2"]
+    assert cluster.runs(since="2100-01-01T00:00:00Z") == []
+
+
+def test_resent_record_is_acked_again_and_stored_once(
+    procs: Processes, cluster: Cluster, ctx: zmq.Context
+) -> None:
+    start_sink(procs, cluster)
+    sock = connect(ctx, cluster)
+    rec = run_record(1)
+    deliver(sock, [rec])
+    deliver(sock, [rec])
+    assert len(cluster.runs()) == 1
+    got = metric_samples(cluster)
+    assert got[("zcron_runs_total", (("job_name", "backup"), ("status", "ok")))] == 1
+    assert got[("zcron_sink_records", ())] == 1
+
+
+def test_garbage_is_counted_and_the_sink_keeps_serving(
+    procs: Processes, cluster: Cluster, ctx: zmq.Context
+) -> None:
+    start_sink(procs, cluster)
+    sock = connect(ctx, cluster)
+    good = encode("result", record=run_record(1))
+    sock.send(b"\xc1 not msgpack")
+    sock.send(good[:-5])
+    sock.send(msgpack.packb({"v": 1, "t": "launch-missiles"}))
+    sock.send_multipart([b"", good])
+    sock.send(encode("ack", run_ids=["x"]))
+    sock.send(encode("result", record={**run_record(2), "status": "great"}))
+    sock.send(encode("result", record={**run_record(4), "finished": float("nan")}))
+    deliver(sock, [run_record(3)])
+    got = metric_samples(cluster)
+
+    def rejected(reason: str) -> float:
+        return got.get(("zcron_rejected_messages_total", (("reason", reason),)), 0)
+
+    assert rejected("malformed") == 3
+    assert rejected("unknown_type") == 1
+    assert rejected("unexpected_type") == 1
+    assert rejected("bad_field") == 2
+    assert [r["run_id"] for r in cluster.runs()] == ["backup-3"]
+
+
+def test_bad_parameters_are_400_with_a_message(procs: Processes, cluster: Cluster) -> None:
+    start_sink(procs, cluster)
+    assert http_error(cluster, "/api/runs?limit=x") == (
+        400,
+        {"error": "limit: expected a whole number 1..10000, got 'x'"},
+    )
+    code, body = http_error(cluster, "/api/runs?status=fine")
+    assert code == 400 and body["error"].startswith("status: expected one of ok, failed")
+    code, body = http_error(cluster, "/api/runs?since=yesterday")
+    assert code == 400 and "since" in body["error"]
+    assert http_error(cluster, "/api/nothing")[0] == 404
+
+
+def test_metrics_show_runs_lateness_and_slots(
+    procs: Processes, cluster: Cluster, ctx: zmq.Context
+) -> None:
+    start_sink(procs, cluster)
+    sock = connect(ctx, cluster)
+    sock.send(
+        encode("ready", worker="w1", pools=["default"], slots=4, free=3, seen=1, running=["x"])
+    )
+    deliver(sock, [run_record(1), run_record(2, job="nightly", status="missed")])
+    free = ("zcron_worker_slots", (("pool", "default"), ("state", "free")))
+    got = wait_until(lambda: (s := metric_samples(cluster)).get(free) == 3 and s, 5, "slots")
+    assert got[("zcron_runs_total", (("job_name", "backup"), ("status", "ok")))] == 1
+    assert got[("zcron_missed_ticks_total", (("job_name", "nightly"),))] == 1
+    assert got[("zcron_dispatch_lateness_seconds_bucket", (("le", "0.002"),))] == 2
+    assert got[("zcron_worker_slots", (("pool", "default"), ("state", "busy")))] == 1
+    assert got[("zcron_job_last_success_timestamp_seconds", (("job_name", "backup"),))] > 0
+    assert got[("zcron_schedulers", (("state", "dead"),))] == 1
+
+
+def test_jobs_report_shows_in_api_jobs(
+    procs: Processes, cluster: Cluster, ctx: zmq.Context
+) -> None:
+    start_sink(procs, cluster)
+    sock = connect(ctx, cluster, identity="scheduler-a")
+    next_tick = time.time() + 60
+    job = {
+        "name": "backup",
+        "schedule": "0 3 * * *",
+        "timezone": "UTC",
+        "pool": "default",
+        "enabled": True,
+        "source": "etc/zcron.d/backup.toml:1",
+        "next_tick": next_tick,
+    }
+    sock.send(encode("jobs", scheduler="a", jobs=[job], sent=time.time()))
+    deliver(sock, [run_record(1), run_record(2, job="pushed-once")])
+
+    def both_jobs() -> list[dict] | None:
+        jobs = cluster.get_json("/api/jobs")
+        return jobs if len(jobs) == 2 else None
+
+    jobs = wait_until(both_jobs, 5, "two jobs in /api/jobs")
+    backup, pushed = jobs
+    assert backup["job"] == "backup" and backup["schedule"] == "0 3 * * *"
+    assert backup["next_tick"] == next_tick and backup["schedulers"] == ["a"]
+    assert backup["last_run"]["status"] == "ok" and backup["last_success"] is not None
+    assert pushed["job"] == "pushed-once" and pushed["schedule"] is None
+    live = ("zcron_schedulers", (("state", "live"),))
+    wait_until(lambda: metric_samples(cluster).get(live) == 1, 5, "scheduler a live")
+
+
+def test_sigterm_stops_cleanly(procs: Processes, cluster: Cluster) -> None:
+    proc = start_sink(procs, cluster)
+    assert procs.stop(proc, signal.SIGTERM) == 0
+    assert "dashboard http://127.0.0.1:" in procs.log(proc)
+
+
+def test_acked_records_survive_sigkill(
+    procs: Processes, cluster: Cluster, ctx: zmq.Context
+) -> None:
+    proc = start_sink(procs, cluster)
+    sock = connect(ctx, cluster)
+    records = [run_record(n) for n in range(200)]
+    deliver(sock, records)
+    procs.stop(proc, signal.SIGKILL)
+    start_sink(procs, cluster)
+    assert len(cluster.runs(limit=1000)) == 200
+    got = metric_samples(cluster)
+    assert got[("zcron_sink_records", ())] == 200
+    last = records[-1]["finished"]
+    assert got[("zcron_job_last_success_timestamp_seconds", (("job_name", "backup"),))] == last
+
+
+def test_dashboard_is_served_as_html(procs: Processes, cluster: Cluster) -> None:
+    start_sink(procs, cluster)
+    with urllib.request.urlopen(cluster.http + "/", timeout=5) as response:
+        assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+        page = response.read().decode()
+    assert "<title>zcron dashboard</title>" in page
+    assert "http://" not in page and "https://" not in page
+
+
+def test_records_past_retention_are_purged(
+    procs: Processes, tmp_path: Path, ctx: zmq.Context
+) -> None:
+    cluster = make_cluster(tmp_path, extra='retention = "1h"\n')
+    start_sink(procs, cluster)
+    sock = connect(ctx, cluster)
+    deliver(sock, [run_record(1, base=time.time() - 7200), run_record(2)])
+    records = ("zcron_sink_records", ())
+    wait_until(lambda: metric_samples(cluster)[records] == 1, 10, "the old record purged")
+    assert [r["run_id"] for r in cluster.runs()] == ["backup-2"]
+
+
+def test_silent_schedulers_count_dead_and_silent_workers_vanish() -> None:
+    reports = Reports(configured=["a", "b"])
+    reports.note_jobs({"scheduler": "a", "sent": 1.0, "jobs": [{"name": "j"}]}, now=100.0)
+    reports.note_worker(
+        {"worker": "w", "pools": ["db", "db"], "slots": 4, "free": 1, "seen": 0, "running": []},
+        now=100.0,
+    )
+    assert reports.scheduler_states(now=109.0) == (1, 1)
+    assert reports.slots() == ({("db", "busy"): 3, ("db", "free"): 1}, 1)
+    reports.expire(now=106.0)
+    assert reports.slots() == ({}, 0)
+    assert reports.scheduler_states(now=111.0) == (0, 2)
+    assert [r["live"] for r in reports.snapshot(now=111.0)] == [False]
+
+
+def test_jobs_entry_without_a_name_is_rejected_and_odd_fields_are_dropped() -> None:
+    with pytest.raises(ProtocolError):
+        check_job_entry({"schedule": "* * * * *"})
+    entry = check_job_entry({"name": "j", "next_tick": True, "pool": ["x"], "extra": 1})
+    assert entry["next_tick"] is None and entry["pool"] is None and "extra" not in entry
+
+
+def test_api_jobs_prefers_live_reports_and_adds_store_only_jobs() -> None:
+    reports = [
+        {"scheduler": "b", "seen": 5.0, "live": False, "jobs": [{"name": "j", "schedule": "old"}]},
+        {"scheduler": "a", "seen": 1.0, "live": True, "jobs": [{"name": "j", "schedule": "new"}]},
+    ]
+    last = {"k": {"last_run": None, "last_success": 3.0}}
+    rows = merge_jobs(reports, last)
+    assert [(r["job"], r["schedule"], r["schedulers"]) for r in rows] == [
+        ("j", "new", ["a"]),
+        ("k", None, []),
+    ]
+    assert rows[1]["last_success"] == 3.0

@@ -1,0 +1,221 @@
+"""The client commands: check, next, run, push, status, runs, keygen."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import zmq
+
+from zcron import protocol
+from zcron.config import Config, load_config, parse_duration
+from zcron.errors import ConfigError, ProtocolError, ZcronError
+from zcron.schedule import Job, load_paths
+
+REQUEST_TIMEOUT_MS = 2000
+
+
+def _iso(instant: float, tz: str) -> str:
+    return datetime.fromtimestamp(instant, ZoneInfo(tz)).isoformat(timespec="seconds")
+
+
+def fire_times(job: Job, count: int, after: float) -> list[float]:
+    times: list[float] = []
+    instant: float | None = after
+    while len(times) < count and (instant := job.next_after(instant)) is not None:
+        times.append(instant)
+    return times
+
+
+def cmd_check(args: dict) -> int:
+    config = load_config(args.get("--config"))
+    paths = args.get("PATH") or [config.scheduler.schedules]
+    result = load_paths(paths)
+    now = time.time()
+    for job in sorted(result.jobs.values(), key=lambda j: j.source):
+        nexts = ", ".join(_iso(t, job.timezone) for t in fire_times(job, 3, now))
+        print(f"{job.source}  {job.name}  [{job.schedule}] {job.timezone}  next: {nexts or 'never'}")
+    for error in result.errors:
+        print(f"error: {error}", file=sys.stderr)
+    print(f"{len(result.jobs)} jobs, {len(result.errors)} errors", file=sys.stderr)
+    return 2 if result.errors else 0
+
+
+def cmd_next(args: dict) -> int:
+    config = load_config(args.get("--config"))
+    count = _positive_int(args.get("-n") or "5", "-n")
+    result = load_paths([config.scheduler.schedules])
+    names = [args["JOB"]] if args.get("JOB") else sorted(result.jobs)
+    if args.get("JOB") and args["JOB"] not in result.jobs:
+        raise ConfigError(f"no job named {args['JOB']!r} in {config.scheduler.schedules}")
+    now = time.time()
+    for name in names:
+        job = result.jobs[name]
+        print(f"{name}  [{job.schedule}] {job.timezone}")
+        for instant in fire_times(job, count, now):
+            print(f"  {_iso(instant, job.timezone)}  {_iso(instant, 'UTC')}  {instant:.0f}")
+    return 0
+
+
+def _positive_int(text: str, option: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{option}: expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def request(config: Config, op: str, args: dict, scheduler_id: str) -> dict:
+    """Send one request to one scheduler and return its reply (ZcronError when none)."""
+    address = config.scheduler_address(scheduler_id)
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(address)
+        sock.send(protocol.encode("request", op=op, args=args))
+        if not sock.poll(REQUEST_TIMEOUT_MS):
+            raise ZcronError(f"scheduler {scheduler_id} at {address} did not answer")
+        kind, reply = protocol.decode(sock.recv())
+    except ProtocolError as exc:
+        raise ZcronError(f"scheduler {scheduler_id} at {address}: bad reply: {exc}") from None
+    finally:
+        sock.close()
+    if kind != "reply":
+        raise ZcronError(f"scheduler {scheduler_id} at {address}: unexpected {kind!r}")
+    return reply
+
+
+def ask_any(config: Config, op: str, args: dict) -> dict:
+    """Ask the schedulers in turn until one accepts the request."""
+    errors = []
+    for sid in config.cluster.schedulers:
+        try:
+            reply = request(config, op, args, sid)
+        except ZcronError as exc:
+            errors.append(str(exc))
+            continue
+        if reply["ok"]:
+            return reply["body"]
+        errors.append(f"scheduler {sid}: {reply['error']}")
+    raise ZcronError("; ".join(errors))
+
+
+def cmd_run(args: dict) -> int:
+    config = load_config(args.get("--config"))
+    body = ask_any(config, "run", {"job": args["JOB"]})
+    print(f"fired {body['job']} at {_iso(body['tick'], 'UTC')} ({body['tick']:.6f})")
+    return 0
+
+
+def parse_time(text: str, option: str) -> float:
+    """Unix seconds, ISO 8601 (naive = UTC), or a duration meaning that long ago."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    except ValueError:
+        pass
+    try:
+        return time.time() - parse_duration(text, option)
+    except ConfigError:
+        raise ConfigError(f"{option}: expected ISO 8601, Unix seconds or a duration, got {text!r}")
+
+
+def cmd_push(args: dict) -> int:
+    config = load_config(args.get("--config"))
+    at = time.time()
+    if args.get("--at"):
+        at = parse_time(args["--at"], "--at")
+    elif args.get("--in"):
+        at += parse_duration(args["--in"], "--in")
+    timeout = parse_duration(args["--timeout"], "--timeout") if args.get("--timeout") else None
+    if not args.get("COMMAND"):
+        raise ConfigError("push: give the command after --")
+    body = ask_any(config, "push", {"command": args["COMMAND"], "pool": args.get("--pool")
+                                    or "default", "at": at, "timeout": timeout})
+    print(f"pushed {body['job']} (run {body['run_id']}) for {_iso(body['tick'], 'UTC')}")
+    return 0
+
+
+def cmd_status(args: dict) -> int:
+    config = load_config(args.get("--config"))
+    views = {}
+    for sid in config.cluster.schedulers:
+        try:
+            reply = request(config, "status", {}, sid)
+            views[sid] = {"state": "live", **(reply["body"] or {})}
+        except ZcronError as exc:
+            views[sid] = {"state": "dead", "error": str(exc)}
+    if args.get("--json"):
+        print(json.dumps({"schedulers": views}, sort_keys=True))
+    else:
+        _print_status(views)
+    return 0 if any(v["state"] == "live" for v in views.values()) else 1
+
+
+def _print_status(views: dict) -> None:
+    digests = {v.get("digest") for v in views.values() if v["state"] == "live"}
+    for sid, view in views.items():
+        if view["state"] != "live":
+            print(f"scheduler {sid}: dead ({view['error']})")
+            continue
+        agree = "agrees" if len(digests) == 1 else "DIFFERS"
+        print(f"scheduler {sid}: live, {view['jobs']} jobs, digest {view['digest']} ({agree})")
+        for pool, slots in sorted(view["pools"].items()):
+            print(f"  pool {pool}: {slots['workers']} workers, {slots['free']}/{slots['slots']} "
+                  "slots free")
+        for error in view.get("errors", []):
+            print(f"  schedule error: {error}")
+
+
+def cmd_runs(args: dict) -> int:
+    config = load_config(args.get("--config"))
+    params = {"limit": str(_positive_int(args.get("--limit") or "20", "--limit"))}
+    if args.get("JOB"):
+        params["job"] = args["JOB"]
+    if args.get("--since"):
+        params["since"] = f"{parse_time(args['--since'], '--since'):.6f}"
+    url = f"http://{config.sink.http}/api/runs?{urllib.parse.urlencode(params)}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            runs = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise ZcronError(f"{url}: {exc.code} {exc.read().decode(errors='replace')}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ZcronError(f"cannot reach the sink at {url}: {exc}") from None
+    for run in runs:
+        print(json.dumps(run, sort_keys=True) if args.get("--json") else _run_line(run))
+    return 0
+
+
+def _run_line(run: dict) -> str:
+    when = _iso(run["tick"], "UTC")
+    late = f"{(run['started'] - run['tick']) * 1000:8.1f}ms" if run.get("started") else " " * 10
+    took = (f"{(run['finished'] - run['started']) * 1000:8.1f}ms"
+            if run.get("finished") and run.get("started") else " " * 10)
+    return (f"{when}  {run['status']:8} {late} late {took}  {run['job']}  "
+            f"{run.get('worker') or '-'}  {run['run_id'][:12]}")
+
+
+def cmd_keygen(args: dict) -> int:
+    import zmq.auth
+
+    directory, name = args["DIR"], args["NAME"]
+    os.makedirs(directory, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(directory, name)
+    os.chmod(secret, 0o600)  # create_certificates leaves the secret key world-readable
+    print(f"wrote {public} and {secret}")
+    return 0

@@ -1,0 +1,168 @@
+"""Every zcron_* metric, defined once on the sink's own registry (spec §6).
+
+Per-job metrics carry the `job_name` label (never `job`: Prometheus owns it) unless
+`[sink] job_labels = false`, for very large job counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENESS_BUCKETS = (
+    *(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5),
+    *(1, 2.5, 5, 10, 30, 60),
+)
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600)
+LAG_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 3600)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
+
+
+class Metrics:
+    """The sink's metrics; update methods take run records and report snapshots."""
+
+    def __init__(self, job_labels: bool = True) -> None:
+        self.registry = CollectorRegistry()
+        self.job_labels = job_labels
+        job = ("job_name",) if job_labels else ()
+        reg = self.registry
+        self.runs = Counter(
+            "zcron_runs_total", "Run records stored, by status.", (*job, "status"), registry=reg
+        )
+        self.missed = Counter(
+            "zcron_missed_ticks_total", "Ticks no worker could start in time.", job, registry=reg
+        )
+        self.duplicates = Counter(
+            "zcron_duplicate_runs_total",
+            "Second and later attempt-1 runs of one (job, tick).",
+            job,
+            registry=reg,
+        )
+        self.last_success = Gauge(
+            "zcron_job_last_success_timestamp_seconds",
+            "When the job last finished ok (Unix seconds).",
+            job,
+            registry=reg,
+        )
+        self.lateness = Histogram(
+            "zcron_dispatch_lateness_seconds",
+            "Started minus scheduled tick, first attempts.",
+            buckets=LATENESS_BUCKETS,
+            registry=reg,
+        )
+        self.duration = Histogram(
+            "zcron_run_duration_seconds",
+            "Finished minus started.",
+            buckets=DURATION_BUCKETS,
+            registry=reg,
+        )
+        self.worker_slots = Gauge(
+            "zcron_worker_slots", "Slots of live workers.", ("pool", "state"), registry=reg
+        )
+        self.schedulers = Gauge(
+            "zcron_schedulers", "Schedulers by liveness.", ("state",), registry=reg
+        )
+        self.workers = Gauge("zcron_workers", "Live workers reporting to the sink.", registry=reg)
+        self.records = Gauge("zcron_sink_records", "Run records stored.", registry=reg)
+        self.rejected = Counter(
+            "zcron_rejected_messages_total",
+            "Messages dropped as malformed or unexpected.",
+            ("reason",),
+            registry=reg,
+        )
+        self.ingest_lag = Histogram(
+            "zcron_sink_ingest_lag_seconds",
+            "Stored minus finished (spooled results show up here).",
+            buckets=LAG_BUCKETS,
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "zcron_sink_batch_size",
+            "Records per write transaction.",
+            buckets=BATCH_BUCKETS,
+            registry=reg,
+        )
+        self.commit_seconds = Histogram(
+            "zcron_sink_commit_seconds",
+            "Time to write and sync one batch.",
+            buckets=COMMIT_BUCKETS,
+            registry=reg,
+        )
+        self._last_success: dict[str, float] = {}
+        self._slot_labels: set[tuple[str, str]] = set()
+        self.schedulers.labels("live").set(0)
+        self.schedulers.labels("dead").set(0)
+
+    def _job(self, metric, job: str):  # type: ignore[no-untyped-def]
+        return metric.labels(job) if self.job_labels else metric
+
+    def observe_new(self, records: Iterable[dict], stored_at: float) -> None:
+        """Count newly stored records (never redeliveries) and time their phases."""
+        for rec in records:
+            job, status = rec["job"], rec["status"]
+            if self.job_labels:
+                self.runs.labels(job, status).inc()
+            else:
+                self.runs.labels(status).inc()
+            if status == "missed":
+                self._job(self.missed, job).inc()
+            self.observe_times(rec, stored_at)
+
+    def observe_times(self, rec: dict, stored_at: float) -> None:
+        """Lateness (first attempts only: retries wait on purpose), duration, ingest lag."""
+        tick, started, finished = rec.get("tick"), rec.get("started"), rec.get("finished")
+        if rec.get("attempt") == 1 and started is not None and tick is not None:
+            self.lateness.observe(max(0.0, started - tick))
+        if started is not None and finished is not None:
+            self.duration.observe(max(0.0, finished - started))
+        if finished is not None:
+            self.ingest_lag.observe(max(0.0, stored_at - finished))
+
+    def count_duplicates(self, records: Iterable[dict]) -> None:
+        """One per duplicate run the store detected."""
+        for rec in records:
+            self._job(self.duplicates, rec["job"]).inc()
+
+    def set_last_success(self, last: Mapping[str, float]) -> None:
+        """Raise each job's last-success time (the unlabelled gauge keeps the newest of all)."""
+        for job, when in last.items():
+            key = job if self.job_labels else ""
+            if when > self._last_success.get(key, float("-inf")):
+                self._last_success[key] = when
+                self._job(self.last_success, job).set(when)
+
+    def reject(self, reason: str) -> None:
+        """Count one dropped message."""
+        self.rejected.labels(reason).inc()
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        """One write transaction of `size` records took `seconds`."""
+        self.batch_size.observe(size)
+        self.commit_seconds.observe(seconds)
+
+    def set_slots(self, slots: Mapping[tuple[str, str], int], workers: int) -> None:
+        """Replace the {(pool, state): n} slot gauges; pools no longer reported disappear."""
+        for labels, value in slots.items():
+            self.worker_slots.labels(*labels).set(value)
+        for labels in self._slot_labels - set(slots):
+            self.worker_slots.remove(*labels)
+        self._slot_labels = set(slots)
+        self.workers.set(workers)
+
+    def set_schedulers(self, live: int, dead: int) -> None:
+        """How many schedulers are live and dead."""
+        self.schedulers.labels("live").set(live)
+        self.schedulers.labels("dead").set(dead)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text page and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

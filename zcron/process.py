@@ -1,0 +1,270 @@
+"""One run of one job: its own session, user, environment, output tails, and kill of its group.
+
+A run is *armed* before its tick: the process is spawned parked on a read of its stdin (a
+pipe), and *released* at the tick by one write. Spawning (fork, exec, the shell's start-up,
+~1-6 ms of CPU) then happens ahead of time, so N jobs due at one instant start together
+instead of one spawn after another. For sh-family shells the job's own shell is parked and
+`eval`s the command; other shells and exec'd lists are parked behind /bin/sh and exec'd.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+from zcron.protocol import record
+
+SH_FAMILY = {"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh"}
+# $1 = working directory, $2 = the command (shell form) or the argv (exec form).
+PARKED_SHELL = 'read -r _ || exit 125; exec </dev/null; cd -- "$1" || exit 126; eval "shift 2; $2"'
+PARKED_EXEC = 'read -r _ || exit 125; exec </dev/null; cd -- "$1" || exit 126; shift; exec "$@"'
+TAIL_BYTES = 4096
+KILL_GRACE_S = 5.0
+# A cron-like base environment; the job's own env and the ZCRON_* variables go on top.
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class Refused(Exception):
+    """The job cannot be started here (unknown user, missing cwd, command not found)."""
+
+
+class Tail:
+    """The last `limit` bytes written to a stream; memory stays bounded whatever the job prints."""
+
+    def __init__(self, limit: int = TAIL_BYTES):
+        self.limit = limit
+        self.buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        if len(self.buffer) > 2 * self.limit:
+            del self.buffer[: len(self.buffer) - self.limit]
+
+    def text(self) -> str:
+        return bytes(self.buffer[-self.limit :]).decode("utf-8", errors="replace")
+
+
+def resolve_user(wanted: str | None) -> pwd.struct_passwd:
+    """The account a job runs as (spec §7): anyone when we are root, else only ourselves."""
+    me = pwd.getpwuid(os.getuid())
+    if wanted is None or wanted == me.pw_name:
+        return me
+    if os.getuid() != 0:
+        raise Refused(f"worker runs as {me.pw_name!r} and cannot run jobs as user {wanted!r}")
+    try:
+        return pwd.getpwnam(wanted)
+    except KeyError:
+        raise Refused(f"unknown user {wanted!r}") from None
+
+
+def job_environment(msg: dict, account: pwd.struct_passwd, worker_id: str) -> dict[str, str]:
+    """The job's environment: cron's minimal base, the job's env, then the ZCRON_* variables."""
+    env = {
+        "HOME": account.pw_dir,
+        "LOGNAME": account.pw_name,
+        "USER": account.pw_name,
+        "SHELL": msg["shell"],
+        "PATH": BASE_PATH,
+    }
+    env.update(msg["env"])
+    env.update(
+        ZCRON_JOB=msg["job"],
+        ZCRON_TICK=f"{msg['tick']:.6f}",
+        ZCRON_RUN_ID=msg["run_id"],
+        ZCRON_ATTEMPT=str(msg["attempt"]),
+        ZCRON_SCHEDULER=msg["scheduler"],
+        ZCRON_WORKER=worker_id,
+    )
+    return env
+
+
+def parked_argv(msg: dict, cwd: str) -> list[str]:
+    """The argv of a parked process that runs the job's command once released."""
+    command, shell = msg["command"], msg["shell"]
+    if isinstance(command, str) and os.path.basename(shell) in SH_FAMILY:
+        return [shell, "-c", PARKED_SHELL, shell, cwd, command]
+    argv = [shell, "-c", command] if isinstance(command, str) else list(command)
+    return ["/bin/sh", "-c", PARKED_EXEC, "zcron", cwd, *argv]
+
+
+def _working_dir(msg: dict, account: pwd.struct_passwd) -> str:
+    """The job's cwd, else its user's home as cron does (else /)."""
+    if msg["cwd"]:
+        return msg["cwd"]
+    return account.pw_dir if os.path.isdir(account.pw_dir) else "/"
+
+
+def _spawn(msg: dict, worker_id: str, go: int, out: int, err: int) -> subprocess.Popen | int:
+    """Start the parked process: posix_spawn (fast) as ourselves, Popen to switch user."""
+    account = resolve_user(msg["user"])
+    cwd = _working_dir(msg, account)
+    if os.getuid() != 0 and not os.path.isdir(cwd):
+        raise Refused(f"working directory {cwd!r} does not exist")
+    argv, env = parked_argv(msg, cwd), job_environment(msg, account, worker_id)
+    try:
+        if account.pw_uid == os.getuid():
+            return os.posix_spawn(argv[0], argv, env, setsid=True, file_actions=[
+                (os.POSIX_SPAWN_DUP2, go, 0), (os.POSIX_SPAWN_DUP2, out, 1),
+                (os.POSIX_SPAWN_DUP2, err, 2)])
+        return subprocess.Popen(
+            argv, env=env, stdin=go, stdout=out, stderr=err, start_new_session=True,
+            user=account.pw_uid, group=account.pw_gid,
+            extra_groups=os.getgrouplist(account.pw_name, account.pw_gid),
+        )
+    except OSError as exc:
+        raise Refused(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
+
+
+@dataclass
+class Run:
+    """One attempt: armed (parked) until released at its tick, then running until reaped."""
+
+    msg: dict
+    worker_id: str
+    pid: int
+    pidfd: int
+    go: int | None  # write end of the parked process's stdin; None once released
+    streams: dict[int, Tail]  # output pipe fd -> its tail
+    tails: tuple[Tail, Tail]  # stdout, stderr
+    popen: subprocess.Popen | None = None  # kept so subprocess never reaps the pid itself
+    started: float | None = None
+    returncode: int | None = None
+    deadline: float | None = None  # monotonic time of the timeout
+    kill_at: float | None = None  # monotonic time to SIGKILL the group after SIGTERM
+    timed_out: bool = False
+    killed_by_us: bool = False
+
+    @property
+    def run_id(self) -> str:
+        return self.msg["run_id"]
+
+    def release(self, now_mono: float) -> None:
+        """Let the parked process run the command: the run starts now."""
+        if self.go is None:
+            return
+        try:
+            os.write(self.go, b"\n")
+        except BrokenPipeError:
+            pass  # it died while parked; the reap reports how
+        os.close(self.go)
+        self.go = None
+        self.started = time.time()
+        if self.msg["timeout"]:
+            self.deadline = now_mono + self.msg["timeout"]
+
+    def pipes(self) -> list[int]:
+        """Output pipes still open."""
+        return list(self.streams)
+
+    def read_pipe(self, fd: int) -> None:
+        """Move what is readable from one output pipe into its tail; close it at EOF."""
+        chunk = os.read(fd, 65536)
+        if chunk:
+            self.streams[fd].feed(chunk)
+        else:
+            del self.streams[fd]
+            os.close(fd)
+
+    def signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def begin_kill(self, now_mono: float, grace: float = KILL_GRACE_S) -> None:
+        """SIGTERM the whole group now and SIGKILL it after the grace."""
+        self.killed_by_us = True
+        self.signal_group(signal.SIGTERM)
+        self.kill_at = now_mono + grace
+
+    def reap(self) -> bool:
+        """Collect the exit status if the process has exited; True when it has."""
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid == 0:
+            return False
+        self.returncode = os.waitstatus_to_exitcode(status)
+        if self.popen is not None:
+            self.popen.returncode = self.returncode
+        return True
+
+    def finish(self) -> dict:
+        """Drain the pipes, release fds and kill stragglers in a killed group; the record."""
+        for fd in self.pipes():
+            try:
+                while fd in self.streams:
+                    self.read_pipe(fd)
+            except BlockingIOError:
+                pass
+        for fd in self.streams:
+            os.close(fd)  # a background child may hold it open: we stop listening
+        if self.killed_by_us:
+            self.signal_group(signal.SIGKILL)  # children that trapped TERM leave nothing behind
+        for fd in (self.pidfd, self.go):
+            if fd is not None:
+                os.close(fd)
+        return self.record()
+
+    def record(self) -> dict:
+        code = self.returncode if self.returncode is not None else -signal.SIGKILL
+        exit_code, signum = (code, None) if code >= 0 else (None, -code)
+        out, err = self.tails
+        return run_record(
+            self.msg,
+            self.worker_id,
+            status=self.status(exit_code, signum),
+            started=self.started,
+            finished=time.time(),
+            exit_code=exit_code,
+            signal=signum,
+            stdout_tail=out.text(),
+            stderr_tail=err.text(),
+        )
+
+    def status(self, exit_code: int | None, signum: int | None) -> str:
+        if self.timed_out:
+            return "timeout"
+        if signum is not None or self.started is None:
+            return "killed"
+        return "ok" if exit_code == 0 else "failed"
+
+
+def run_record(msg: dict, worker_id: str | None, **values: object) -> dict:
+    """A §5 record for the attempt described by a `job` message."""
+    return record(
+        run_id=msg["run_id"],
+        job=msg["job"],
+        tick=msg["tick"],
+        attempt=msg["attempt"],
+        scheduler=msg["scheduler"],
+        worker=worker_id,
+        pool=msg["pool"],
+        dispatched=msg["dispatched"],
+        **values,
+    )
+
+
+def arm_run(msg: dict, worker_id: str) -> Run:
+    """Spawn the attempt parked until `release`; raise Refused when it cannot be started."""
+    go_r, go_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        spawned = _spawn(msg, worker_id, go_r, out_w, err_w)
+    except Refused:
+        for fd in (go_w, out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (go_r, out_w, err_w):
+            os.close(fd)
+    popen = spawned if isinstance(spawned, subprocess.Popen) else None
+    pid = popen.pid if popen else spawned
+    for fd in (out_r, err_r):
+        os.set_blocking(fd, False)
+    out, err = Tail(), Tail()
+    return Run(msg, worker_id, pid, os.pidfd_open(pid), go_w, {out_r: out, err_r: err},
+               (out, err), popen)

@@ -1,0 +1,324 @@
+"""Sink: results → store (idempotent on run id) → ack; job and slot reports → metrics and HTTP.
+
+One ROUTER socket at [cluster] sink. A `result` is acknowledged only after the LMDB
+transaction holding it has committed, which is what lets workers spool losslessly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+import zmq
+from prometheus_client import disable_created_metrics
+
+from zcron.config import Config, load_config
+from zcron.daemon import Signals, notify
+from zcron.errors import ProtocolError
+from zcron.http import Api, HttpServer
+from zcron.log import setup_logging
+from zcron.metrics import Metrics
+from zcron.net import bind, make_socket
+from zcron.protocol import MAX_NAME, decode, encode
+from zcron.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+SCHEDULER_DEAD_S = 10.0
+WORKER_GONE_S = 5.0
+FORGET_SCHEDULER_S = 3600.0
+EXPIRE_EVERY_S = 1.0
+PURGE_EVERY_S = 5.0
+PURGE_BACKLOG_S = 0.05  # a bounded purge left more behind: come back soon, between batches
+PURGE_BATCH = 1000
+REJECT_LOG_EVERY_S = 10.0
+
+# field of a `jobs` entry -> accepted types; other fields are ignored (newer schedulers)
+JOB_ENTRY = {
+    "schedule": (str, type(None)),
+    "timezone": (str, type(None)),
+    "pool": (str, type(None)),
+    "enabled": (bool, type(None)),
+    "source": (str, type(None)),
+    "next_tick": (int, float, type(None)),
+}
+
+
+@dataclass
+class Batch:
+    """Records drained from the socket in one go, and whom to ack for which run ids."""
+
+    records: list[dict] = field(default_factory=list)
+    senders: dict[bytes, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, sender: bytes, record: dict) -> None:
+        self.records.append(record)
+        self.senders[sender].append(record["run_id"])
+
+
+def check_record(rec: dict) -> dict:
+    """A decoded record the store can key and JSON can carry: names set, times finite."""
+    for name in ("run_id", "job"):
+        if not rec[name]:
+            raise ProtocolError("bad_field", f"record.{name} is empty")
+    for name in ("tick", "dispatched", "started", "finished"):
+        if rec[name] is not None and not math.isfinite(rec[name]):
+            raise ProtocolError("bad_field", f"record.{name} is not finite")
+    return rec
+
+
+def check_job_entry(entry: Any) -> dict:
+    """One entry of a `jobs` report, reduced to the fields the sink shows; needs a name."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+        raise ProtocolError("bad_field", "jobs entry needs a name")
+    if len(entry["name"]) > MAX_NAME:
+        raise ProtocolError("too_large", "jobs entry name")
+    clean = {"name": entry["name"]}
+    for name, types in JOB_ENTRY.items():
+        value = entry.get(name)
+        # Display-only fields: one of an unexpected type is left out, not the whole table.
+        wrong = not isinstance(value, types) or (name == "next_tick" and isinstance(value, bool))
+        clean[name] = None if wrong else value
+    return clean
+
+
+class Reports:
+    """The latest job table per scheduler and slot report per worker.
+
+    Written by the sink thread, read by HTTP threads: every access holds the lock.
+    """
+
+    def __init__(self, configured: Iterable[str] = ()) -> None:
+        self.configured = set(configured)
+        self.lock = threading.Lock()
+        self.schedulers: dict[str, dict] = {}
+        self.workers: dict[str, dict] = {}
+
+    def note_jobs(self, fields: dict, now: float) -> None:
+        """Keep a scheduler's job table (replacing its previous one)."""
+        jobs = [check_job_entry(entry) for entry in fields["jobs"]]
+        report = {"scheduler": fields["scheduler"], "sent": fields["sent"], "jobs": jobs}
+        with self.lock:
+            self.schedulers[fields["scheduler"]] = {**report, "seen": now}
+
+    def note_worker(self, fields: dict, now: float) -> None:
+        """Keep a worker's slot report."""
+        with self.lock:
+            self.workers[fields["worker"]] = {**fields, "seen": now}
+
+    def expire(self, now: float) -> None:
+        """Forget workers gone quiet, and scheduler reports too old to mean anything."""
+        with self.lock:
+            for wid in [w for w, r in self.workers.items() if now - r["seen"] > WORKER_GONE_S]:
+                del self.workers[wid]
+            stale = [s for s, r in self.schedulers.items() if now - r["seen"] > FORGET_SCHEDULER_S]
+            for sid in stale:
+                del self.schedulers[sid]
+
+    def scheduler_states(self, now: float) -> tuple[int, int]:
+        """(live, dead) over the configured schedulers and any others that reported."""
+        with self.lock:
+            ids = self.configured | set(self.schedulers)
+            live = sum(1 for sid in ids if self._live(sid, now))
+        return live, len(ids) - live
+
+    def _live(self, sid: str, now: float) -> bool:
+        report = self.schedulers.get(sid)
+        return report is not None and now - report["seen"] <= SCHEDULER_DEAD_S
+
+    def slots(self) -> tuple[dict[tuple[str, str], int], int]:
+        """({(pool, "busy"|"free"): slots} over live workers, how many workers)."""
+        totals: dict[tuple[str, str], int] = defaultdict(int)
+        with self.lock:
+            workers = list(self.workers.values())
+        for report in workers:
+            free = max(0, report["free"])
+            busy = max(0, report["slots"] - free)
+            for pool in set(report["pools"]):
+                totals[(pool, "busy")] += busy
+                totals[(pool, "free")] += free
+        return dict(totals), len(workers)
+
+    def snapshot(self, now: float) -> list[dict]:
+        """Every kept job table, with `live` set for schedulers heard from lately."""
+        with self.lock:
+            return [{**r, "live": self._live(sid, now)} for sid, r in self.schedulers.items()]
+
+
+class Sink:
+    """The sink daemon: run() → poll() → handle_frames() → store_batch() → ack()."""
+
+    def __init__(self, config: Config, store: Store, metrics: Metrics) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.reports = Reports(config.cluster.schedulers)
+        self.signals = Signals()
+        self.ctx = zmq.Context()
+        self.sock = make_socket(self.ctx, zmq.ROUTER)
+        self.poller = zmq.Poller()
+        self.http: HttpServer | None = None
+        self.next_purge = 0.0
+        self.next_expire = 0.0
+        self.next_reject_log = 0.0
+
+    def start(self) -> None:
+        """Install signal handlers, bind ZeroMQ and HTTP, then tell systemd we are ready."""
+        cluster = self.config.cluster
+        self.signals.install()
+        bind(self.sock, cluster.sink, cluster.insecure, cluster.keys)
+        api = Api(self.store, self.metrics, lambda: self.reports.snapshot(time.monotonic()))
+        self.http = HttpServer(self.config.sink.http, api, cluster.insecure)
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.signals.fd, zmq.POLLIN)
+        self.restore_metrics()
+        self.http.start()
+        notify("READY=1")
+        url = self.http.url
+        log.info("sink on %s  dashboard %s/  metrics %s/metrics", cluster.sink, url, url)
+
+    def restore_metrics(self) -> None:
+        """After a restart, the last-success gauges and the record count come from the store."""
+        last = self.store.last_runs().items()
+        self.metrics.set_last_success(
+            {job: row["last_success"] for job, row in last if row["last_success"] is not None}
+        )
+        self.metrics.records.set(self.store.count())
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; return the exit code."""
+        while not self.signals.stopping:
+            self.poll(self.timeout_ms(time.monotonic()))
+            now = time.monotonic()
+            self.purge_if_due(now)
+            self.expire_reports(now)
+        return 0
+
+    def timeout_ms(self, now: float) -> int:
+        """Milliseconds until the next timed step is due."""
+        return max(0, int((min(self.next_purge, self.next_expire) - now) * 1000))
+
+    def poll(self, timeout_ms: int) -> None:
+        """Wait for frames or a signal, and handle what arrived."""
+        ready = dict(self.poller.poll(timeout_ms))
+        if self.signals.fd in ready:
+            self.signals.drain()
+            self.signals.reload = False  # nothing to reload; HUP only must not kill us
+        if self.sock in ready:
+            self.handle_frames()
+
+    def handle_frames(self) -> None:
+        """Drain what is readable (up to MAX_BATCH), store the results in one transaction."""
+        batch = Batch()
+        for _ in range(MAX_BATCH):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.handle_message(frames, batch, time.monotonic())
+        if batch.records:
+            self.store_batch(batch)
+
+    def handle_message(self, frames: list[bytes], batch: Batch, now: float) -> None:
+        """Decode one [identity, payload] message; a bad one is dropped and counted."""
+        try:
+            if len(frames) != 2:
+                raise ProtocolError("malformed", f"{len(frames)} frames")
+            kind, fields = decode(frames[1])
+            if kind == "result":
+                batch.add(frames[0], check_record(fields["record"]))
+            elif kind == "jobs":
+                self.reports.note_jobs(fields, now)
+            elif kind == "ready":
+                self.reports.note_worker(fields, now)
+            else:
+                raise ProtocolError("unexpected_type", kind)
+        except ProtocolError as exc:
+            self.reject(exc, now)
+
+    def reject(self, exc: ProtocolError, now: float) -> None:
+        """Count a dropped message; log at most one every few seconds (a flood is no log storm)."""
+        self.metrics.reject(exc.reason)
+        if now >= self.next_reject_log:
+            self.next_reject_log = now + REJECT_LOG_EVERY_S
+            log.warning("dropped a message: %s", exc)
+
+    def store_batch(self, batch: Batch) -> None:
+        """Write the batch in one synced transaction, then ack; on failure ack nothing."""
+        began = time.monotonic()
+        try:
+            stored = self.store.put_many(batch.records)
+        except (lmdb.Error, StoreError) as exc:
+            log.error("cannot store %d records (senders will resend): %s", len(batch.records), exc)
+            return
+        self.metrics.observe_batch(len(batch.records), time.monotonic() - began)
+        self.metrics.observe_new(stored.new, time.time())
+        self.metrics.count_duplicates(stored.duplicates)
+        self.metrics.set_last_success(stored.last_success)
+        self.metrics.records.set(stored.records)
+        for rec in stored.duplicates:
+            log.warning("duplicate run of %s tick %.6f: %s", rec["job"], rec["tick"], rec["run_id"])
+        self.ack(batch.senders)
+
+    def ack(self, senders: dict[bytes, list[str]]) -> None:
+        """Tell each sender which of its run ids are stored; a vanished peer will resend."""
+        for identity, run_ids in senders.items():
+            try:
+                self.sock.send_multipart([identity, encode("ack", run_ids=run_ids)], zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+
+    def purge_if_due(self, now: float) -> None:
+        """Delete a bounded batch of records past retention, so ingest never stalls."""
+        if now < self.next_purge:
+            return
+        self.next_purge = now + PURGE_EVERY_S
+        cutoff = time.time() - self.config.sink.retention
+        try:
+            purged = self.store.purge_older_than(cutoff, PURGE_BATCH)
+        except (lmdb.Error, StoreError) as exc:
+            log.error("cannot purge old records: %s", exc)
+            return
+        if purged >= PURGE_BATCH:
+            self.next_purge = now + PURGE_BACKLOG_S
+        self.metrics.records.dec(purged)
+
+    def expire_reports(self, now: float) -> None:
+        """Drop silent workers and refresh the liveness and slot gauges."""
+        if now < self.next_expire:
+            return
+        self.next_expire = now + EXPIRE_EVERY_S
+        self.reports.expire(now)
+        self.metrics.set_schedulers(*self.reports.scheduler_states(now))
+        self.metrics.set_slots(*self.reports.slots())
+
+    def close(self) -> None:
+        """Stop HTTP first (its threads read the store), then the socket, then LMDB."""
+        notify("STOPPING=1")
+        if self.http is not None:
+            self.http.stop()
+        self.sock.close(linger=0)
+        self.ctx.term()
+        self.store.close()
+
+
+def cmd_sink(args: dict) -> int:
+    """`zcron sink [-c FILE]`: run the sink in the foreground until SIGTERM."""
+    setup_logging("zcron-sink")
+    disable_created_metrics()  # `_created` series would double /metrics for nothing here
+    config = load_config(args.get("--config"))
+    sink = Sink(config, Store(config.sink.data), Metrics(config.sink.job_labels))
+    try:
+        sink.start()
+        return sink.run()
+    finally:
+        sink.close()
+        log.info("sink stopped")

@@ -1,0 +1,98 @@
+"""The scheduler's view of worker slots: credit from `ready` announcements, dispatch choice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class WorkerSlots:
+    """One worker as one scheduler sees it.
+
+    `seen` is how many of our jobs the worker had received when it last announced, `sent`
+    how many we have sent; jobs in between are in flight and use up its announced free slots.
+    """
+
+    identity: bytes
+    id: str
+    pools: list[str]
+    slots: int
+    free: int = 0
+    seen: int = 0
+    sent: int = 0
+    last_seen: float = 0.0
+    in_flight: list[tuple[int, dict]] = field(default_factory=list)  # (sequence, job message)
+    running: dict[str, dict] = field(default_factory=dict)  # run_id -> job message
+
+    @property
+    def credit(self) -> int:
+        return self.free - (self.sent - self.seen)
+
+    def announce(self, msg: dict, now: float) -> list[dict]:
+        """Apply a `ready` message; after a worker restart, return the runs it lost."""
+        lost: list[dict] = []
+        if msg["seen"] < self.seen:  # a new incarnation: what we sent the old one is gone
+            lost = [job for _, job in self.in_flight] + list(self.running.values())
+            self.in_flight, self.running, self.sent = [], {}, msg["seen"]
+        self.pools, self.slots, self.free = list(msg["pools"]), msg["slots"], msg["free"]
+        self.seen, self.last_seen = msg["seen"], now
+        while self.in_flight and self.in_flight[0][0] <= self.seen:
+            job = self.in_flight.pop(0)[1]
+            self.running[job["run_id"]] = job
+        return lost
+
+    def assign(self, job: dict) -> None:
+        self.sent += 1
+        self.in_flight.append((self.sent, job))
+
+
+class WorkerTable:
+    """Live workers by identity; picks the one with the most free slots in a pool."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self.workers: dict[bytes, WorkerSlots] = {}
+
+    def announce(self, identity: bytes, msg: dict, now: float) -> list[dict]:
+        worker = self.workers.get(identity)
+        if worker is None:
+            worker = WorkerSlots(identity, msg["worker"], list(msg["pools"]), msg["slots"])
+            self.workers[identity] = worker
+        return worker.announce(msg, now)
+
+    def pick(self, pool: str, avoid: str | None = None) -> WorkerSlots | None:
+        """The worker of `pool` with the most credit, preferring one other than `avoid`."""
+        best = None
+        for worker in self.workers.values():
+            if pool not in worker.pools or worker.credit <= 0:
+                continue
+            key = (worker.id != avoid, worker.credit)
+            if best is None or key > best[0]:
+                best = (key, worker)
+        return best[1] if best else None
+
+    def finished(self, identity: bytes, run_id: str) -> None:
+        """Forget a run its worker reports ended (it may not have announced receiving it yet)."""
+        worker = self.workers.get(identity)
+        if worker is None:
+            return
+        if worker.running.pop(run_id, None) is None:
+            worker.in_flight = [(s, j) for s, j in worker.in_flight if j["run_id"] != run_id]
+
+    def expire(self, now: float) -> list[WorkerSlots]:
+        """Forget workers silent for longer than the timeout; return them."""
+        dead = [w for w in self.workers.values() if now - w.last_seen > self.timeout_s]
+        for worker in dead:
+            del self.workers[worker.identity]
+        return dead
+
+    def pools(self) -> dict[str, dict[str, int]]:
+        """Slots per pool: {"pool": {"workers": n, "slots": n, "free": n}}."""
+        summary: dict[str, dict[str, int]] = {}
+        for worker in self.workers.values():
+            for pool in worker.pools:
+                entry = summary.setdefault(pool, {"workers": 0, "slots": 0, "free": 0})
+                entry["workers"] += 1
+                entry["slots"] += worker.slots
+                entry["free"] += max(0, worker.credit)
+        return summary

@@ -1,0 +1,120 @@
+"""`zcron up`: scheduler, worker and sink on loopback under one foreground supervisor.
+
+Ctrl-C or SIGTERM stops them in order (scheduler, then worker so it can drain and deliver,
+then sink). If any of them dies on its own, the others are stopped and `up` exits 1.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from zcron.config import Config, dump_config, load_config
+from zcron.daemon import Signals, notify
+from zcron.errors import ConfigError
+from zcron.log import setup_logging
+
+log = logging.getLogger(__name__)
+ROLES = ("sink", "worker", "scheduler")  # start order; stopped in reverse
+STOP_WAIT_S = {"scheduler": 10.0, "worker": 70.0, "sink": 10.0}
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if `up` itself is killed, so nothing is left orphaned."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def effective_config(args: dict) -> Config:
+    """The configuration file (or defaults) with `up`'s command-line options applied."""
+    config = load_config(args.get("--config"))
+    data = args.get("--data")
+    if data:
+        config = config.with_overrides("scheduler", state=f"{data}/scheduler")
+        config = config.with_overrides("worker", spool=f"{data}/worker")
+        config = config.with_overrides("sink", data=f"{data}/sink")
+    slots = int(args["--slots"]) if args.get("--slots") else None
+    if slots is not None and slots < 1:
+        raise ConfigError("--slots: expected a whole number >= 1")
+    config = config.with_overrides("scheduler", schedules=args.get("--schedules"))
+    config = config.with_overrides("worker", slots=slots)
+    return config.with_overrides("sink", http=args.get("--http"))
+
+
+class Supervisor:
+    """Start the three roles, wait on their exits and on signals, stop them in order."""
+
+    def __init__(self, config_path: Path):
+        self.config_path = config_path
+        self.signals = Signals()
+        self.children: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> None:
+        for role in ROLES:
+            self.children[role] = subprocess.Popen(
+                [sys.executable, "-m", "zcron", role, "-c", str(self.config_path)],
+                process_group=0,  # Ctrl-C reaches only `up`, which stops them in order
+                preexec_fn=_die_with_parent,
+            )
+
+    def wait(self) -> int:
+        """Block until a signal or a child's exit; return the exit code of `up`."""
+        poller = select.poll()
+        pidfds = {os.pidfd_open(p.pid): role for role, p in self.children.items()}
+        for fd in [self.signals.fd, *pidfds]:
+            poller.register(fd, select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == self.signals.fd:
+                    self.signals.drain()
+                    if self.signals.stopping:
+                        return self.stop(0)
+                    if self.signals.reload:
+                        self.signals.reload = False
+                        self.children["scheduler"].send_signal(signal.SIGHUP)
+                elif fd in pidfds:
+                    role = pidfds[fd]
+                    code = self.children[role].wait()
+                    log.error("%s exited with %s; stopping the others", role, code)
+                    return self.stop(1)
+
+    def stop(self, code: int) -> int:
+        notify("STOPPING=1")
+        for role in reversed(ROLES):
+            proc = self.children[role]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL if self.signals.hard_stop else signal.SIGTERM)
+                try:
+                    proc.wait(STOP_WAIT_S[role])
+                except subprocess.TimeoutExpired:
+                    log.error("%s did not stop in %.0fs: killing it", role, STOP_WAIT_S[role])
+                    proc.kill()
+                    proc.wait()
+            if proc.returncode not in (0, -signal.SIGTERM) and code == 0:
+                code = 1
+        return code
+
+
+def cmd_up(args: dict) -> int:
+    config = effective_config(args)
+    setup_logging("zcron-up")
+    state_root = Path(config.scheduler.state).parent
+    state_root.mkdir(parents=True, exist_ok=True)
+    config_path = state_root / "zcron-up.conf"
+    config_path.write_text(dump_config(config))
+    supervisor = Supervisor(config_path)
+    supervisor.signals.install()
+    supervisor.start()
+    http = config.sink.http
+    log.info("schedules %s; dashboard http://%s/  metrics http://%s/metrics  (Ctrl-C stops)",
+             config.scheduler.schedules, http, http)
+    notify("READY=1")
+    return supervisor.wait()

@@ -1,0 +1,297 @@
+"""Worker: takes jobs from schedulers while it has free slots, runs them, reports results.
+
+Workers connect a DEALER to every scheduler and announce their free slots (`ready`);
+a scheduler sends a job only to a worker that has announced room for it (the ZeroMQ
+guide's load-balancing pattern), so no due job waits behind a busy worker.
+Results go to a durable spool first and are re-sent until the sink acknowledges them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+
+import zmq
+
+from zcron import protocol
+from zcron.config import Config, load_config
+from zcron.daemon import Signals, notify
+from zcron.errors import ConfigError, ProtocolError
+from zcron.log import setup_logging
+from zcron.net import make_socket
+from zcron.process import Refused, Run, arm_run, run_record
+from zcron.spool import Spool
+
+log = logging.getLogger(__name__)
+SPIN_S = 0.002  # poll wakes in whole milliseconds: the last stretch to a tick is spun
+
+
+class Worker:
+    """Run() → poll() → handle_* per ready socket or fd → timed steps."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.id = config.worker.id
+        self.pools = list(config.worker.pool)
+        self.slots = config.worker.slots
+        self.heartbeat_s = config.cluster.heartbeat
+        self.signals = Signals()
+        self.ctx = zmq.Context.instance()
+        self.schedulers: dict[zmq.Socket, str] = {}
+        self.seen: dict[str, int] = {}
+        self.running: dict[str, Run] = {}
+        self.by_fd: dict[int, tuple[Run, str]] = {}
+        self.timeouts: list[tuple[float, str]] = []
+        self.armed: list[tuple[float, str]] = []  # (tick, run_id): parked until their instant
+        self.spool = Spool(config.worker.spool)
+        self.poller = zmq.Poller()
+        self.next_heartbeat = 0.0
+        self.next_resend = 0.0
+        self.rejected = 0
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        for sid, address in self.config.cluster.schedulers.items():
+            sock = make_socket(self.ctx, zmq.DEALER, identity=self.id)
+            sock.connect(address)
+            self.schedulers[sock] = sid
+            self.seen[sid] = 0
+            self.poller.register(sock, zmq.POLLIN)
+        self.sink = make_socket(self.ctx, zmq.DEALER, identity=self.id)
+        self.sink.connect(self.config.cluster.sink)
+        self.poller.register(self.sink, zmq.POLLIN)
+        self.poller.register(self.signals.fd, zmq.POLLIN)
+
+    # -- main loop ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.signals.install()
+        self.connect()
+        notify("READY=1")
+        log.info("worker %s serving pools %s with %d slots", self.id, self.pools, self.slots)
+        while not self.finished_draining():
+            ready = dict(self.poller.poll(self.timeout_ms(time.monotonic())))
+            self.handle_ready(ready)
+            self.release_due_runs()
+            now = time.monotonic()
+            self.enforce_timeouts(now)
+            self.heartbeat_if_due(now)
+            self.resend_if_due(now)
+        notify("STOPPING=1")
+        self.shutdown()
+        return 0
+
+    def finished_draining(self) -> bool:
+        if self.signals.hard_stop or (self.signals.stopping and not self.running):
+            return True
+        if self.signals.stopping and time.monotonic() > self.drain_deadline():
+            log.warning("drain timeout: killing %d runs", len(self.running))
+            for run in self.running.values():
+                run.begin_kill(time.monotonic(), grace=0.0)
+        return False
+
+    def drain_deadline(self) -> float:
+        if not hasattr(self, "_drain_until"):
+            self._drain_until = time.monotonic() + self.config.worker.drain_timeout
+            log.info("draining: no new jobs; waiting for %d runs", len(self.running))
+            self.announce()
+        return self._drain_until
+
+    def timeout_ms(self, now: float) -> int:
+        deadlines = [self.next_heartbeat, self.next_resend if self.spool.pending else now + 5]
+        if self.timeouts:
+            deadlines.append(self.timeouts[0][0])
+        if self.armed:  # tick instants are wall clock; wake just before, then spin
+            deadlines.append(now + self.armed[0][0] - time.time() - SPIN_S)
+        return max(0, int((min(deadlines) - now) * 1000))
+
+    def handle_ready(self, ready: dict) -> None:
+        for item in ready:
+            if item is self.signals.fd:
+                self.signals.drain()
+            elif item is self.sink:
+                self.handle_sink()
+            elif item in self.schedulers:
+                self.handle_scheduler(item)
+            else:
+                self.handle_fd(item)
+
+    # -- scheduler side -----------------------------------------------------------------
+
+    def handle_scheduler(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                kind, msg = protocol.decode(frame)
+                if kind != "job":
+                    raise ProtocolError("unexpected_type", kind)
+            except ProtocolError as exc:
+                self.rejected += 1
+                log.warning("dropped message from scheduler %s: %s", self.schedulers[sock], exc)
+                continue
+            self.seen[self.schedulers[sock]] += 1
+            self.start(msg)
+
+    def start(self, msg: dict) -> None:
+        """Arm the run now; release it at its tick (at once when the tick has come)."""
+        if self.signals.stopping:
+            self.report(run_record(msg, self.id, status="refused", stderr_tail="worker draining"))
+            return
+        try:
+            run = arm_run(msg, self.id)
+        except Refused as exc:
+            log.warning("run %s of %s refused: %s", msg["run_id"], msg["job"], exc)
+            self.report(run_record(msg, self.id, status="refused", stderr_tail=str(exc)))
+            self.announce()
+            return
+        self.running[run.run_id] = run
+        self.watch(run)
+        heapq.heappush(self.armed, (msg["tick"], run.run_id))
+
+    def release_due_runs(self) -> None:
+        """Release every armed run whose tick has come, spinning the last stretch."""
+        while self.armed and self.armed[0][0] <= time.time() + SPIN_S:
+            tick, run_id = heapq.heappop(self.armed)
+            while time.time() < tick:
+                pass
+            run = self.running.get(run_id)
+            if run is not None:
+                run.release(time.monotonic())
+                if run.deadline is not None:
+                    heapq.heappush(self.timeouts, (run.deadline, run_id))
+
+    def watch(self, run: Run) -> None:
+        for fd in run.pipes():
+            self.by_fd[fd] = (run, "pipe")
+            self.poller.register(fd, zmq.POLLIN)
+        self.by_fd[run.pidfd] = (run, "exit")
+        self.poller.register(run.pidfd, zmq.POLLIN)
+
+    def handle_fd(self, fd: int) -> None:
+        entry = self.by_fd.get(fd)
+        if entry is None:
+            return
+        run, kind = entry
+        if kind == "pipe":
+            run.read_pipe(fd)
+            if fd not in run.pipes():
+                self.forget_fd(fd)
+        elif run.reap():
+            self.complete(run)
+
+    def forget_fd(self, fd: int) -> None:
+        self.by_fd.pop(fd, None)
+        try:
+            self.poller.unregister(fd)
+        except KeyError:
+            pass
+
+    def complete(self, run: Run) -> None:
+        for fd in [*run.pipes(), run.pidfd]:
+            self.forget_fd(fd)
+        rec = run.finish()
+        del self.running[run.run_id]
+        self.report(rec)
+        owner = self.owner_socket(run.msg["scheduler"])
+        if owner is not None:
+            owner.send(protocol.encode("finished", run_id=rec["run_id"], job=rec["job"],
+                                       status=rec["status"]))
+        self.announce()
+
+    def owner_socket(self, scheduler_id: str) -> zmq.Socket | None:
+        return next((s for s, sid in self.schedulers.items() if sid == scheduler_id), None)
+
+    def enforce_timeouts(self, now: float) -> None:
+        while self.timeouts and self.timeouts[0][0] <= now:
+            _, run_id = heapq.heappop(self.timeouts)
+            run = self.running.get(run_id)
+            if run is None:
+                continue
+            if run.kill_at is not None:
+                run.signal_group(9)
+            elif run.msg["on_timeout"] == "kill":
+                log.warning("run %s of %s timed out: killing its group", run_id, run.msg["job"])
+                run.timed_out = True
+                run.begin_kill(now)
+                heapq.heappush(self.timeouts, (run.kill_at, run_id))
+            else:
+                log.warning("run %s of %s is past its timeout (on_timeout=alert)", run_id,
+                            run.msg["job"])
+                run.timed_out = True
+
+    # -- announcements and results ------------------------------------------------------
+
+    def announce(self) -> None:
+        """Tell every scheduler (and the sink) how many slots are free right now."""
+        free = 0 if self.signals.stopping else max(0, self.slots - len(self.running))
+        running = list(self.running)
+        for sock, sid in self.schedulers.items():
+            sock.send(protocol.encode("ready", worker=self.id, pools=self.pools, slots=self.slots,
+                                      free=free, seen=self.seen[sid], running=running))
+        self.sink.send(protocol.encode("ready", worker=self.id, pools=self.pools,
+                                       slots=self.slots, free=free, seen=0, running=running))
+
+    def heartbeat_if_due(self, now: float) -> None:
+        if now >= self.next_heartbeat:
+            self.announce()
+            self.next_heartbeat = now + self.heartbeat_s
+
+    def report(self, rec: dict) -> None:
+        self.spool.add(rec)
+        self.send_result(rec, time.monotonic())
+
+    def send_result(self, rec: dict, now: float) -> None:
+        self.sink.send(protocol.encode("result", record=rec))
+        self.spool.mark_sent(rec["run_id"], now)
+
+    def resend_if_due(self, now: float) -> None:
+        if now < self.next_resend or not self.spool.pending:
+            return
+        self.next_resend = now + 1.0
+        for rec in self.spool.due(now):
+            self.send_result(rec, now)
+
+    def handle_sink(self) -> None:
+        while True:
+            try:
+                frame = self.sink.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                kind, msg = protocol.decode(frame)
+                if kind != "ack":
+                    raise ProtocolError("unexpected_type", kind)
+            except ProtocolError as exc:
+                self.rejected += 1
+                log.warning("dropped message from sink: %s", exc)
+                continue
+            self.spool.ack(msg["run_ids"])
+
+    def shutdown(self) -> None:
+        for run in list(self.running.values()):
+            run.begin_kill(time.monotonic(), grace=0.0)
+        # Give the sink a moment to acknowledge what finished during the drain.
+        deadline = time.monotonic() + 2.0
+        while self.spool.pending and time.monotonic() < deadline:
+            if self.sink.poll(100):
+                self.handle_sink()
+        self.announce()
+        for sock in [*self.schedulers, self.sink]:
+            sock.close(linger=0)
+        log.info("worker %s stopped (%d results left in spool)", self.id, len(self.spool))
+
+
+def cmd_worker(args: dict) -> int:
+    config = load_config(args.get("--config"))
+    pools = tuple(p for p in (args.get("--pool") or "").split(",") if p) or None
+    slots = int(args["--slots"]) if args.get("--slots") else None
+    if slots is not None and slots < 1:
+        raise ConfigError("--slots: expected a whole number >= 1")
+    config = config.with_overrides("worker", id=args.get("--id"), pool=pools, slots=slots)
+    setup_logging(f"zcron-worker[{config.worker.id}]")
+    return Worker(config).run()
