@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,8 +35,10 @@ def write_setup(root: Path, jobs: int, out: Path) -> Path:
     schedules.mkdir()
     lines = ["SHELL=/bin/bash"]
     for i in range(jobs):
-        lines += [f"# name: bench-{i:04d}",
-                  f'* * * * * *  *  echo "$ZCRON_JOB $ZCRON_TICK $EPOCHREALTIME" >> {out}']
+        lines += [
+            f"# name: bench-{i:04d}",
+            f'* * * * * *  *  echo "$ZCRON_JOB $ZCRON_TICK $EPOCHREALTIME" >> {out}',
+        ]
     (schedules / "bench").write_text("\n".join(lines) + "\n")
     config = root / "zcron.conf"
     config.write_text(f"""[cluster]
@@ -66,8 +67,13 @@ def measure(jobs: int, seconds: float) -> dict:
     out = root / "starts.txt"
     config = write_setup(root, jobs, out)
     log = open(root / "up.log", "wb")
-    up = subprocess.Popen([sys.executable, "-m", "zcron", "up", "-c", str(config)], cwd=REPO,
-                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "zcron", "up", "-c", str(config)],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         time.sleep(2.0)  # warm-up: let every process start and the worker announce its slots
         first = float(int(time.time()) + 1)
@@ -111,22 +117,35 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "latency.json"))
     args = parser.parse_args()
     results = []
-    print(f"{'jobs':>6} {'ticks':>7} {'missed':>6} {'dups':>5} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'p99.9 ms':>9} {'max ms':>8}")
+    print(
+        f"{'jobs':>6} {'ticks':>7} {'missed':>6} {'dups':>5} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'p99.9 ms':>9} {'max ms':>8}"
+    )
     for jobs in [int(n) for n in args.jobs.split(",")]:
         r = measure(jobs, args.seconds)
         results.append(r)
         fmt = lambda v: f"{v:.2f}" if v is not None else "-"  # noqa: E731
-        print(f"{jobs:>6} {r['expected_ticks']:>7} {r['missed']:>6} {r['duplicates']:>5} "
-              f"{fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8} {fmt(r['p999_ms']):>9} "
-              f"{fmt(r['max_ms']):>8}", flush=True)
+        print(
+            f"{jobs:>6} {r['expected_ticks']:>7} {r['missed']:>6} {r['duplicates']:>5} "
+            f"{fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8} {fmt(r['p999_ms']):>9} "
+            f"{fmt(r['max_ms']):>8}",
+            flush=True,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "kernel": platform.release()},
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "results": results,
-    }, indent=2))
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "kernel": platform.release(),
+                },
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out}")
     return 0
 

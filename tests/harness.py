@@ -69,7 +69,9 @@ class Cluster:
         return f"http://127.0.0.1:{self.http_port}"
 
     def write_config(self) -> None:
-        peers = ", ".join(f'{sid} = "tcp://127.0.0.1:{port}"' for sid, port in self.schedulers.items())
+        peers = ", ".join(
+            f'{sid} = "tcp://127.0.0.1:{port}"' for sid, port in self.schedulers.items()
+        )
         self.config_path.write_text(
             f"""[cluster]
 schedulers = {{ {peers} }}
@@ -170,8 +172,9 @@ class Processes:
             self.kill_group(proc)  # jobs the process left behind in its session
 
 
-def tick_counts(records: list[dict], job: str, first: float, last: float, step: float = 1.0
-                ) -> dict[float, int]:
+def tick_counts(
+    records: list[dict], job: str, first: float, last: float, step: float = 1.0
+) -> dict[float, int]:
     """For every expected instant of `job` in [first, last], how many distinct runs match it.
 
     Zero is a missed tick, two a duplicate; only first attempts count.

@@ -40,8 +40,8 @@ def cmd_check(args: dict) -> int:
     result = load_paths(paths)
     now = time.time()
     for job in sorted(result.jobs.values(), key=lambda j: j.source):
-        nexts = ", ".join(_iso(t, job.timezone) for t in fire_times(job, 3, now))
-        print(f"{job.source}  {job.name}  [{job.schedule}] {job.timezone}  next: {nexts or 'never'}")
+        nexts = ", ".join(_iso(t, job.timezone) for t in fire_times(job, 3, now)) or "never"
+        print(f"{job.source}  {job.name}  [{job.schedule}] {job.timezone}  next: {nexts}")
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
     print(f"{len(result.jobs)} jobs, {len(result.errors)} errors", file=sys.stderr)
@@ -131,7 +131,9 @@ def parse_time(text: str, option: str) -> float:
     try:
         return time.time() - parse_duration(text, option)
     except ConfigError:
-        raise ConfigError(f"{option}: expected ISO 8601, Unix seconds or a duration, got {text!r}")
+        raise ConfigError(
+            f"{option}: expected ISO 8601, Unix seconds or a duration, got {text!r}"
+        ) from None
 
 
 def cmd_push(args: dict) -> int:
@@ -144,8 +146,16 @@ def cmd_push(args: dict) -> int:
     timeout = parse_duration(args["--timeout"], "--timeout") if args.get("--timeout") else None
     if not args.get("COMMAND"):
         raise ConfigError("push: give the command after --")
-    body = ask_any(config, "push", {"command": args["COMMAND"], "pool": args.get("--pool")
-                                    or "default", "at": at, "timeout": timeout})
+    body = ask_any(
+        config,
+        "push",
+        {
+            "command": args["COMMAND"],
+            "pool": args.get("--pool") or "default",
+            "at": at,
+            "timeout": timeout,
+        },
+    )
     print(f"pushed {body['job']} (run {body['run_id']}) for {_iso(body['tick'], 'UTC')}")
     return 0
 
@@ -175,8 +185,10 @@ def _print_status(views: dict) -> None:
         agree = "agrees" if len(digests) == 1 else "DIFFERS"
         print(f"scheduler {sid}: live, {view['jobs']} jobs, digest {view['digest']} ({agree})")
         for pool, slots in sorted(view["pools"].items()):
-            print(f"  pool {pool}: {slots['workers']} workers, {slots['free']}/{slots['slots']} "
-                  "slots free")
+            print(
+                f"  pool {pool}: {slots['workers']} workers, {slots['free']}/{slots['slots']} "
+                "slots free"
+            )
         for error in view.get("errors", []):
             print(f"  schedule error: {error}")
 
@@ -204,10 +216,15 @@ def cmd_runs(args: dict) -> int:
 def _run_line(run: dict) -> str:
     when = _iso(run["tick"], "UTC")
     late = f"{(run['started'] - run['tick']) * 1000:8.1f}ms" if run.get("started") else " " * 10
-    took = (f"{(run['finished'] - run['started']) * 1000:8.1f}ms"
-            if run.get("finished") and run.get("started") else " " * 10)
-    return (f"{when}  {run['status']:8} {late} late {took}  {run['job']}  "
-            f"{run.get('worker') or '-'}  {run['run_id'][:12]}")
+    took = (
+        f"{(run['finished'] - run['started']) * 1000:8.1f}ms"
+        if run.get("finished") and run.get("started")
+        else " " * 10
+    )
+    return (
+        f"{when}  {run['status']:8} {late} late {took}  {run['job']}  "
+        f"{run.get('worker') or '-'}  {run['run_id'][:12]}"
+    )
 
 
 def cmd_keygen(args: dict) -> int:

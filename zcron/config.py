@@ -18,7 +18,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(text: str | int | float, where: str = "duration") -> float:
-    """Return seconds for `250ms`, `30s`, `5m`, `2h`, `14d` (or `1h30m`); bare numbers are seconds."""
+    """Seconds for `250ms`, `30s`, `5m`, `2h`, `14d` or `1h30m`; bare numbers are seconds."""
     if isinstance(text, bool):
         raise ConfigError(f"{where}: expected a duration like 30s, got {text!r}")
     if isinstance(text, int | float):
@@ -103,7 +103,6 @@ class Config:
         return replace(self, **{section: replace(getattr(self, section), **given)})
 
 
-_DURATIONS = {"heartbeat", "peer_timeout", "retention", "drain_timeout"}
 _SECTIONS = {
     "cluster": ClusterConfig,
     "scheduler": SchedulerConfig,
@@ -112,32 +111,56 @@ _SECTIONS = {
 }
 
 
-def _coerce(section: str, key: str, value: Any, where: str) -> Any:
-    name = f"{where}: [{section}] {key}"
-    if key in _DURATIONS:
-        return parse_duration(value, name)
-    if key == "schedulers":
-        if not isinstance(value, dict) or not value or not all(
-            isinstance(v, str) for v in value.values()
-        ):
-            raise ConfigError(f"{name}: expected a table of id = \"tcp://host:port\"")
-        return dict(value)
-    if key == "pool":
-        pools = [value] if isinstance(value, str) else value
-        if not isinstance(pools, list) or not pools or not all(isinstance(p, str) for p in pools):
-            raise ConfigError(f"{name}: expected a pool name or a list of them")
-        return tuple(pools)
-    if key == "slots":
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name}: expected a whole number >= 1, got {value!r}")
-        return value
-    if key in ("insecure", "job_labels"):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}")
-        return value
+def _schedulers(value: Any, name: str) -> dict[str, str]:
+    if (
+        not isinstance(value, dict)
+        or not value
+        or not all(isinstance(v, str) for v in value.values())
+    ):
+        raise ConfigError(f'{name}: expected a table of id = "tcp://host:port"')
+    return dict(value)
+
+
+def _pools(value: Any, name: str) -> tuple[str, ...]:
+    pools = [value] if isinstance(value, str) else value
+    if not isinstance(pools, list) or not pools or not all(isinstance(p, str) for p in pools):
+        raise ConfigError(f"{name}: expected a pool name or a list of them")
+    return tuple(pools)
+
+
+def _slots(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name}: expected a whole number >= 1, got {value!r}")
+    return value
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    return value
+
+
+def _text(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{name}: expected a string, got {value!r}")
     return value
+
+
+_KEY_TYPES = {
+    "heartbeat": parse_duration,
+    "peer_timeout": parse_duration,
+    "retention": parse_duration,
+    "drain_timeout": parse_duration,
+    "schedulers": _schedulers,
+    "pool": _pools,
+    "slots": _slots,
+    "insecure": _flag,
+    "job_labels": _flag,
+}
+
+
+def _coerce(section: str, key: str, value: Any, where: str) -> Any:
+    return _KEY_TYPES.get(key, _text)(value, f"{where}: [{section}] {key}")
 
 
 def _section(section: str, table: Any, where: str) -> Any:

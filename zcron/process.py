@@ -107,12 +107,26 @@ def _spawn(msg: dict, worker_id: str, go: int, out: int, err: int) -> subprocess
     argv, env = parked_argv(msg, cwd), job_environment(msg, account, worker_id)
     try:
         if account.pw_uid == os.getuid():
-            return os.posix_spawn(argv[0], argv, env, setsid=True, file_actions=[
-                (os.POSIX_SPAWN_DUP2, go, 0), (os.POSIX_SPAWN_DUP2, out, 1),
-                (os.POSIX_SPAWN_DUP2, err, 2)])
+            return os.posix_spawn(
+                argv[0],
+                argv,
+                env,
+                setsid=True,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, go, 0),
+                    (os.POSIX_SPAWN_DUP2, out, 1),
+                    (os.POSIX_SPAWN_DUP2, err, 2),
+                ],
+            )
         return subprocess.Popen(
-            argv, env=env, stdin=go, stdout=out, stderr=err, start_new_session=True,
-            user=account.pw_uid, group=account.pw_gid,
+            argv,
+            env=env,
+            stdin=go,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+            user=account.pw_uid,
+            group=account.pw_gid,
             extra_groups=os.getgrouplist(account.pw_name, account.pw_gid),
         )
     except OSError as exc:
@@ -266,5 +280,6 @@ def arm_run(msg: dict, worker_id: str) -> Run:
     for fd in (out_r, err_r):
         os.set_blocking(fd, False)
     out, err = Tail(), Tail()
-    return Run(msg, worker_id, pid, os.pidfd_open(pid), go_w, {out_r: out, err_r: err},
-               (out, err), popen)
+    return Run(
+        msg, worker_id, pid, os.pidfd_open(pid), go_w, {out_r: out, err_r: err}, (out, err), popen
+    )

@@ -72,8 +72,11 @@ class Scheduler:
         self.next_report = 0.0
         self.next_poll_dir = 0.0
         self.rejected = 0
-        self.handlers = {"ready": self.on_ready, "finished": self.on_finished,
-                         "request": self.on_request}
+        self.handlers = {
+            "ready": self.on_ready,
+            "finished": self.on_finished,
+            "request": self.on_request,
+        }
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -95,8 +98,13 @@ class Scheduler:
         self.bind()
         self.reload(time.time())
         notify("READY=1")
-        log.info("scheduler %s on %s: %d jobs from %s", self.id, self.address, len(self.jobs),
-                 self.config.scheduler.schedules)
+        log.info(
+            "scheduler %s on %s: %d jobs from %s",
+            self.id,
+            self.address,
+            len(self.jobs),
+            self.config.scheduler.schedules,
+        )
         while not self.signals.stopping:
             ready = dict(self.poller.poll(self.timeout_ms(time.time())))
             self.handle_events(ready)
@@ -228,9 +236,18 @@ class Scheduler:
         }
 
     def job_message_defaults(self) -> dict:
-        return {"run_id": uuid.uuid4().hex, "attempt": 1, "scheduler": self.id, "shell": "/bin/sh",
-                "user": None, "env": {}, "cwd": None, "timeout": None, "on_timeout": "kill",
-                "dispatched": 0.0}
+        return {
+            "run_id": uuid.uuid4().hex,
+            "attempt": 1,
+            "scheduler": self.id,
+            "shell": "/bin/sh",
+            "user": None,
+            "env": {},
+            "cwd": None,
+            "timeout": None,
+            "on_timeout": "kill",
+            "dispatched": 0.0,
+        }
 
     def dispatch(self, msg: dict, avoid: str | None = None) -> bool:
         """Send the job to the pool's freest worker; False when no slot is free."""
@@ -254,10 +271,14 @@ class Scheduler:
         for pool, queue in list(self.waiting.items()):
             while queue and queue[0].give_up_at <= now:
                 msg = queue.popleft().msg
-                log.warning("tick %.3f of %s missed: no free slot in pool %r", msg["tick"],
-                            msg["job"], pool)
-                self.record(run_record(msg, None, status="missed",
-                                       stderr_tail=f"no free slot in pool {pool!r}"))
+                log.warning(
+                    "tick %.3f of %s missed: no free slot in pool %r", msg["tick"], msg["job"], pool
+                )
+                self.record(
+                    run_record(
+                        msg, None, status="missed", stderr_tail=f"no free slot in pool {pool!r}"
+                    )
+                )
             if not queue:
                 del self.waiting[pool]
 
@@ -292,8 +313,12 @@ class Scheduler:
 
     def expire_workers(self, now: float) -> None:
         for worker in self.workers.expire(now):
-            log.warning("worker %s silent for %.1fs: %d runs lost", worker.id,
-                        now - worker.last_seen, len(worker.running) + len(worker.in_flight))
+            log.warning(
+                "worker %s silent for %.1fs: %d runs lost",
+                worker.id,
+                now - worker.last_seen,
+                len(worker.running) + len(worker.in_flight),
+            )
             for job in [*worker.running.values(), *(j for _, j in worker.in_flight)]:
                 self.run_lost(job, f"worker {worker.id} stopped answering")
 
@@ -308,8 +333,11 @@ class Scheduler:
         op = msg["op"]
         try:
             body = getattr(self, f"request_{op}")(msg["args"]) if op in REQUESTS else None
-            reply = {"ok": op in REQUESTS, "error": None if op in REQUESTS else
-                     f"unknown request {op!r}", "body": body}
+            reply = {
+                "ok": op in REQUESTS,
+                "error": None if op in REQUESTS else f"unknown request {op!r}",
+                "body": body,
+            }
         except (KeyError, TypeError, ValueError) as exc:
             reply = {"ok": False, "error": str(exc), "body": None}
         self.router.send_multipart([identity, protocol.encode("reply", **reply)])
@@ -325,14 +353,23 @@ class Scheduler:
     def request_push(self, args: dict) -> dict:
         """An ad-hoc one-off command, now or at `at` (kept in memory: lost on restart)."""
         command, at = args["command"], float(args["at"])
-        if not isinstance(command, list) or not command or not all(
-            isinstance(a, str) for a in command
+        if (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(a, str) for a in command)
         ):
             raise ValueError("push: command must be a non-empty list of strings")
         run_id = uuid.uuid4().hex
         name = f"push:{run_id[:12]}"
-        msg = {**self.job_message_defaults(), "run_id": run_id, "job": name, "tick": at,
-               "pool": str(args["pool"]), "command": command, "timeout": args.get("timeout")}
+        msg = {
+            **self.job_message_defaults(),
+            "run_id": run_id,
+            "job": name,
+            "tick": at,
+            "pool": str(args["pool"]),
+            "command": command,
+            "timeout": args.get("timeout"),
+        }
         self.pushed[name] = msg
         heapq.heappush(self.due, (at - LEAD_S, at, 0, name))
         return {"job": name, "run_id": run_id, "tick": at}
@@ -343,8 +380,16 @@ class Scheduler:
             "jobs": len(self.jobs),
             "digest": digest(self.jobs),
             "pools": self.workers.pools(),
-            "workers": [{"id": w.id, "pools": w.pools, "slots": w.slots, "free": max(0, w.credit),
-                         "running": len(w.running)} for w in self.workers.workers.values()],
+            "workers": [
+                {
+                    "id": w.id,
+                    "pools": w.pools,
+                    "slots": w.slots,
+                    "free": max(0, w.credit),
+                    "running": len(w.running),
+                }
+                for w in self.workers.workers.values()
+            ],
             "waiting": {pool: len(q) for pool, q in self.waiting.items()},
             "errors": [str(e) for e in self.errors],
         }
@@ -377,8 +422,10 @@ class Scheduler:
         if now < self.next_report:
             return
         self.next_report = now + REPORT_EVERY_S
-        jobs = [dict(to_wire(job), next_tick=self.next_instant.get(name))
-                for name, job in self.jobs.items()]
+        jobs = [
+            dict(to_wire(job), next_tick=self.next_instant.get(name))
+            for name, job in self.jobs.items()
+        ]
         self.sink.send(protocol.encode("jobs", scheduler=self.id, jobs=jobs, sent=now))
         for rec in self.spool.due(time.monotonic()):
             self.sink.send(protocol.encode("result", record=rec))

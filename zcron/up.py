@@ -114,7 +114,11 @@ def cmd_up(args: dict) -> int:
     supervisor.signals.install()
     supervisor.start()
     http = config.sink.http
-    log.info("schedules %s; dashboard http://%s/  metrics http://%s/metrics  (Ctrl-C stops)",
-             config.scheduler.schedules, http, http)
+    log.info(
+        "schedules %s; dashboard http://%s/  metrics http://%s/metrics  (Ctrl-C stops)",
+        config.scheduler.schedules,
+        http,
+        http,
+    )
     notify("READY=1")
     return supervisor.wait()

@@ -199,8 +199,11 @@ class Worker:
         self.report(rec)
         owner = self.owner_socket(run.msg["scheduler"])
         if owner is not None:
-            owner.send(protocol.encode("finished", run_id=rec["run_id"], job=rec["job"],
-                                       status=rec["status"]))
+            owner.send(
+                protocol.encode(
+                    "finished", run_id=rec["run_id"], job=rec["job"], status=rec["status"]
+                )
+            )
         self.announce()
 
     def owner_socket(self, scheduler_id: str) -> zmq.Socket | None:
@@ -220,8 +223,9 @@ class Worker:
                 run.begin_kill(now)
                 heapq.heappush(self.timeouts, (run.kill_at, run_id))
             else:
-                log.warning("run %s of %s is past its timeout (on_timeout=alert)", run_id,
-                            run.msg["job"])
+                log.warning(
+                    "run %s of %s is past its timeout (on_timeout=alert)", run_id, run.msg["job"]
+                )
                 run.timed_out = True
 
     # -- announcements and results ------------------------------------------------------
@@ -231,10 +235,28 @@ class Worker:
         free = 0 if self.signals.stopping else max(0, self.slots - len(self.running))
         running = list(self.running)
         for sock, sid in self.schedulers.items():
-            sock.send(protocol.encode("ready", worker=self.id, pools=self.pools, slots=self.slots,
-                                      free=free, seen=self.seen[sid], running=running))
-        self.sink.send(protocol.encode("ready", worker=self.id, pools=self.pools,
-                                       slots=self.slots, free=free, seen=0, running=running))
+            sock.send(
+                protocol.encode(
+                    "ready",
+                    worker=self.id,
+                    pools=self.pools,
+                    slots=self.slots,
+                    free=free,
+                    seen=self.seen[sid],
+                    running=running,
+                )
+            )
+        self.sink.send(
+            protocol.encode(
+                "ready",
+                worker=self.id,
+                pools=self.pools,
+                slots=self.slots,
+                free=free,
+                seen=0,
+                running=running,
+            )
+        )
 
     def heartbeat_if_due(self, now: float) -> None:
         if now >= self.next_heartbeat:

@@ -53,7 +53,7 @@ def test_per_second_jobs_run_exactly_once_per_tick(procs: Processes, cluster: Cl
     lines = [line.split() for line in out.read_text().splitlines()]
     seen = [(job, float(tick)) for job, tick, _ in lines]
     assert len(seen) == len(set(seen)), "a tick ran twice"
-    for job, tick, started in lines:
+    for _job, tick, started in lines:
         assert float(tick) == int(float(tick)), "ZCRON_TICK is the scheduled whole second"
         assert 0 <= float(started) - float(tick) < 1.0
 
@@ -64,16 +64,44 @@ def test_run_record_has_every_field_and_cli_shows_it(procs: Processes, cluster: 
     )
     start_up(procs, cluster)
     rec = wait_until(lambda: all_runs(cluster, job="hello"), 20, "a run of hello")[0]
-    assert set(rec) >= {"run_id", "job", "tick", "attempt", "scheduler", "worker", "pool",
-                        "dispatched", "started", "finished", "exit_code", "signal", "status",
-                        "stdout_tail", "stderr_tail"}
+    assert set(rec) >= {
+        "run_id",
+        "job",
+        "tick",
+        "attempt",
+        "scheduler",
+        "worker",
+        "pool",
+        "dispatched",
+        "started",
+        "finished",
+        "exit_code",
+        "signal",
+        "status",
+        "stdout_tail",
+        "stderr_tail",
+    }
     assert rec["status"] == "failed" and rec["exit_code"] == 3 and rec["signal"] is None
     assert rec["stdout_tail"] == "hello\n" and rec["stderr_tail"] == "oops\n"
     assert rec["dispatched"] <= rec["started"] and rec["tick"] <= rec["started"] <= rec["finished"]
     assert rec["scheduler"] == "a" and rec["pool"] == "default" and rec["attempt"] == 1
-    cli = subprocess.run([sys.executable, "-m", "zcron", "runs", "-c", str(cluster.config_path),
-                          "hello", "--json", "--limit", "3"], capture_output=True, text=True,
-                         timeout=20)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zcron",
+            "runs",
+            "-c",
+            str(cluster.config_path),
+            "hello",
+            "--json",
+            "--limit",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert cli.returncode == 0, cli.stderr
     printed = [json.loads(line) for line in cli.stdout.splitlines()]
     assert printed and all(r["job"] == "hello" for r in printed)
@@ -92,8 +120,11 @@ def test_edited_file_takes_effect_while_running(procs: Processes, cluster: Clust
     (cluster.schedules / "added.toml").write_text(
         '[added]\nschedule = "* * * * * *"\ncommand = ["echo", "new"]\n'
     )
-    wait_until(lambda: any(r["stdout_tail"] == "v2\n" for r in all_runs(cluster, job="edited")),
-               20, "the edited command to run")
+    wait_until(
+        lambda: any(r["stdout_tail"] == "v2\n" for r in all_runs(cluster, job="edited")),
+        20,
+        "the edited command to run",
+    )
     wait_until(lambda: all_runs(cluster, job="added"), 20, "the added job to run")
 
 
@@ -105,14 +136,16 @@ def test_broken_file_keeps_its_last_good_version(procs: Processes, cluster: Clus
     path.write_text("# name: steady\n* * * * * *  *  echo steady\n61 * * * * * * nope\n")
     wait_until(lambda: f"{path}:3" in procs.log(proc), 20, "the file:line error in the log")
     broken_at = time.time()
-    wait_until(lambda: len(runs_after(cluster, "steady", broken_at)) >= 2, 20,
-               "the old job to keep firing")
+    wait_until(
+        lambda: len(runs_after(cluster, "steady", broken_at)) >= 2, 20, "the old job to keep firing"
+    )
 
 
 def test_sigterm_stops_everything_cleanly(procs: Processes, cluster: Cluster) -> None:
     proc = start_up(procs, cluster)
-    children = wait_until(lambda: len(child_pids(proc.pid)) == 3 and child_pids(proc.pid), 10,
-                          "three children")
+    children = wait_until(
+        lambda: len(child_pids(proc.pid)) == 3 and child_pids(proc.pid), 10, "three children"
+    )
     assert procs.stop(proc, signal.SIGTERM) == 0
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or "zcron" not in cmdline(pid)
@@ -120,8 +153,9 @@ def test_sigterm_stops_everything_cleanly(procs: Processes, cluster: Cluster) ->
 
 def test_a_dead_child_stops_the_others_and_up_fails(procs: Processes, cluster: Cluster) -> None:
     proc = start_up(procs, cluster)
-    children = wait_until(lambda: len(child_pids(proc.pid)) == 3 and child_pids(proc.pid), 10,
-                          "three children")
+    children = wait_until(
+        lambda: len(child_pids(proc.pid)) == 3 and child_pids(proc.pid), 10, "three children"
+    )
     worker = next(pid for pid in children if " worker " in cmdline(pid))
     os.kill(worker, signal.SIGKILL)
     assert proc.wait(30) == 1

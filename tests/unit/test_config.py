@@ -10,8 +10,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize(
     "text, seconds",
-    [("250ms", 0.25), ("30s", 30), ("5m", 300), ("2h", 7200), ("14d", 14 * 86400),
-     ("1h30m", 5400), (7, 7.0), ("0s", 0)],
+    [
+        ("250ms", 0.25),
+        ("30s", 30),
+        ("5m", 300),
+        ("2h", 7200),
+        ("14d", 14 * 86400),
+        ("1h30m", 5400),
+        (7, 7.0),
+        ("0s", 0),
+    ],
 )
 def test_durations_parse_to_seconds(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -53,10 +61,14 @@ def test_unknown_section_is_named() -> None:
 
 @pytest.mark.parametrize(
     "text, key",
-    [("[worker]\nslots = 0", "slots"), ("[worker]\nslots = true", "slots"),
-     ('[cluster]\nschedulers = "a"', "schedulers"), ("[sink]\nhttp = 5", "http"),
-     ('[cluster]\nheartbeat = "2s"\npeer_timeout = "1s"', "peer_timeout"),
-     ("[cluster\n", "x.conf")],
+    [
+        ("[worker]\nslots = 0", "slots"),
+        ("[worker]\nslots = true", "slots"),
+        ('[cluster]\nschedulers = "a"', "schedulers"),
+        ("[sink]\nhttp = 5", "http"),
+        ('[cluster]\nheartbeat = "2s"\npeer_timeout = "1s"', "peer_timeout"),
+        ("[cluster\n", "x.conf"),
+    ],
 )
 def test_bad_values_are_config_errors(text: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
@@ -69,8 +81,10 @@ def test_missing_explicit_file_is_an_error() -> None:
 
 
 def test_dumped_config_reads_back_the_same() -> None:
-    config = parse_config('[cluster]\nschedulers = { a = "tcp://127.0.0.1:1", b = "tcp://h:2" }\n'
-                          '[worker]\npool = ["x", "y"]\nid = "w"\n')
+    config = parse_config(
+        '[cluster]\nschedulers = { a = "tcp://127.0.0.1:1", b = "tcp://h:2" }\n'
+        '[worker]\npool = ["x", "y"]\nid = "w"\n'
+    )
     again = parse_config(dump_config(config))
     assert (again.cluster, again.worker, again.sink) == (config.cluster, config.worker, config.sink)
 

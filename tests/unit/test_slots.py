@@ -2,8 +2,14 @@ from zcron.slots import WorkerTable
 
 
 def ready(worker: str, free: int, seen: int, pools: tuple[str, ...] = ("default",)) -> dict:
-    return {"worker": worker, "pools": list(pools), "slots": 2, "free": free, "seen": seen,
-            "running": []}
+    return {
+        "worker": worker,
+        "pools": list(pools),
+        "slots": 2,
+        "free": free,
+        "seen": seen,
+        "running": [],
+    }
 
 
 def job(run_id: str) -> dict:
