@@ -37,7 +37,7 @@ def write_setup(root: Path, jobs: int, out: Path) -> Path:
     for i in range(jobs):
         lines += [
             f"# name: bench-{i:04d}",
-            f'* * * * * *  *  echo "$ZCRON_JOB $ZCRON_TICK $EPOCHREALTIME" >> {out}',
+            f'* * * * * *  -  echo "$ZCRON_JOB $ZCRON_TICK $EPOCHREALTIME" >> {out}',
         ]
     (schedules / "bench").write_text("\n".join(lines) + "\n")
     config = root / "zcron.conf"

@@ -19,9 +19,9 @@ pytestmark = pytest.mark.timeout(90)
 PER_SECOND = """\
 SHELL=/bin/bash
 # name: every-second
-* * * * * *  *  echo "$ZCRON_JOB $ZCRON_TICK $EPOCHREALTIME" >> {out}
+* * * * * *  -  echo "$ZCRON_JOB $ZCRON_TICK $EPOCHREALTIME" >> {out}
 # name: every-second-too
-* * * * * *  *  echo "$ZCRON_JOB $ZCRON_TICK $EPOCHREALTIME" >> {out}
+* * * * * *  -  echo "$ZCRON_JOB $ZCRON_TICK $EPOCHREALTIME" >> {out}
 """
 
 
@@ -60,7 +60,7 @@ def test_per_second_jobs_run_exactly_once_per_tick(procs: Processes, cluster: Cl
 
 def test_run_record_has_every_field_and_cli_shows_it(procs: Processes, cluster: Cluster) -> None:
     (cluster.schedules / "seconds").write_text(
-        "# name: hello\n* * * * * *  *  echo hello; echo oops >&2; exit 3\n"
+        "# name: hello\n* * * * * *  -  echo hello; echo oops >&2; exit 3\n"
     )
     start_up(procs, cluster)
     rec = wait_until(lambda: all_runs(cluster, job="hello"), 20, "a run of hello")[0]
@@ -113,10 +113,10 @@ def test_run_record_has_every_field_and_cli_shows_it(procs: Processes, cluster: 
 
 def test_edited_file_takes_effect_while_running(procs: Processes, cluster: Cluster) -> None:
     path = cluster.schedules / "jobs"
-    path.write_text("# name: edited\n* * * * * *  *  echo v1\n")
+    path.write_text("# name: edited\n* * * * * *  -  echo v1\n")
     start_up(procs, cluster)
     wait_until(lambda: all_runs(cluster, job="edited"), 20, "v1 runs")
-    path.write_text("# name: edited\n* * * * * *  *  echo v2\n")
+    path.write_text("# name: edited\n* * * * * *  -  echo v2\n")
     (cluster.schedules / "added.toml").write_text(
         '[added]\nschedule = "* * * * * *"\ncommand = ["echo", "new"]\n'
     )
@@ -130,10 +130,10 @@ def test_edited_file_takes_effect_while_running(procs: Processes, cluster: Clust
 
 def test_broken_file_keeps_its_last_good_version(procs: Processes, cluster: Cluster) -> None:
     path = cluster.schedules / "jobs"
-    path.write_text("# name: steady\n* * * * * *  *  echo steady\n")
+    path.write_text("# name: steady\n* * * * * *  -  echo steady\n")
     proc = start_up(procs, cluster)
     wait_until(lambda: all_runs(cluster, job="steady"), 20, "runs of steady")
-    path.write_text("# name: steady\n* * * * * *  *  echo steady\n61 * * * * * * nope\n")
+    path.write_text("# name: steady\n* * * * * *  -  echo steady\n61 * * * * * * nope\n")
     wait_until(lambda: f"{path}:3" in procs.log(proc), 20, "the file:line error in the log")
     broken_at = time.time()
     wait_until(
