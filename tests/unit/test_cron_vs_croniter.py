@@ -50,7 +50,12 @@ def _field(low: int, high: int) -> st.SearchStrategy[str]:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    _field(0, 59), _field(0, 59), _field(0, 23), _field(1, 28), _field(1, 12), _field(0, 6),
+    _field(0, 59),
+    _field(0, 59),
+    _field(0, 23),
+    _field(1, 28),
+    _field(1, 12),
+    _field(0, 6),
     st.floats(0, 86400 * 400),
 )
 def test_next_fire_agrees_with_croniter_in_utc(sec, minute, hour, dom, month, dow, offset):
