@@ -53,6 +53,7 @@ class Cluster:
     sink_port: int
     http_port: int
     extra: str = ""
+    slots: int = 8
     config_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,7 +85,7 @@ schedules = "{self.schedules}"
 state = "{self.root}/scheduler"
 
 [worker]
-slots = 8
+slots = {self.slots}
 spool = "{self.root}/worker"
 
 [sink]
@@ -111,7 +112,9 @@ data = "{self.root}/sink"
             return []
 
 
-def make_cluster(root: Path, scheduler_ids: tuple[str, ...] = ("a",), extra: str = "") -> Cluster:
+def make_cluster(
+    root: Path, scheduler_ids: tuple[str, ...] = ("a",), extra: str = "", slots: int = 8
+) -> Cluster:
     ports = free_ports(len(scheduler_ids) * 2 + 2)
     return Cluster(
         root=root,
@@ -119,6 +122,7 @@ def make_cluster(root: Path, scheduler_ids: tuple[str, ...] = ("a",), extra: str
         sink_port=ports[-2],
         http_port=ports[-1],
         extra=extra,
+        slots=slots,
     )
 
 

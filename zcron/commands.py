@@ -42,9 +42,12 @@ def cmd_check(args: dict) -> int:
     for job in sorted(result.jobs.values(), key=lambda j: j.source):
         nexts = ", ".join(_iso(t, job.timezone) for t in fire_times(job, 3, now)) or "never"
         print(f"{job.source}  {job.name}  [{job.schedule}] {job.timezone}  next: {nexts}")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
-    print(f"{len(result.jobs)} jobs, {len(result.errors)} errors", file=sys.stderr)
+    counts = f"{len(result.jobs)} jobs, {len(result.errors)} errors"
+    print(f"{counts}, {len(result.warnings)} warnings", file=sys.stderr)
     return 2 if result.errors else 0
 
 
@@ -180,10 +183,21 @@ def _print_status(views: dict) -> None:
     digests = {v.get("digest") for v in views.values() if v["state"] == "live"}
     for sid, view in views.items():
         if view["state"] != "live":
-            print(f"scheduler {sid}: dead ({view['error']})")
+            print(f"scheduler {sid}: unreachable ({view['error']})")
             continue
         agree = "agrees" if len(digests) == 1 else "DIFFERS"
-        print(f"scheduler {sid}: live, {view['jobs']} jobs, digest {view['digest']} ({agree})")
+        firing = "firing" if view.get("eligible", True) else f"NOT firing: {view['reason']}"
+        print(
+            f"scheduler {sid}: live, {firing}, owns {view.get('owned', '?')} of "
+            f"{view['jobs']} jobs, digest {view['digest']} ({agree})"
+        )
+        for pid, peer in sorted(view.get("peers", {}).items()):
+            offset = peer["clock_offset"]
+            clock = f", clock {offset * 1000:+.1f}ms" if offset is not None else ""
+            print(
+                f"  sees {pid}: {peer['state']}{', eligible' if peer['eligible'] else ''}"
+                f", digest {peer['digest'] or '-'}{clock}"
+            )
         for pool, slots in sorted(view["pools"].items()):
             print(
                 f"  pool {pool}: {slots['workers']} workers, {slots['free']}/{slots['slots']} "
@@ -205,7 +219,14 @@ def cmd_runs(args: dict) -> int:
         with urllib.request.urlopen(url, timeout=5) as response:
             runs = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        raise ZcronError(f"{url}: {exc.code} {exc.read().decode(errors='replace')}") from None
+        body = exc.read().decode(errors="replace")
+        try:
+            body = json.loads(body)["error"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        # 400: the sink did not accept our arguments, a usage error (exit 2).
+        error = ConfigError if exc.code == 400 else ZcronError
+        raise error(f"{url}: HTTP {exc.code}: {body}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise ZcronError(f"cannot reach the sink at {url}: {exc}") from None
     for run in runs:

@@ -49,6 +49,7 @@ class ClusterConfig:
     keys: str | None = None
     heartbeat: float = 0.2
     peer_timeout: float = 1.0
+    max_clock_skew: float = 0.5
     insecure: bool = False
 
 
@@ -149,6 +150,7 @@ def _text(value: Any, name: str) -> str:
 _KEY_TYPES = {
     "heartbeat": parse_duration,
     "peer_timeout": parse_duration,
+    "max_clock_skew": parse_duration,
     "retention": parse_duration,
     "drain_timeout": parse_duration,
     "schedulers": _schedulers,

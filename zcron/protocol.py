@@ -17,6 +17,8 @@ VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_NAME = 256
 MAX_TEXT = 64 * 1024
+MAX_PAIRS = 20_000
+NAMES_PER_PART = 10_000
 STATUSES = ("ok", "failed", "timeout", "killed", "lost", "skipped", "missed", "refused")
 
 NUM = (int, float)
@@ -86,6 +88,28 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "jobs": (list, True, 1_000_000),
         "sent": (NUM, True, 0),
     },
+    # scheduler -> scheduler, every heartbeat: liveness, incarnation, job-set digest, clock
+    "heartbeat": {
+        "scheduler": (str, True, MAX_NAME),
+        "since": (NUM, True, 0),
+        "sent": (NUM, True, 0),
+        "digest": (str, True, 64),
+        "eligible": (bool, True, 0),
+        "reason": (OPT_STR, True, 1024),
+    },
+    # scheduler -> scheduler: ticks it has just fired, [[job, tick], ...]
+    "claims": {"scheduler": (str, True, MAX_NAME), "ticks": (list, True, MAX_PAIRS)},
+    # worker -> every scheduler: ticks it has received, [[job, tick], ...] (takeover evidence)
+    "accepted": {"worker": (str, True, MAX_NAME), "ticks": (list, True, MAX_PAIRS)},
+    # scheduler -> scheduler: send me your job names (our digests differ), and the answer
+    "jobset_request": {"scheduler": (str, True, MAX_NAME)},
+    "jobset": {
+        "scheduler": (str, True, MAX_NAME),
+        "digest": (str, True, 64),
+        "part": (int, True, 0),
+        "parts": (int, True, 0),
+        "names": (list, True, NAMES_PER_PART),
+    },
     # command line -> scheduler, and the reply
     "request": {"op": (str, True, 32), "args": (dict, True, 64)},
     "reply": {"ok": (bool, True, 0), "error": (OPT_STR, True, MAX_TEXT), "body": (object, True, 0)},
@@ -123,10 +147,26 @@ def _check_nested(kind: str, msg: dict) -> None:
         command = msg["command"]
         if isinstance(command, list) and not (command and all(isinstance(a, str) for a in command)):
             raise ProtocolError("bad_field", "job.command list must hold strings")
+    elif kind in ("claims", "accepted"):
+        if not all(_is_tick_pair(pair) for pair in msg["ticks"]):
+            raise ProtocolError("bad_field", f"{kind}.ticks must hold [job, tick] pairs")
+    elif kind == "jobset" and not all(isinstance(n, str) for n in msg["names"]):
+        raise ProtocolError("bad_field", "jobset.names must hold strings")
     elif kind in ("ready", "ack") and not all(
         isinstance(v, str) for v in msg["pools" if kind == "ready" else "run_ids"]
     ):
         raise ProtocolError("bad_field", f"{kind} list must hold strings")
+
+
+def _is_tick_pair(pair: Any) -> bool:
+    return (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and isinstance(pair[0], str)
+        and len(pair[0]) <= MAX_NAME
+        and isinstance(pair[1], NUM)
+        and not isinstance(pair[1], bool)
+    )
 
 
 def encode(kind: str, **fields: Any) -> bytes:

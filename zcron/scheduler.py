@@ -1,9 +1,12 @@
-"""Scheduler: keeps a heap of next fire instants, sleeps until the earliest, dispatches at it.
+"""Scheduler: a heap of next fire instants, rendezvous ownership, claims, takeover catch-up.
 
 No per-second scan of all jobs: each fired tick pushes that job's next instant onto the
 heap, so the loop's cost follows the ticks that are due, and idle means a long poll.
-Due ticks go to the worker of the job's pool with the most announced free slots; when no
-slot is free the tick waits here (bounded by the job's misfire_grace), then is `missed`.
+Every scheduler walks every job's ticks but fires only those it owns (ring.owner_of over
+the peers eligible for that tick). A fired tick is announced to the peers (a claim) and
+reported by the worker that took it; a tick that neither says fired is *unfired*. When the
+view of the peers changes, the new owner of a job fires its unfired ticks (per catch_up,
+within misfire_grace): a killed peer costs lateness, never a missed tick.
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ from zcron import protocol
 from zcron.config import Config, load_config
 from zcron.daemon import Signals, notify
 from zcron.errors import ProtocolError
+from zcron.ledger import TickLedger
 from zcron.log import setup_logging
+from zcron.mesh import PeerMesh
 from zcron.net import bind, make_socket
+from zcron.peers import Membership
 from zcron.process import run_record
+from zcron.ring import OwnerCache, has_quorum, owner_of
 from zcron.schedule import Job, ScheduleDir, digest, to_wire
 from zcron.slots import WorkerTable
 from zcron.spool import Spool
@@ -37,6 +44,7 @@ SPIN_S = 0.002  # the last stretch before an instant is spun, not slept: poll wa
 # releases it at the instant (see process.py). Jobs whose overlap policy must be decided at
 # the instant (forbid, replace) are dispatched at the instant instead.
 LEAD_S = 0.5
+MAX_CATCH_UP = 10_000  # ticks of one job fired by one catch-up, at most
 
 
 @dataclass
@@ -45,6 +53,7 @@ class Waiting:
 
     msg: dict
     give_up_at: float  # wall clock: the tick plus the job's misfire_grace
+    claim: bool
 
 
 class Scheduler:
@@ -52,6 +61,7 @@ class Scheduler:
 
     def __init__(self, config: Config):
         self.config = config
+        cluster = config.cluster
         self.id = config.scheduler.id
         self.address = config.scheduler_address()
         self.signals = Signals()
@@ -59,33 +69,44 @@ class Scheduler:
         self.watch = DirectoryWatch(config.scheduler.schedules)
         self.jobs: dict[str, Job] = {}
         self.generation: dict[str, int] = {}
+        self.next_instant: dict[str, float] = {}
         self.due: list[tuple[float, float, int, str]] = []  # (dispatch at, tick, generation, job)
         self.waiting: dict[str, deque[Waiting]] = {}
-        self.workers = WorkerTable(config.cluster.peer_timeout)
+        self.pushed: dict[str, dict] = {}  # one-off jobs from `zcron push`, by name
+        self.workers = WorkerTable(cluster.peer_timeout)
         self.spool = Spool(f"{config.scheduler.state}/spool")
+        self.ledger = TickLedger(f"{config.scheduler.state}/ledger")
+        warm_up = cluster.peer_timeout + 2 * cluster.heartbeat if len(cluster.schedulers) > 1 else 0
+        self.members = Membership(
+            self.id, list(cluster.schedulers), cluster.peer_timeout, since=time.time() + warm_up
+        )
+        self.owners = OwnerCache()
+        self.views_at: list[float] = [self.members.since]  # wall instants the view changes
+        self.claims: list[list] = []
         self.ctx = zmq.Context.instance()
         self.poller = zmq.Poller()
-        self.next_instant: dict[str, float] = {}
-        self.pushed: dict[str, dict] = {}  # one-off jobs from `zcron push`, by name
         self.errors: list = []
         self.reload_at: float | None = None
-        self.next_report = 0.0
-        self.next_poll_dir = 0.0
-        self.rejected = 0
+        self.next_report = self.next_poll_dir = self.next_heartbeat = 0.0
+        self.last_expire_check = time.monotonic()
+        self.counters = {"rejected": 0, "takeovers": 0, "caught_up": 0, "missed": 0}
         self.handlers = {
-            "ready": self.on_ready,
-            "finished": self.on_finished,
-            "request": self.on_request,
-        }
+            "ready": self.on_ready, "finished": self.on_finished, "request": self.on_request,
+            "heartbeat": self.on_heartbeat, "claims": self.on_claims,
+            "accepted": self.on_accepted, "jobset_request": self.on_jobset_request,
+            "jobset": self.on_jobset,
+        }  # fmt: skip
 
     # -- set-up -------------------------------------------------------------------------
 
     def bind(self) -> None:
         cluster = self.config.cluster
         self.router = make_socket(self.ctx, zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer or worker reconnects
         bind(self.router, self.address, cluster.insecure, cluster.keys)
         self.sink = make_socket(self.ctx, zmq.DEALER, identity=f"scheduler-{self.id}")
         self.sink.connect(cluster.sink)
+        self.mesh = PeerMesh(self.ctx, self.id, cluster.schedulers)
         for sock in (self.router, self.sink, self.signals.fd):
             self.poller.register(sock, zmq.POLLIN)
         if self.watch.fd is not None:
@@ -99,40 +120,51 @@ class Scheduler:
         self.reload(time.time())
         notify("READY=1")
         log.info(
-            "scheduler %s on %s: %d jobs from %s",
+            "scheduler %s on %s: %d jobs from %s; firing from %.3f",
             self.id,
             self.address,
             len(self.jobs),
             self.config.scheduler.schedules,
+            self.members.since,
         )
         while not self.signals.stopping:
             ready = dict(self.poller.poll(self.timeout_ms(time.time())))
             self.handle_events(ready)
-            now = time.time()
-            self.fire_due_ticks(now)
-            self.expire_waiting(now)
-            self.expire_workers(now)
-            self.reload_if_due(now)
-            self.report_if_due(now)
+            self.step(time.time(), time.monotonic())
         notify("STOPPING=1")
-        self.router.close(linger=0)
-        self.sink.close(linger=0)
-        log.info("scheduler %s stopped", self.id)
+        self.shutdown()
         return 0
+
+    def step(self, now: float, now_mono: float) -> None:
+        """Everything that is due at `now`, in order."""
+        self.expire_peers(now, now_mono)
+        self.change_view_if_due(now, now_mono)
+        self.fire_due_ticks(now)
+        self.send_claims()
+        self.expire_waiting(now)
+        self.expire_workers(now_mono)
+        self.heartbeat_if_due(now, now_mono)
+        self.reload_if_due(now)
+        self.report_if_due(now)
+        self.ledger.flush_if_due(now_mono)
 
     def timeout_ms(self, now: float) -> int:
         """Milliseconds until the next thing to do, waking just before a tick instant."""
-        deadlines = [self.next_report, now + 60]
+        now_mono = time.monotonic()
+        deadlines = [self.next_report, self.next_heartbeat, now + 60]
         if self.due:
             deadlines.append(self.due[0][0] - SPIN_S)
+        if self.views_at:
+            deadlines.append(self.views_at[0])
         if self.reload_at is not None:
             deadlines.append(self.reload_at)
         if self.watch.fd is None:
             deadlines.append(self.next_poll_dir)
         if self.waiting:
             deadlines.append(min(q[0].give_up_at for q in self.waiting.values()))
-        if self.workers.workers:
-            deadlines.append(now + self.config.cluster.heartbeat)
+        expiry = self.members.next_expiry(now_mono)
+        if expiry is not None:
+            deadlines.append(now + expiry - now_mono + 0.001)
         return max(0, int((min(deadlines) - now) * 1000))
 
     def handle_events(self, ready: dict) -> None:
@@ -148,6 +180,13 @@ class Scheduler:
             self.handle_router()
         if self.sink in ready:
             self.handle_sink()
+
+    def shutdown(self) -> None:
+        self.ledger.close()
+        self.mesh.close()
+        self.router.close(linger=0)
+        self.sink.close(linger=0)
+        log.info("scheduler %s stopped", self.id)
 
     # -- schedules ----------------------------------------------------------------------
 
@@ -174,9 +213,13 @@ class Scheduler:
         for name in set(self.jobs) - set(result.jobs):
             self.generation.pop(name, None)
             self.next_instant.pop(name, None)
-        if result.changed or not self.jobs:
-            log.info("%d jobs loaded, digest %s", len(result.jobs), digest(result.jobs))
         self.jobs = result.jobs
+        self.ledger.forget(set(self.jobs))
+        new_digest = digest(self.jobs)
+        if new_digest != self.members.my_digest:
+            log.info("%d jobs loaded, digest %s", len(self.jobs), new_digest)
+            self.members.my_digest = new_digest
+            self.next_heartbeat = 0.0
         self.next_report = now
 
     def plan(self, job: Job, after: float) -> None:
@@ -196,72 +239,81 @@ class Scheduler:
     # -- firing -------------------------------------------------------------------------
 
     def fire_due_ticks(self, now: float) -> None:
-        """Dispatch every tick whose instant has come; spin the last stretch to the instant."""
+        """Walk every tick whose dispatch time has come; fire the ones that are ours."""
+        now_mono = time.monotonic()
         while self.due and self.due[0][0] <= now + SPIN_S:
-            dispatch_at, instant, generation, name = heapq.heappop(self.due)
+            dispatch_at, tick, generation, name = heapq.heappop(self.due)
             while time.time() < dispatch_at:
                 pass
             if name in self.pushed:
-                self.fire_message(self.pushed.pop(name), instant)
-                continue
-            if self.generation.get(name) != generation:
-                continue  # the job changed or went away since this entry was planned
-            job = self.jobs[name]
-            self.fire(job, instant)
-            self.push(job, job.next_after(instant), generation)
-            now = time.time()
+                self.fire_message(self.pushed.pop(name), tick, claim=False)
+            elif self.generation.get(name) == generation:  # else changed or gone since
+                job = self.jobs[name]
+                if self.may_fire(job, tick, now_mono):
+                    self.fire(job, tick)
+                self.push(job, job.next_after(tick), generation)
+
+    def may_fire(self, job: Job, tick: float, now_mono: float) -> bool:
+        """Ours to fire: unfired anywhere, we own it, and a quorum job sees a majority."""
+        if self.ledger.has_fired(job.name, tick) or self.owner(job, tick, now_mono) != self.id:
+            return False
+        return not job.quorum or has_quorum(
+            self.members.visible(now_mono), self.config.cluster.schedulers
+        )
+
+    def owner(self, job: Job, tick: float, now_mono: float) -> str | None:
+        eligible = self.members.eligible_at(tick, now_mono)
+        if self.members.digests_agree(now_mono):
+            return self.owners.owner(job.name, eligible)
+        return owner_of(job.name, [p for p in eligible if self.members.knows(p, job.name)])
 
     def fire(self, job: Job, tick: float, attempt: int = 1) -> None:
-        self.fire_message(self.job_message(job, tick, attempt), tick, job.misfire_grace)
+        msg = self.job_message(job, tick, attempt)
+        self.fire_message(msg, tick, job.misfire_grace, claim=attempt == 1)
 
-    def fire_message(self, msg: dict, tick: float, grace: float = 60.0) -> None:
+    def fire_message(self, msg: dict, tick: float, grace: float = 60.0, claim: bool = True) -> None:
         """Dispatch now, or queue the tick for a free slot until tick + grace."""
-        if not self.dispatch(msg):
-            self.waiting.setdefault(msg["pool"], deque()).append(Waiting(msg, tick + grace))
+        if not self.dispatch(msg, claim):
+            queue = self.waiting.setdefault(msg["pool"], deque())
+            queue.append(Waiting(msg, tick + grace, claim))
 
     def job_message(self, job: Job, tick: float, attempt: int) -> dict:
         return {
             **self.job_message_defaults(),
-            "job": job.name,
-            "tick": tick,
-            "attempt": attempt,
-            "pool": job.pool,
+            "job": job.name, "tick": tick, "attempt": attempt, "pool": job.pool,
             "command": job.command if isinstance(job.command, str) else list(job.command),
-            "shell": job.shell,
-            "user": job.user,
-            "env": dict(job.env),
-            "cwd": job.cwd,
-            "timeout": job.timeout,
-            "on_timeout": job.on_timeout,
-        }
+            "shell": job.shell, "user": job.user, "env": dict(job.env), "cwd": job.cwd,
+            "timeout": job.timeout, "on_timeout": job.on_timeout,
+        }  # fmt: skip
 
     def job_message_defaults(self) -> dict:
         return {
-            "run_id": uuid.uuid4().hex,
-            "attempt": 1,
-            "scheduler": self.id,
-            "shell": "/bin/sh",
-            "user": None,
-            "env": {},
-            "cwd": None,
-            "timeout": None,
-            "on_timeout": "kill",
+            "run_id": uuid.uuid4().hex, "attempt": 1, "scheduler": self.id, "shell": "/bin/sh",
+            "user": None, "env": {}, "cwd": None, "timeout": None, "on_timeout": "kill",
             "dispatched": 0.0,
-        }
+        }  # fmt: skip
 
-    def dispatch(self, msg: dict, avoid: str | None = None) -> bool:
-        """Send the job to the pool's freest worker; False when no slot is free."""
+    def dispatch(self, msg: dict, claim: bool, avoid: str | None = None) -> bool:
+        """Send the job to the pool's freest worker, then claim the tick; False if no slot."""
         worker = self.workers.pick(msg["pool"], avoid)
         if worker is None:
             return False
         msg["dispatched"] = time.time()
         self.router.send_multipart([worker.identity, protocol.encode("job", **msg)])
         worker.assign(msg)
+        if claim:  # after the send: a claim for a tick no worker got would lose it
+            self.ledger.note(msg["job"], msg["tick"])
+            self.claims.append([msg["job"], msg["tick"]])
         return True
+
+    def send_claims(self) -> None:
+        if self.claims:
+            self.mesh.broadcast("claims", scheduler=self.id, ticks=self.claims)
+            self.claims = []
 
     def dispatch_waiting(self) -> None:
         for pool, queue in list(self.waiting.items()):
-            while queue and self.dispatch(queue[0].msg):
+            while queue and self.dispatch(queue[0].msg, queue[0].claim):
                 queue.popleft()
             if not queue:
                 del self.waiting[pool]
@@ -274,6 +326,7 @@ class Scheduler:
                 log.warning(
                     "tick %.3f of %s missed: no free slot in pool %r", msg["tick"], msg["job"], pool
                 )
+                self.counters["missed"] += 1
                 self.record(
                     run_record(
                         msg, None, status="missed", stderr_tail=f"no free slot in pool {pool!r}"
@@ -282,7 +335,116 @@ class Scheduler:
             if not queue:
                 del self.waiting[pool]
 
-    # -- workers and requests -------------------------------------------------------------
+    # -- peers and takeover ---------------------------------------------------------------
+
+    def heartbeat_if_due(self, now: float, now_mono: float) -> None:
+        if now_mono < self.next_heartbeat:
+            return
+        self.next_heartbeat = now_mono + self.config.cluster.heartbeat
+        was_eligible = self.members.self_eligible
+        self.members.check_clock(self.config.cluster.max_clock_skew, now_mono)
+        if was_eligible != self.members.self_eligible:
+            log.warning(
+                "scheduler %s %s",
+                self.id,
+                self.members.self_reason or "clock back within bounds: firing again",
+            )
+            self.view_changed(now, now_mono, "own clock check")
+        self.mesh.broadcast(
+            "heartbeat", scheduler=self.id, since=self.members.since, sent=now,
+            digest=self.members.my_digest, eligible=self.members.self_eligible,
+            reason=self.members.self_reason,
+        )  # fmt: skip
+
+    def on_heartbeat(self, identity: bytes, msg: dict) -> None:
+        now, now_mono = time.time(), time.monotonic()
+        if self.members.heard(msg, now_mono, now):
+            log.info("peer %s is live (firing from %.3f)", msg["scheduler"], msg["since"])
+            if msg["since"] > now:
+                heapq.heappush(self.views_at, msg["since"])
+            self.view_changed(now, now_mono, f"peer {msg['scheduler']} joined")
+        if msg["scheduler"] in self.members.needs_names(now_mono):
+            self.mesh.send(msg["scheduler"], "jobset_request", scheduler=self.id)
+
+    def expire_peers(self, now: float, now_mono: float) -> None:
+        dead = self.members.expire(now_mono, self.last_expire_check)
+        self.last_expire_check = now_mono
+        if dead:
+            log.warning(
+                "peers %s silent for %.1fs: taking over their jobs",
+                ", ".join(dead),
+                self.config.cluster.peer_timeout,
+            )
+            self.view_changed(now, now_mono, f"peers {', '.join(dead)} dead")
+
+    def change_view_if_due(self, now: float, now_mono: float) -> None:
+        """A peer's (or our own) `since` has come: ownership moves at that instant."""
+        if self.views_at and self.views_at[0] <= now:
+            while self.views_at and self.views_at[0] <= now:
+                heapq.heappop(self.views_at)
+            self.view_changed(now, now_mono, "a scheduler started firing")
+
+    def view_changed(self, now: float, now_mono: float, why: str) -> None:
+        """Fire every unfired tick of the jobs we own now (per catch_up, within the grace)."""
+        fired = 0
+        for job in self.jobs.values():
+            for tick in self.unfired_ticks(job, now):
+                if self.may_fire(job, tick, now_mono):
+                    self.fire(job, tick)
+                    fired += 1
+        self.send_claims()
+        if fired:
+            self.counters["takeovers"] += 1
+            self.counters["caught_up"] += fired
+            log.warning("%s: fired %d unfired ticks", why, fired)
+
+    def unfired_ticks(self, job: Job, now: float) -> list[float]:
+        """Ticks after the last known fire that our heap has passed, bounded by the grace."""
+        last = self.ledger.last(job.name)
+        horizon = self.next_instant.get(job.name)
+        if last is None or horizon is None or not job.enabled:
+            return []
+        start = max(last, now - job.misfire_grace)
+        ticks: list[float] = []
+        tick = job.next_after(start)
+        while tick is not None and tick < horizon and len(ticks) < MAX_CATCH_UP:
+            ticks.append(tick)
+            tick = job.next_after(tick)
+        late = [t for t in ticks if t <= now]
+        keep = {"none": [], "last": late[-1:], "all": late}[job.catch_up]
+        return keep + [t for t in ticks if t > now]
+
+    def on_claims(self, identity: bytes, msg: dict) -> None:
+        self.note_fired(msg["ticks"])
+
+    def on_accepted(self, identity: bytes, msg: dict) -> None:
+        self.note_fired(msg["ticks"])
+
+    def note_fired(self, ticks: list[list]) -> None:
+        for job, tick in ticks:
+            if job in self.jobs:
+                self.ledger.note(job, float(tick))
+
+    def on_jobset_request(self, identity: bytes, msg: dict) -> None:
+        names = sorted(self.jobs)
+        size = protocol.NAMES_PER_PART
+        parts = max(1, -(-len(names) // size))
+        for part in range(parts):
+            self.mesh.send(msg["scheduler"], "jobset", scheduler=self.id,
+                           digest=self.members.my_digest, part=part, parts=parts,
+                           names=names[part * size:(part + 1) * size])  # fmt: skip
+
+    def on_jobset(self, identity: bytes, msg: dict) -> None:
+        if self.members.note_names(msg):
+            log.warning(
+                "scheduler %s has a different job set (digest %s, ours %s)",
+                msg["scheduler"],
+                msg["digest"],
+                self.members.my_digest,
+            )
+            self.view_changed(time.time(), time.monotonic(), "job sets compared")
+
+    # -- workers ------------------------------------------------------------------------
 
     def handle_router(self) -> None:
         while True:
@@ -298,28 +460,29 @@ class Scheduler:
                 if handler is None:
                     raise ProtocolError("unexpected_type", kind)
             except ProtocolError as exc:
-                self.rejected += 1
+                self.counters["rejected"] += 1
                 log.warning("dropped message: %s", exc)
                 continue
             handler(frames[0], msg)
 
     def on_ready(self, identity: bytes, msg: dict) -> None:
-        for lost in self.workers.announce(identity, msg, time.time()):
+        for lost in self.workers.announce(identity, msg, time.monotonic()):
             self.run_lost(lost, f"worker {msg['worker']} restarted")
         self.dispatch_waiting()
 
     def on_finished(self, identity: bytes, msg: dict) -> None:
         self.workers.finished(identity, msg["run_id"])
 
-    def expire_workers(self, now: float) -> None:
-        for worker in self.workers.expire(now):
+    def expire_workers(self, now_mono: float) -> None:
+        for worker in self.workers.expire(now_mono):
+            runs = [*worker.running.values(), *(j for _, j in worker.in_flight)]
             log.warning(
                 "worker %s silent for %.1fs: %d runs lost",
                 worker.id,
-                now - worker.last_seen,
-                len(worker.running) + len(worker.in_flight),
+                now_mono - worker.last_seen,
+                len(runs),
             )
-            for job in [*worker.running.values(), *(j for _, j in worker.in_flight)]:
+            for job in runs:
                 self.run_lost(job, f"worker {worker.id} stopped answering")
 
     def run_lost(self, msg: dict, why: str) -> None:
@@ -329,17 +492,16 @@ class Scheduler:
         if job is not None and msg["attempt"] <= job.retries:
             self.fire(job, msg["tick"], msg["attempt"] + 1)
 
+    # -- requests from the command line ---------------------------------------------------
+
     def on_request(self, identity: bytes, msg: dict) -> None:
-        op = msg["op"]
+        handler = getattr(self, f"request_{msg['op']}", None) if msg["op"] in REQUESTS else None
         try:
-            body = getattr(self, f"request_{op}")(msg["args"]) if op in REQUESTS else None
-            reply = {
-                "ok": op in REQUESTS,
-                "error": None if op in REQUESTS else f"unknown request {op!r}",
-                "body": body,
-            }
+            if handler is None:
+                raise ValueError(f"unknown request {msg['op']!r}")
+            reply = {"ok": True, "error": None, "body": handler(msg["args"])}
         except (KeyError, TypeError, ValueError) as exc:
-            reply = {"ok": False, "error": str(exc), "body": None}
+            reply = {"ok": False, "error": str(exc).strip("'\""), "body": None}
         self.router.send_multipart([identity, protocol.encode("reply", **reply)])
 
     def request_run(self, args: dict) -> dict:
@@ -347,52 +509,47 @@ class Scheduler:
         if name not in self.jobs:
             raise KeyError(f"no job named {name!r} on scheduler {self.id}")
         tick = time.time()
-        self.fire(self.jobs[name], tick)
+        self.fire_message(self.job_message(self.jobs[name], tick, 1), tick, claim=False)
         return {"job": name, "tick": tick}
 
     def request_push(self, args: dict) -> dict:
         """An ad-hoc one-off command, now or at `at` (kept in memory: lost on restart)."""
         command, at = args["command"], float(args["at"])
-        if (
-            not isinstance(command, list)
-            or not command
-            or not all(isinstance(a, str) for a in command)
-        ):
+        if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+            raise ValueError("push: command must be a non-empty list of strings")
+        if not command:
             raise ValueError("push: command must be a non-empty list of strings")
         run_id = uuid.uuid4().hex
         name = f"push:{run_id[:12]}"
-        msg = {
-            **self.job_message_defaults(),
-            "run_id": run_id,
-            "job": name,
-            "tick": at,
-            "pool": str(args["pool"]),
-            "command": command,
-            "timeout": args.get("timeout"),
-        }
-        self.pushed[name] = msg
+        self.pushed[name] = {
+            **self.job_message_defaults(), "run_id": run_id, "job": name, "tick": at,
+            "pool": str(args["pool"]), "command": command, "timeout": args.get("timeout"),
+        }  # fmt: skip
         heapq.heappush(self.due, (at - LEAD_S, at, 0, name))
         return {"job": name, "run_id": run_id, "tick": at}
 
     def request_status(self, args: dict) -> dict:
+        now_mono = time.monotonic()
+        eligible = self.members.eligible_at(time.time(), now_mono)
+        owned = sum(
+            1 for job in self.jobs.values() if self.owner(job, time.time(), now_mono) == self.id
+        )
         return {
-            "scheduler": self.id,
-            "jobs": len(self.jobs),
-            "digest": digest(self.jobs),
+            "scheduler": self.id, "jobs": len(self.jobs), "owned": owned,
+            "digest": self.members.my_digest, "since": self.members.since,
+            "eligible": self.members.self_eligible, "reason": self.members.self_reason,
+            "peers": {p.id: {"state": "live" if self.members.is_live(p, now_mono) else "dead",
+                             "eligible": p.id in eligible, "digest": p.digest,
+                             "clock_offset": p.clock_offset, "reason": p.reason}
+                      for p in self.members.peers.values()},
             "pools": self.workers.pools(),
-            "workers": [
-                {
-                    "id": w.id,
-                    "pools": w.pools,
-                    "slots": w.slots,
-                    "free": max(0, w.credit),
-                    "running": len(w.running),
-                }
-                for w in self.workers.workers.values()
-            ],
+            "workers": [{"id": w.id, "pools": w.pools, "slots": w.slots,
+                         "free": max(0, w.credit), "running": len(w.running)}
+                        for w in self.workers.workers.values()],
             "waiting": {pool: len(q) for pool, q in self.waiting.items()},
+            "counters": dict(self.counters),
             "errors": [str(e) for e in self.errors],
-        }
+        }  # fmt: skip
 
     # -- results and reports --------------------------------------------------------------
 
@@ -411,7 +568,7 @@ class Scheduler:
             try:
                 kind, msg = protocol.decode(frame)
             except ProtocolError as exc:
-                self.rejected += 1
+                self.counters["rejected"] += 1
                 log.warning("dropped message from sink: %s", exc)
                 continue
             if kind == "ack":
@@ -422,10 +579,8 @@ class Scheduler:
         if now < self.next_report:
             return
         self.next_report = now + REPORT_EVERY_S
-        jobs = [
-            dict(to_wire(job), next_tick=self.next_instant.get(name))
-            for name, job in self.jobs.items()
-        ]
+        jobs = [dict(to_wire(job), next_tick=self.next_instant.get(name))
+                for name, job in self.jobs.items()]  # fmt: skip
         self.sink.send(protocol.encode("jobs", scheduler=self.id, jobs=jobs, sent=now))
         for rec in self.spool.due(time.monotonic()):
             self.sink.send(protocol.encode("result", record=rec))

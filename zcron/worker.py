@@ -43,6 +43,7 @@ class Worker:
         self.running: dict[str, Run] = {}
         self.by_fd: dict[int, tuple[Run, str]] = {}
         self.timeouts: list[tuple[float, str]] = []
+        self.accepted: list[list] = []  # [job, tick] received since the last `accepted`
         self.armed: list[tuple[float, str]] = []  # (tick, run_id): parked until their instant
         self.spool = Spool(config.worker.spool)
         self.poller = zmq.Poller()
@@ -135,7 +136,19 @@ class Worker:
                 log.warning("dropped message from scheduler %s: %s", self.schedulers[sock], exc)
                 continue
             self.seen[self.schedulers[sock]] += 1
+            self.accepted.append([msg["job"], msg["tick"]])
             self.start(msg)
+        self.tell_accepted()
+
+    def tell_accepted(self) -> None:
+        """Tell every scheduler which ticks we took: if their owner dies before its claim
+        reaches the others, this is how the next owner knows not to fire them again."""
+        if not self.accepted:
+            return
+        frame = protocol.encode("accepted", worker=self.id, ticks=self.accepted)
+        for other in self.schedulers:
+            other.send(frame)
+        self.accepted = []
 
     def start(self, msg: dict) -> None:
         """Arm the run now; release it at its tick (at once when the tick has come)."""

@@ -1,0 +1,48 @@
+"""Sockets to the peer schedulers: one DEALER to each peer's ROUTER, sends never block."""
+
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from zcron import protocol
+from zcron.net import make_socket
+
+log = logging.getLogger(__name__)
+
+
+class PeerMesh:
+    """Send a message to one peer or to all; a peer that is down loses the message.
+
+    IMMEDIATE keeps nothing queued for a peer that is not connected, so a peer that comes
+    back never receives stale heartbeats or claims.
+    """
+
+    def __init__(self, ctx: zmq.Context, me: str, peers: dict[str, str]):
+        self.sockets: dict[str, zmq.Socket] = {}
+        for peer_id, address in peers.items():
+            if peer_id == me:
+                continue
+            sock = make_socket(ctx, zmq.DEALER, identity=f"peer-{me}", hwm=1000)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.connect(address)
+            self.sockets[peer_id] = sock
+
+    def send(self, peer_id: str, kind: str, **fields: object) -> None:
+        try:
+            self.sockets[peer_id].send(protocol.encode(kind, **fields), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # not connected, or its queue is full: it is dead or will hear the next one
+
+    def broadcast(self, kind: str, **fields: object) -> None:
+        frame = protocol.encode(kind, **fields)
+        for sock in self.sockets.values():
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            sock.close(linger=0)

@@ -1,0 +1,153 @@
+"""Scheduler membership: heartbeats, liveness, incarnations, job-set digests, clock offsets.
+
+Each scheduler heartbeats every peer with `since`: the instant from which it fires ticks
+(its start plus a warm-up long enough to hear every live peer). A peer is *eligible* for
+a tick T when it is live (heard within peer_timeout), says it is eligible (its clock is not
+off), and its `since` <= T. Every scheduler computes the owner of tick T from the same
+eligible set, so a restarted scheduler takes its jobs back exactly at its `since`: ticks
+before it belong to the others, ticks from it on to the newcomer (no gap, no overlap).
+A new `since` from a known peer means it restarted (a new incarnation).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Peer:
+    """One other scheduler as this one sees it."""
+
+    id: str
+    since: float | None = None  # None: never heard from
+    last_heard: float = float("-inf")  # monotonic
+    digest: str | None = None
+    eligible: bool = True  # its own word: False when it found its clock off
+    reason: str | None = None
+    clock_offset: float | None = None  # its wall clock minus ours, at receipt
+    job_names: frozenset[str] | None = None  # when its digest differs from ours
+    names_digest: str | None = None  # the digest job_names belong to
+    parts: dict[int, list[str]] = field(default_factory=dict)
+
+
+class Membership:
+    """What this scheduler knows of its peers, and who may fire a tick."""
+
+    def __init__(self, me: str, configured: list[str], peer_timeout: float, since: float):
+        self.me = me
+        self.configured = list(configured)
+        self.peer_timeout = peer_timeout
+        self.since = since
+        self.my_digest = ""
+        self.self_eligible = True
+        self.self_reason: str | None = None
+        self.peers = {pid: Peer(pid) for pid in configured if pid != me}
+
+    def heard(self, msg: dict, now_mono: float, now_wall: float) -> bool:
+        """Apply a heartbeat; True when the view changed (a peer came, came back, restarted)."""
+        peer = self.peers.get(msg["scheduler"])
+        if peer is None:
+            return False  # not in our [cluster] schedulers: ignored (config disagreement)
+        was_live = self.is_live(peer, now_mono)
+        restarted = peer.since is not None and peer.since != msg["since"]
+        changed = not was_live or restarted or peer.eligible != msg["eligible"]
+        peer.since, peer.last_heard = msg["since"], now_mono
+        peer.eligible, peer.reason = msg["eligible"], msg["reason"]
+        peer.digest, peer.clock_offset = msg["digest"], msg["sent"] - now_wall
+        if peer.digest == self.my_digest:
+            peer.job_names = None
+        return changed
+
+    def is_live(self, peer: Peer, now_mono: float) -> bool:
+        return now_mono - peer.last_heard <= self.peer_timeout
+
+    def expire(self, now_mono: float, last_check: float) -> list[str]:
+        """Peers whose silence passed peer_timeout since the previous check."""
+        return [
+            p.id
+            for p in self.peers.values()
+            if last_check - p.last_heard <= self.peer_timeout < now_mono - p.last_heard
+        ]
+
+    def next_expiry(self, now_mono: float) -> float | None:
+        """The monotonic time at which the next live peer would be declared dead."""
+        times = [p.last_heard + self.peer_timeout for p in self.live(now_mono)]
+        return min(times) if times else None
+
+    def live(self, now_mono: float) -> list[Peer]:
+        return [p for p in self.peers.values() if self.is_live(p, now_mono)]
+
+    def visible(self, now_mono: float) -> set[str]:
+        """Schedulers we can see, ourselves included (for quorum)."""
+        return {self.me, *(p.id for p in self.live(now_mono))}
+
+    def eligible_at(self, tick: float, now_mono: float) -> frozenset[str]:
+        """The schedulers that may own `tick`."""
+        ids = {
+            p.id
+            for p in self.live(now_mono)
+            if p.eligible and p.since is not None and p.since <= tick
+        }
+        if self.self_eligible and self.since <= tick:
+            ids.add(self.me)
+        return frozenset(ids)
+
+    def knows(self, peer_id: str, job: str) -> bool:
+        """Whether a peer has this job: its job set matches ours, or its names list it.
+
+        Until a differing peer's names arrive we assume it has ours; their arrival is a
+        view change, which catches up any tick that assumption left unfired.
+        """
+        if peer_id == self.me:
+            return True
+        peer = self.peers[peer_id]
+        if peer.digest == self.my_digest or peer.names_digest != peer.digest:
+            return True
+        return peer.job_names is not None and job in peer.job_names
+
+    def needs_names(self, now_mono: float) -> list[str]:
+        """Live peers whose job set differs from ours and whose names we lack."""
+        return [
+            p.id
+            for p in self.live(now_mono)
+            if p.digest != self.my_digest and p.names_digest != p.digest
+        ]
+
+    def note_names(self, msg: dict) -> bool:
+        """Collect one part of a peer's job names; True once complete for its digest."""
+        peer = self.peers.get(msg["scheduler"])
+        if peer is None:
+            return False
+        if msg["part"] == 0:
+            peer.parts = {}
+        peer.parts[msg["part"]] = msg["names"]
+        if len(peer.parts) < msg["parts"]:
+            return False
+        peer.job_names = frozenset(n for part in peer.parts.values() for n in part)
+        peer.names_digest, peer.parts = msg["digest"], {}
+        return True
+
+    def check_clock(self, max_skew: float, now_mono: float) -> None:
+        """Stop being eligible when our clock is off from the other live schedulers'.
+
+        The median offset of the live peers decides; with a single peer the scheduler
+        with the higher id steps down, so two schedulers never both stop.
+        """
+        offsets = [p.clock_offset for p in self.live(now_mono) if p.clock_offset is not None]
+        if not offsets:
+            off = False
+        elif len(offsets) == 1:
+            only = self.live(now_mono)[0]
+            off = abs(offsets[0]) > max_skew and self.me > only.id
+        else:
+            off = abs(statistics.median(offsets)) > max_skew
+        self.self_eligible = not off
+        self.self_reason = (
+            f"clock off by {statistics.median(offsets):+.3f}s from peers (max {max_skew}s)"
+            if off
+            else None
+        )
+
+    def digests_agree(self, now_mono: float) -> bool:
+        return all(p.digest == self.my_digest for p in self.live(now_mono))
