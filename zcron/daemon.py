@@ -1,10 +1,13 @@
-"""Signal handling shared by the daemons: handlers set flags and wake the poller."""
+"""What the daemons share: signal flags that wake the poller, and systemd notifications."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
+import time
+from collections.abc import Mapping
 
 
 class Signals:
@@ -58,13 +61,90 @@ class Signals:
 
 def notify(state: str) -> None:
     """Send one sd_notify datagram (READY=1, STOPPING=1, ...) when run under systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        try:
-            sock.sendto(state.encode(), address)
-        except OSError:
-            pass
+    Notifier().send(state)
+
+
+class Notifier:
+    """sd_notify for one daemon: READY, RELOADING, STOPPING, STATUS and WATCHDOG pings.
+
+    Every method does nothing when `$NOTIFY_SOCKET` is unset (not run by systemd). Pings
+    go out at half of `$WATCHDOG_USEC`, only in the process `$WATCHDOG_PID` names (when
+    set), so children that inherit the environment do not ping for their parent.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self.address = _socket_address(env.get("NOTIFY_SOCKET", ""))
+        self.interval_s = _watchdog_interval(env) if self.address else None
+        self.next_ping: float | None = None
+
+    def send(self, *lines: str) -> bool:
+        """Send the lines as one datagram; whether it was sent."""
+        if not self.address:
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            try:
+                sock.sendto("\n".join(lines).encode(), self.address)
+            except OSError:
+                return False
+        return True
+
+    def ready(self, status: str | None = None) -> None:
+        """Started (after the signal handlers are installed), or done reloading."""
+        self.send("READY=1", *_status(status))
+
+    def reloading(self, status: str = "reloading") -> None:
+        """A reload began; follow with ready() when it is done."""
+        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", *_status(status))
+
+    def stopping(self, status: str | None = None) -> None:
+        """A graceful stop began."""
+        self.send("STOPPING=1", *_status(status))
+
+    def status(self, text: str) -> None:
+        """One line for `systemctl status`."""
+        self.send(*_status(text))
+
+    def watchdog_interval(self) -> float | None:
+        """Seconds between pings, or None when systemd does not watch this process."""
+        return self.interval_s
+
+    def watchdog_due(self, now: float) -> float:
+        """When the next ping is due, on the caller's clock (inf without a watchdog)."""
+        if self.interval_s is None:
+            return math.inf
+        return now if self.next_ping is None else self.next_ping
+
+    def watchdog_wait_s(self, now: float) -> float:
+        """Seconds from `now` until the next ping is due, for a poll timeout (inf: none)."""
+        return max(0.0, self.watchdog_due(now) - now)
+
+    def watchdog_if_due(self, now: float) -> None:
+        """Ping the watchdog when due; `now` may be on any clock, used consistently."""
+        if self.interval_s is not None and now >= self.watchdog_due(now):
+            self.send("WATCHDOG=1")
+            self.next_ping = now + self.interval_s
+
+
+def _socket_address(address: str) -> str | None:
+    if address.startswith("@"):  # the abstract namespace
+        return "\0" + address[1:]
+    return address or None
+
+
+def _watchdog_interval(env: Mapping[str, str]) -> float | None:
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+        pid = int(env.get("WATCHDOG_PID") or os.getpid())
+    except ValueError:
+        return None
+    if usec <= 0 or pid != os.getpid():
+        return None
+    return usec / 2e6
+
+
+def _status(text: str | None) -> list[str]:
+    if not text:
+        return []
+    return [f"STATUS={' '.join(text.split())}"]  # one line: a newline would end the field

@@ -7,7 +7,7 @@ import logging
 import zmq
 
 from zcron import protocol
-from zcron.net import make_socket
+from zcron.net import make_socket, send_nowait
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +30,12 @@ class PeerMesh:
             self.sockets[peer_id] = sock
 
     def send(self, peer_id: str, kind: str, **fields: object) -> None:
-        try:
-            self.sockets[peer_id].send(protocol.encode(kind, **fields), zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # not connected, or its queue is full: it is dead or will hear the next one
+        send_nowait(self.sockets[peer_id], protocol.encode(kind, **fields))
 
     def broadcast(self, kind: str, **fields: object) -> None:
         frame = protocol.encode(kind, **fields)
         for sock in self.sockets.values():
-            try:
-                sock.send(frame, zmq.NOBLOCK)
-            except zmq.Again:
-                pass
+            send_nowait(sock, frame)
 
     def close(self) -> None:
         for sock in self.sockets.values():

@@ -61,3 +61,16 @@ def bind(sock: zmq.Socket, address: str, insecure: bool = False, keys: str | Non
         sock.bind(address)
     except zmq.ZMQError as exc:
         raise ConfigError(f"cannot bind {address}: {exc}") from None
+
+
+def send_nowait(sock: zmq.Socket, frame: bytes) -> bool:
+    """Send without ever blocking the loop; False when the peer is absent or its queue full.
+
+    Every sender can afford the loss: results stay spooled and are re-sent, heartbeats and
+    slot announcements are repeated, claims are backed by workers' `accepted`.
+    """
+    try:
+        sock.send(frame, zmq.NOBLOCK)
+    except zmq.Again:
+        return False
+    return True

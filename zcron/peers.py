@@ -129,25 +129,22 @@ class Membership:
         return True
 
     def check_clock(self, max_skew: float, now_mono: float) -> None:
-        """Stop being eligible when our clock is off from the other live schedulers'.
+        """Stop being eligible when our clock is off from most live schedulers' clocks.
 
-        The median offset of the live peers decides; with a single peer the scheduler
-        with the higher id steps down, so two schedulers never both stop.
+        Off = more than half of the live peers differ from us by more than max_skew; with
+        a single peer the scheduler with the higher id steps down, so two never both stop.
         """
-        offsets = [p.clock_offset for p in self.live(now_mono) if p.clock_offset is not None]
-        if not offsets:
-            off = False
-        elif len(offsets) == 1:
-            only = self.live(now_mono)[0]
-            off = abs(offsets[0]) > max_skew and self.me > only.id
+        live = [p for p in self.live(now_mono) if p.clock_offset is not None]
+        far = [p for p in live if abs(p.clock_offset) > max_skew]
+        if len(live) == 1:
+            off = bool(far) and self.me > live[0].id
         else:
-            off = abs(statistics.median(offsets)) > max_skew
+            off = len(far) * 2 > len(live)
         self.self_eligible = not off
-        self.self_reason = (
-            f"clock off by {statistics.median(offsets):+.3f}s from peers (max {max_skew}s)"
-            if off
-            else None
-        )
+        self.self_reason = None
+        if off:
+            median = statistics.median(p.clock_offset for p in far)
+            self.self_reason = f"clock off by {-median:+.3f}s from peers (max {max_skew}s)"
 
     def digests_agree(self, now_mono: float) -> bool:
         return all(p.digest == self.my_digest for p in self.live(now_mono))

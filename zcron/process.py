@@ -112,6 +112,8 @@ def _spawn(msg: dict, worker_id: str, go: int, out: int, err: int) -> subprocess
                 argv,
                 env,
                 setsid=True,
+                # Python ignores SIGPIPE and that survives exec: give jobs cron's defaults.
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, go, 0),
                     (os.POSIX_SPAWN_DUP2, out, 1),

@@ -3,7 +3,9 @@
 cron.d lines are read as /etc/cron.d reads them, with two choices of zcron's own: a user
 column of ``-`` means the worker's own user (not ``*``: after five time fields a ``*`` would
 parse as a sixth), and the command is kept verbatim (``%`` is not special; a trailing
-``# comment`` goes to the shell, which ignores it).
+``# comment`` goes to the shell, which ignores it). Where a cron file means something else
+to zcron than to cron (``%``, ``@reboot``, ``MAILTO``, ``TZ``), or cron's own rule surprises
+(day of month OR day of week), the line loads and a warning says so.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import pwd
 import re
 import tomllib
 from collections.abc import Callable, Iterable
@@ -32,6 +35,7 @@ _NAME_COMMENT = re.compile(r"#\s*name:\s*(.*?)\s*\Z")
 _IGNORED = re.compile(r"^\.|~$|\.swp$|\.bak$|\.dpkg-[^.]*$|\.rpm[^.]*$")
 _TOML_HEADER = re.compile(r"\s*\[\[?\s*([^\[\]]+?)\s*\]\]?\s*(?:#.*)?\Z")
 _TOML_ERROR_LINE = re.compile(r"\s*\(at line (\d+), column \d+\)\s*\Z")
+_UNESCAPED_PERCENT = re.compile(r"(?<!\\)%")
 CHOICES = {
     "on_timeout": ("kill", "alert"),
     "overlap": ("allow", "forbid", "replace"),
@@ -77,11 +81,15 @@ class Job:
 
 @dataclass
 class LoadResult:
-    """Jobs by name, every error found, and whether the job set changed since the last load."""
+    """Jobs by name, every error found, and whether the job set changed since the last load.
+
+    `warnings` name lines that load but that zcron reads differently from cron.
+    """
 
     jobs: dict[str, Job]
     errors: list[ScheduleError]
     changed: bool
+    warnings: list[ScheduleError] = field(default_factory=list)
 
 
 class ScheduleDir:
@@ -100,7 +108,7 @@ class ScheduleDir:
         except OSError as exc:
             error = ScheduleError(self.directory, 0, f"cannot read directory: {exc.strerror}")
             return LoadResult(dict(self.jobs), [error], False)
-        parsed = parse_files(paths)
+        parsed, warnings = _parse_files_warning(paths)
         self._good = {
             path: jobs if not errors else self._good[path]
             for path, (jobs, errors) in parsed.items()
@@ -110,7 +118,7 @@ class ScheduleDir:
         new_digest = digest(self.jobs)
         changed, self._digest = new_digest != self._digest, new_digest
         errors = [e for _, file_errors in parsed.values() for e in file_errors]
-        return LoadResult(dict(self.jobs), errors + duplicates, changed)
+        return LoadResult(dict(self.jobs), errors + duplicates, changed, warnings)
 
 
 def load_paths(paths: list[str]) -> LoadResult:
@@ -122,11 +130,11 @@ def load_paths(paths: list[str]) -> LoadResult:
             files.extend(schedule_files(path) if os.path.isdir(path) else [path])
         except OSError as exc:
             errors.append(ScheduleError(path, 0, f"cannot read directory: {exc.strerror}"))
-    parsed = parse_files(files)
+    parsed, warnings = _parse_files_warning(files)
     good = [(path, jobs) for path, (jobs, file_errors) in parsed.items() if not file_errors]
     jobs, duplicates = merge_jobs(good)
     errors += [e for _, file_errors in parsed.values() for e in file_errors]
-    return LoadResult(jobs, errors + duplicates, True)
+    return LoadResult(jobs, errors + duplicates, True, warnings)
 
 
 def schedule_files(directory: str) -> list[str]:
@@ -143,21 +151,41 @@ def is_ignored(filename: str) -> bool:
 
 def parse_files(paths: Iterable[str]) -> dict[str, tuple[list[Job], list[ScheduleError]]]:
     """Each file's jobs and errors, in the given order."""
-    default_tz = local_timezone_name()
-    return {path: parse_file(path, default_tz) for path in paths}
+    return _parse_files_warning(paths)[0]
 
 
 def parse_file(path: str, default_tz: str) -> tuple[list[Job], list[ScheduleError]]:
     """One file's jobs and errors; the format follows the extension."""
+    jobs, errors, _ = _parse_file_warning(path, default_tz)
+    return jobs, errors
+
+
+def _parse_files_warning(
+    paths: Iterable[str],
+) -> tuple[dict[str, tuple[list[Job], list[ScheduleError]]], list[ScheduleError]]:
+    """Each file's jobs and errors, in the given order, and the warnings of all of them."""
+    default_tz = local_timezone_name()
+    parsed, warnings = {}, []
+    for path in paths:
+        jobs, errors, file_warnings = _parse_file_warning(path, default_tz)
+        parsed[path] = jobs, errors
+        warnings += file_warnings
+    return parsed, warnings
+
+
+def _parse_file_warning(
+    path: str, default_tz: str
+) -> tuple[list[Job], list[ScheduleError], list[ScheduleError]]:
     try:
         text = _read_text(path)
         if path.endswith(".toml"):
-            return parse_toml(path, text, default_tz)
-        return parse_crond(path, text, default_tz)
+            return *parse_toml(path, text, default_tz), []
+        reader = read_crond(path, text, default_tz)
+        return reader.jobs, reader.errors, reader.warnings
     except ScheduleError as exc:
-        return [], [exc]
+        return [], [exc], []
     except Exception as exc:  # a hostile file must never stop a scheduler
-        return [], [ScheduleError(path, 0, f"cannot parse: {exc!r}")]
+        return [], [ScheduleError(path, 0, f"cannot parse: {exc!r}")], []
 
 
 def merge_jobs(
@@ -221,13 +249,19 @@ def _split_source(source: str) -> tuple[str, int]:
 
 def parse_crond(path: str, text: str, default_tz: str) -> tuple[list[Job], list[ScheduleError]]:
     """Jobs and errors of a cron.d file."""
+    reader = read_crond(path, text, default_tz)
+    return reader.jobs, reader.errors
+
+
+def read_crond(path: str, text: str, default_tz: str) -> _CronDReader:
+    """A cron.d file read: its `jobs`, `errors` and `warnings`."""
     reader = _CronDReader(path, default_tz)
     for number, line in enumerate(text.split("\n"), 1):
         try:
             reader.read_line(number, line.rstrip("\r"))
         except ScheduleError as exc:
             reader.errors.append(exc)
-    return reader.jobs, reader.errors
+    return reader
 
 
 class _CronDReader:
@@ -241,6 +275,7 @@ class _CronDReader:
         self.timezone = default_tz
         self.jobs: list[Job] = []
         self.errors: list[ScheduleError] = []
+        self.warnings: list[ScheduleError] = []
         self.name_above: str | None = None
         self.auto_names: dict[str, int] = {}
 
@@ -251,6 +286,8 @@ class _CronDReader:
             return
         if text.startswith("#"):
             self.name_above = self.name_comment(number, text)
+        elif text.split()[0].lower() == "@reboot":
+            self.warn(number, "@reboot is not supported (zcron fires on the clock only): skipped")
         elif match := _ENV_LINE.match(text):
             self.set_variable(number, match.group(1), _unquote(match.group(2)))
         else:
@@ -269,11 +306,22 @@ class _CronDReader:
             raise self.error(number, f"{key}: the value contains a NUL character")
         if key in ("CRON_TZ", "TZ"):
             self.timezone = self.zone_name(number, key, value.lstrip(":"))
+        self.warn_variable(number, key, value)
         if key == "SHELL":
             if not value:
                 raise self.error(number, "SHELL: expected the path of a shell, e.g. /bin/bash")
             self.shell = value
         self.env[key] = value
+
+    def warn_variable(self, number: int, key: str, value: str) -> None:
+        if key == "MAILTO" and value:
+            self.warn(number, "MAILTO: zcron sends no mail; output is in the run records")
+        if key == "TZ":
+            self.warn(
+                number,
+                "TZ also sets the timezone of the schedules below (cron uses only CRON_TZ "
+                "for that and passes TZ to the jobs)",
+            )
 
     def zone_name(self, number: int, key: str, value: str) -> str:
         try:
@@ -288,6 +336,7 @@ class _CronDReader:
             cron = parse_schedule(schedule, self.timezone)
         except ValueError as exc:
             raise self.error(number, str(exc)) from None
+        self.warn_job(number, schedule.split(), user, command)
         return Job(
             name=name or self.auto_name(schedule, user, command),
             schedule=schedule,
@@ -325,6 +374,32 @@ class _CronDReader:
             raise self.error(number, "the command contains a NUL character")
         return " ".join(words[:count]), user, command
 
+    def warn_job(self, number: int, fields: list[str], user: str, command: str) -> None:
+        """Warn where cron would run this line differently, or its day rule surprises."""
+        if _UNESCAPED_PERCENT.search(command):
+            self.warn(
+                number,
+                "% in the command: cron ends the command at the first unescaped % and sends "
+                "the rest to its standard input (each further % a newline); zcron runs the "
+                "command as written. Write \\% for a literal % in both",
+            )
+        if len(fields) >= 5 and not fields[-3].startswith("*") and not fields[-1].startswith("*"):
+            self.warn(
+                number,
+                f"day of month {fields[-3]!r} and day of week {fields[-1]!r} are both "
+                "restricted: the job fires on days matching EITHER (cron's OR rule, which "
+                "zcron follows), not only on days matching both",
+            )
+        if len(fields) == 6 and fields[5] == "*" and user != OWN_USER and not _is_user(user):
+            self.warn(
+                number,
+                f"read as six time fields (seconds first) and user {user!r}, who does not "
+                "exist here; if * was meant as the user, write - for the worker's own user",
+            )
+
+    def warn(self, number: int, message: str) -> None:
+        self.warnings.append(ScheduleError(self.path, number, message))
+
     def auto_name(self, schedule: str, user: str, command: str) -> str:
         """`<stem>-<hash of the line>`: stable when other lines change; -2, -3 for repeats."""
         line_hash = hashlib.sha1(f"{schedule}\n{user}\n{command}".encode(errors="replace"))
@@ -338,6 +413,14 @@ class _CronDReader:
 
 _NAME_RULE = "use 1-200 characters of A-Z a-z 0-9 _ . : @ -"
 _TIME_FIELDS = {1: "an @alias", 5: "5 time fields (or 6, seconds first)", 6: "6 time fields"}
+
+
+def _is_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _unquote(value: str) -> str:

@@ -22,12 +22,12 @@ import zmq
 
 from zcron import protocol
 from zcron.config import Config, load_config
-from zcron.daemon import Signals, notify
+from zcron.daemon import Notifier, Signals
 from zcron.errors import ProtocolError
 from zcron.ledger import TickLedger
 from zcron.log import setup_logging
 from zcron.mesh import PeerMesh
-from zcron.net import bind, make_socket
+from zcron.net import bind, make_socket, send_nowait
 from zcron.peers import Membership
 from zcron.process import run_record
 from zcron.ring import OwnerCache, has_quorum, owner_of
@@ -65,6 +65,7 @@ class Scheduler:
         self.id = config.scheduler.id
         self.address = config.scheduler_address()
         self.signals = Signals()
+        self.notifier = Notifier()
         self.schedules = ScheduleDir(config.scheduler.schedules)
         self.watch = DirectoryWatch(config.scheduler.schedules)
         self.jobs: dict[str, Job] = {}
@@ -76,12 +77,11 @@ class Scheduler:
         self.workers = WorkerTable(cluster.peer_timeout)
         self.spool = Spool(f"{config.scheduler.state}/spool")
         self.ledger = TickLedger(f"{config.scheduler.state}/ledger")
-        warm_up = cluster.peer_timeout + 2 * cluster.heartbeat if len(cluster.schedulers) > 1 else 0
         self.members = Membership(
-            self.id, list(cluster.schedulers), cluster.peer_timeout, since=time.time() + warm_up
+            self.id, list(cluster.schedulers), cluster.peer_timeout, since=float("inf")
         )
         self.owners = OwnerCache()
-        self.views_at: list[float] = [self.members.since]  # wall instants the view changes
+        self.views_at: list[float] = []  # wall instants at which the view changes
         self.claims: list[list] = []
         self.ctx = zmq.Context.instance()
         self.poller = zmq.Poller()
@@ -118,7 +118,9 @@ class Scheduler:
         self.signals.install()
         self.bind()
         self.reload(time.time())
-        notify("READY=1")
+        self.members.since = time.time() + self.warm_up()
+        heapq.heappush(self.views_at, self.members.since)
+        self.notifier.ready(self.status_line())
         log.info(
             "scheduler %s on %s: %d jobs from %s; firing from %.3f",
             self.id,
@@ -131,16 +133,29 @@ class Scheduler:
             ready = dict(self.poller.poll(self.timeout_ms(time.time())))
             self.handle_events(ready)
             self.step(time.time(), time.monotonic())
-        notify("STOPPING=1")
+            self.notifier.watchdog_if_due(time.monotonic())
+        self.notifier.stopping()
+        self.leave()
         self.shutdown()
         return 0
+
+    def status_line(self) -> str:
+        return f"{len(self.jobs)} jobs, {len(self.errors)} schedule errors"
+
+    def warm_up(self) -> float:
+        """How long after start we begin firing: every live peer has heard us (and we them)
+        before it dispatches, LEAD_S ahead, a tick that becomes ours."""
+        cluster = self.config.cluster
+        if len(cluster.schedulers) == 1:
+            return 0.0
+        return cluster.peer_timeout + 2 * cluster.heartbeat + LEAD_S
 
     def step(self, now: float, now_mono: float) -> None:
         """Everything that is due at `now`, in order."""
         self.expire_peers(now, now_mono)
         self.change_view_if_due(now, now_mono)
         self.fire_due_ticks(now)
-        self.send_claims()
+        self.record_claims()
         self.expire_waiting(now)
         self.expire_workers(now_mono)
         self.heartbeat_if_due(now, now_mono)
@@ -152,6 +167,7 @@ class Scheduler:
         """Milliseconds until the next thing to do, waking just before a tick instant."""
         now_mono = time.monotonic()
         deadlines = [self.next_report, self.next_heartbeat, now + 60]
+        deadlines.append(now + self.notifier.watchdog_wait_s(now_mono))
         if self.due:
             deadlines.append(self.due[0][0] - SPIN_S)
         if self.views_at:
@@ -173,7 +189,9 @@ class Scheduler:
             if self.signals.reload:
                 self.signals.reload = False
                 log.info("SIGHUP: re-reading %s", self.config.scheduler.schedules)
-                self.reload_at = time.time()
+                self.notifier.reloading()
+                self.reload(time.time())
+                self.notifier.ready(self.status_line())
         if self.watch.fd is not None and self.watch.fd in ready and self.watch.changed():
             self.reload_at = time.time() + RELOAD_SETTLE_S
         if self.router in ready:
@@ -250,19 +268,30 @@ class Scheduler:
             elif self.generation.get(name) == generation:  # else changed or gone since
                 job = self.jobs[name]
                 if self.may_fire(job, tick, now_mono):
+                    self.catch_up(job, time.time(), now_mono, before=tick, as_of=tick)
                     self.fire(job, tick)
                 self.push(job, job.next_after(tick), generation)
 
-    def may_fire(self, job: Job, tick: float, now_mono: float) -> bool:
+    def may_fire(self, job: Job, tick: float, now_mono: float, as_of: float = 0.0) -> bool:
         """Ours to fire: unfired anywhere, we own it, and a quorum job sees a majority."""
-        if self.ledger.has_fired(job.name, tick) or self.owner(job, tick, now_mono) != self.id:
+        if self.owner(job, tick, now_mono, as_of) != self.id:
+            return False
+        if self.ledger.has_fired(job.name, tick):
             return False
         return not job.quorum or has_quorum(
             self.members.visible(now_mono), self.config.cluster.schedulers
         )
 
-    def owner(self, job: Job, tick: float, now_mono: float) -> str | None:
+    def owner(self, job: Job, tick: float, now_mono: float, as_of: float = 0.0) -> str | None:
+        """The owner of a tick among the schedulers eligible for it in our current view.
+
+        A late tick whose eligible set is empty (the whole cluster was down, or warming
+        up) belongs to the owner `as_of` now; otherwise its owner then, if still live,
+        has fired it, and a newcomer must not.
+        """
         eligible = self.members.eligible_at(tick, now_mono)
+        if not eligible and as_of:
+            eligible = self.members.eligible_at(as_of, now_mono)
         if self.members.digests_agree(now_mono):
             return self.owners.owner(job.name, eligible)
         return owner_of(job.name, [p for p in eligible if self.members.knows(p, job.name)])
@@ -306,8 +335,10 @@ class Scheduler:
             self.claims.append([msg["job"], msg["tick"]])
         return True
 
-    def send_claims(self) -> None:
+    def record_claims(self) -> None:
+        """Commit what we fired to the local ledger, then tell the peers."""
         if self.claims:
+            self.ledger.flush()  # a crash now must not forget it: a whole-cluster restart reads it
             self.mesh.broadcast("claims", scheduler=self.id, ticks=self.claims)
             self.claims = []
 
@@ -350,6 +381,15 @@ class Scheduler:
                 self.members.self_reason or "clock back within bounds: firing again",
             )
             self.view_changed(now, now_mono, "own clock check")
+        self.send_heartbeat(now)
+
+    def leave(self) -> None:
+        """On a clean stop, say so: peers take our jobs at once instead of after peer_timeout."""
+        self.members.self_eligible, self.members.self_reason = False, "stopping"
+        self.send_heartbeat(time.time())
+        time.sleep(0.05)  # linger 0 would drop it: give the I/O thread a moment to send
+
+    def send_heartbeat(self, now: float) -> None:
         self.mesh.broadcast(
             "heartbeat", scheduler=self.id, since=self.members.since, sent=now,
             digest=self.members.my_digest, eligible=self.members.self_eligible,
@@ -386,17 +426,35 @@ class Scheduler:
 
     def view_changed(self, now: float, now_mono: float, why: str) -> None:
         """Fire every unfired tick of the jobs we own now (per catch_up, within the grace)."""
-        fired = 0
-        for job in self.jobs.values():
-            for tick in self.unfired_ticks(job, now):
-                if self.may_fire(job, tick, now_mono):
-                    self.fire(job, tick)
-                    fired += 1
-        self.send_claims()
+        fired = sum(self.catch_up(job, now, now_mono) for job in self.jobs.values())
+        self.record_claims()
         if fired:
             self.counters["takeovers"] += 1
-            self.counters["caught_up"] += fired
             log.warning("%s: fired %d unfired ticks", why, fired)
+
+    def catch_up(
+        self,
+        job: Job,
+        now: float,
+        now_mono: float,
+        before: float = float("inf"),
+        as_of: float | None = None,
+    ) -> int:
+        """Fire the job's unfired ticks before `before` that are ours; how many.
+
+        Run before firing any tick of the job too, so its ticks always fire in order and
+        the ledger's newest tick never hides an older unfired one.
+        """
+        last = self.ledger.last(job.name)
+        if last is not None and (job.next_after(last) or before) >= before:
+            return 0  # the steady state: nothing between the last fire and this tick
+        fired = 0
+        for tick in self.unfired_ticks(job, now):
+            if tick < before and self.may_fire(job, tick, now_mono, as_of or now):
+                self.fire(job, tick)
+                fired += 1
+        self.counters["caught_up"] += fired
+        return fired
 
     def unfired_ticks(self, job: Job, now: float) -> list[float]:
         """Ticks after the last known fire that our heap has passed, bounded by the grace."""
@@ -556,7 +614,7 @@ class Scheduler:
     def record(self, rec: dict) -> None:
         """Spool a record this scheduler made (missed, lost) and send it to the sink."""
         self.spool.add(rec)
-        self.sink.send(protocol.encode("result", record=rec))
+        send_nowait(self.sink, protocol.encode("result", record=rec))
         self.spool.mark_sent(rec["run_id"], time.monotonic())
 
     def handle_sink(self) -> None:
@@ -581,9 +639,9 @@ class Scheduler:
         self.next_report = now + REPORT_EVERY_S
         jobs = [dict(to_wire(job), next_tick=self.next_instant.get(name))
                 for name, job in self.jobs.items()]  # fmt: skip
-        self.sink.send(protocol.encode("jobs", scheduler=self.id, jobs=jobs, sent=now))
+        send_nowait(self.sink, protocol.encode("jobs", scheduler=self.id, jobs=jobs, sent=now))
         for rec in self.spool.due(time.monotonic()):
-            self.sink.send(protocol.encode("result", record=rec))
+            send_nowait(self.sink, protocol.encode("result", record=rec))
 
 
 REQUESTS = ("run", "push", "status")

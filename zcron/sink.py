@@ -20,7 +20,7 @@ import zmq
 from prometheus_client import disable_created_metrics
 
 from zcron.config import Config, load_config
-from zcron.daemon import Signals, notify
+from zcron.daemon import Notifier, Signals
 from zcron.errors import ProtocolError
 from zcron.http import Api, HttpServer
 from zcron.log import setup_logging
@@ -162,6 +162,7 @@ class Sink:
         self.metrics = metrics
         self.reports = Reports(config.cluster.schedulers)
         self.signals = Signals()
+        self.notifier = Notifier()
         self.ctx = zmq.Context()
         self.sock = make_socket(self.ctx, zmq.ROUTER)
         self.poller = zmq.Poller()
@@ -181,7 +182,7 @@ class Sink:
         self.poller.register(self.signals.fd, zmq.POLLIN)
         self.restore_metrics()
         self.http.start()
-        notify("READY=1")
+        self.notifier.ready(f"sink on {cluster.sink}")
         url = self.http.url
         log.info("sink on %s  dashboard %s/  metrics %s/metrics", cluster.sink, url, url)
 
@@ -200,11 +201,13 @@ class Sink:
             now = time.monotonic()
             self.purge_if_due(now)
             self.expire_reports(now)
+            self.notifier.watchdog_if_due(now)
         return 0
 
     def timeout_ms(self, now: float) -> int:
         """Milliseconds until the next timed step is due."""
-        return max(0, int((min(self.next_purge, self.next_expire) - now) * 1000))
+        due = min(self.next_purge, self.next_expire, self.notifier.watchdog_due(now))
+        return max(0, int((due - now) * 1000))
 
     def poll(self, timeout_ms: int) -> None:
         """Wait for frames or a signal, and handle what arrived."""
@@ -302,7 +305,7 @@ class Sink:
 
     def close(self) -> None:
         """Stop HTTP first (its threads read the store), then the socket, then LMDB."""
-        notify("STOPPING=1")
+        self.notifier.stopping()
         if self.http is not None:
             self.http.stop()
         self.sock.close(linger=0)

@@ -56,7 +56,16 @@ class WorkerTable:
     def announce(self, identity: bytes, msg: dict, now: float) -> list[dict]:
         worker = self.workers.get(identity)
         if worker is None:
-            worker = WorkerSlots(identity, msg["worker"], list(msg["pools"]), msg["slots"])
+            # A worker counts jobs per scheduler id since it started; a restarted scheduler
+            # takes that count as its baseline, or the jobs of its predecessor look in flight.
+            worker = WorkerSlots(
+                identity,
+                msg["worker"],
+                list(msg["pools"]),
+                msg["slots"],
+                seen=msg["seen"],
+                sent=msg["seen"],
+            )
             self.workers[identity] = worker
         return worker.announce(msg, now)
 

@@ -12,6 +12,10 @@ import msgpack
 log = logging.getLogger(__name__)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 RESEND_AFTER_S = 2.0
+# While the sink stays silent each record waits twice as long before its next resend, up
+# to this: every send to an absent sink sits in the socket's queue, and resending the whole
+# spool every 2 s would fill it (and flood the sink with duplicates when it is back).
+MAX_RESEND_AFTER_S = 30.0
 
 
 class Spool:
@@ -25,6 +29,7 @@ class Spool:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.pending: dict[str, dict] = {}
         self.sent_at: dict[str, float] = {}
+        self.wait: dict[str, float] = {}  # run id -> how long after its last send to resend
         self._load()
 
     def _path(self, run_id: str) -> Path:
@@ -53,20 +58,27 @@ class Spool:
         self.sent_at[run_id] = now
 
     def ack(self, run_ids: list[str]) -> None:
+        """Forget acknowledged records; the sink answers, so resend the rest promptly again."""
         for run_id in run_ids:
             if self.pending.pop(run_id, None) is not None:
                 self.sent_at.pop(run_id, None)
                 self._path(run_id).unlink(missing_ok=True)
+        self.wait.clear()
 
     def due(self, now: float, limit: int = 500) -> list[dict]:
-        """Records never sent, or sent more than RESEND_AFTER_S ago without an ack."""
+        """Records never sent, or unacknowledged for longer than their wait (2 s, doubling)."""
         out = []
         for run_id, rec in self.pending.items():
-            if now - self.sent_at.get(run_id, 0.0) >= RESEND_AFTER_S:
-                self.sent_at[run_id] = now
-                out.append(rec)
-                if len(out) >= limit:
-                    break
+            last = self.sent_at.get(run_id)
+            wait = self.wait.get(run_id, RESEND_AFTER_S)
+            if last is not None and now - last < wait:
+                continue
+            if last is not None:
+                self.wait[run_id] = min(2 * wait, MAX_RESEND_AFTER_S)
+            self.sent_at[run_id] = now
+            out.append(rec)
+            if len(out) >= limit:
+                break
         return out
 
     def __len__(self) -> int:

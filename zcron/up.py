@@ -33,6 +33,13 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def child_environment() -> dict[str, str]:
+    """Our environment without systemd's notify and watchdog variables: only `up` talks to
+    systemd (it refuses datagrams from other PIDs of the unit anyway)."""
+    hidden = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+    return {k: v for k, v in os.environ.items() if k not in hidden}
+
+
 def effective_config(args: dict) -> Config:
     """The configuration file (or defaults) with `up`'s command-line options applied."""
     config = load_config(args.get("--config"))
@@ -62,6 +69,7 @@ class Supervisor:
             self.children[role] = subprocess.Popen(
                 [sys.executable, "-m", "zcron", role, "-c", str(self.config_path)],
                 process_group=0,  # Ctrl-C reaches only `up`, which stops them in order
+                env=child_environment(),
                 preexec_fn=_die_with_parent,
             )
 

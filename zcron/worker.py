@@ -16,10 +16,10 @@ import zmq
 
 from zcron import protocol
 from zcron.config import Config, load_config
-from zcron.daemon import Signals, notify
+from zcron.daemon import Notifier, Signals
 from zcron.errors import ConfigError, ProtocolError
 from zcron.log import setup_logging
-from zcron.net import make_socket
+from zcron.net import make_socket, send_nowait
 from zcron.process import Refused, Run, arm_run, run_record
 from zcron.spool import Spool
 
@@ -37,6 +37,7 @@ class Worker:
         self.slots = config.worker.slots
         self.heartbeat_s = config.cluster.heartbeat
         self.signals = Signals()
+        self.notifier = Notifier()
         self.ctx = zmq.Context.instance()
         self.schedulers: dict[zmq.Socket, str] = {}
         self.seen: dict[str, int] = {}
@@ -70,7 +71,7 @@ class Worker:
     def run(self) -> int:
         self.signals.install()
         self.connect()
-        notify("READY=1")
+        self.notifier.ready(f"pools {','.join(self.pools)}, {self.slots} slots")
         log.info("worker %s serving pools %s with %d slots", self.id, self.pools, self.slots)
         while not self.finished_draining():
             ready = dict(self.poller.poll(self.timeout_ms(time.monotonic())))
@@ -80,7 +81,8 @@ class Worker:
             self.enforce_timeouts(now)
             self.heartbeat_if_due(now)
             self.resend_if_due(now)
-        notify("STOPPING=1")
+            self.notifier.watchdog_if_due(now)
+        self.notifier.stopping()
         self.shutdown()
         return 0
 
@@ -102,6 +104,7 @@ class Worker:
 
     def timeout_ms(self, now: float) -> int:
         deadlines = [self.next_heartbeat, self.next_resend if self.spool.pending else now + 5]
+        deadlines.append(self.notifier.watchdog_due(now))
         if self.timeouts:
             deadlines.append(self.timeouts[0][0])
         if self.armed:  # tick instants are wall clock; wake just before, then spin
@@ -147,7 +150,7 @@ class Worker:
             return
         frame = protocol.encode("accepted", worker=self.id, ticks=self.accepted)
         for other in self.schedulers:
-            other.send(frame)
+            send_nowait(other, frame)
         self.accepted = []
 
     def start(self, msg: dict) -> None:
@@ -212,10 +215,11 @@ class Worker:
         self.report(rec)
         owner = self.owner_socket(run.msg["scheduler"])
         if owner is not None:
-            owner.send(
+            send_nowait(
+                owner,
                 protocol.encode(
                     "finished", run_id=rec["run_id"], job=rec["job"], status=rec["status"]
-                )
+                ),
             )
         self.announce()
 
@@ -248,7 +252,8 @@ class Worker:
         free = 0 if self.signals.stopping else max(0, self.slots - len(self.running))
         running = list(self.running)
         for sock, sid in self.schedulers.items():
-            sock.send(
+            send_nowait(
+                sock,
                 protocol.encode(
                     "ready",
                     worker=self.id,
@@ -257,9 +262,10 @@ class Worker:
                     free=free,
                     seen=self.seen[sid],
                     running=running,
-                )
+                ),
             )
-        self.sink.send(
+        send_nowait(
+            self.sink,
             protocol.encode(
                 "ready",
                 worker=self.id,
@@ -268,7 +274,7 @@ class Worker:
                 free=free,
                 seen=0,
                 running=running,
-            )
+            ),
         )
 
     def heartbeat_if_due(self, now: float) -> None:
@@ -281,7 +287,7 @@ class Worker:
         self.send_result(rec, time.monotonic())
 
     def send_result(self, rec: dict, now: float) -> None:
-        self.sink.send(protocol.encode("result", record=rec))
+        send_nowait(self.sink, protocol.encode("result", record=rec))
         self.spool.mark_sent(rec["run_id"], now)
 
     def resend_if_due(self, now: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +21,9 @@ from tests.harness import Cluster, Processes, make_cluster, wait_until
 from zcron.errors import ProtocolError
 from zcron.http import merge_jobs
 from zcron.protocol import decode, encode, record
-from zcron.sink import Reports, check_job_entry
+from zcron.sink import PURGE_BATCH, Reports, check_job_entry
+from zcron.spool import MAX_RESEND_AFTER_S, RESEND_AFTER_S, Spool
+from zcron.store import Store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -178,6 +181,39 @@ def test_bad_parameters_are_400_with_a_message(procs: Processes, cluster: Cluste
     assert http_error(cluster, "/api/nothing")[0] == 404
 
 
+def zcron_runs(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "zcron", "runs", "-c", str(cluster.config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def test_zcron_runs_reads_the_api_with_job_and_since(
+    procs: Processes, cluster: Cluster, ctx: zmq.Context
+) -> None:
+    start_sink(procs, cluster)
+    sock = connect(ctx, cluster)
+    old = time.time() - 7200
+    deliver(sock, [run_record(1, base=old), run_record(2), run_record(3, job="report")])
+    listed = zcron_runs(cluster, "backup", "--since", "1h", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["run_id"] for line in listed.stdout.splitlines()] == ["backup-2"]
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(old - 60))
+    lines = zcron_runs(cluster, "--since", iso, "--limit", "2").stdout.splitlines()
+    assert [line.split()[-1] for line in lines] == ["report-3", "backup-2"]
+    assert " ok " in lines[0] and " report " in lines[0]
+    bad = zcron_runs(cluster, "--limit", "20000")
+    assert bad.returncode == 2 and "limit: expected a whole number 1..10000" in bad.stderr
+    assert zcron_runs(cluster, "--since", "soon").returncode == 2
+
+
+def test_zcron_runs_without_a_sink_names_the_endpoint(cluster: Cluster) -> None:
+    failed = zcron_runs(cluster)
+    assert failed.returncode == 1 and f"127.0.0.1:{cluster.http_port}/api/runs" in failed.stderr
+
+
 def test_metrics_show_runs_lateness_and_slots(
     procs: Processes, cluster: Cluster, ctx: zmq.Context
 ) -> None:
@@ -272,6 +308,104 @@ def test_records_past_retention_are_purged(
     assert [r["run_id"] for r in cluster.runs()] == ["backup-2"]
 
 
+def test_retention_purges_in_steps_while_results_keep_being_acked(
+    procs: Processes, tmp_path: Path, ctx: zmq.Context
+) -> None:
+    cluster = make_cluster(tmp_path, extra='retention = "1h"\n')
+    old = 20 * PURGE_BATCH
+    store = Store(str(cluster.root / "sink"))
+    base = time.time() - 7200 - old
+    for start in range(0, old, 1000):
+        store.put_many(run_record(n, job="old", base=base) for n in range(start, start + 1000))
+    store.close()
+    start_sink(procs, cluster)
+    sock = connect(ctx, cluster)
+    records = ("zcron_sink_records", ())
+    seen, slowest, n = [], 0.0, 0
+    while not seen or seen[-1] > n:  # until every old record is gone
+        began = time.monotonic()
+        deliver(sock, [run_record(n := n + 1)])
+        slowest = max(slowest, time.monotonic() - began)
+        seen.append(metric_samples(cluster)[records])
+    assert any(n < count < old for count in seen), f"purged in one go: {seen}"
+    assert slowest < 1.0, f"an ack waited {slowest:.3f}s behind the purge"
+    assert [r["job"] for r in cluster.runs(limit=10000)] == ["backup"] * n
+
+
+CLUSTER_JOBS = """\
+# name: fine
+* * * * * *  -  true
+# name: broken
+* * * * * *  -  exit 1
+"""
+NO_WORKER_JOB = """\
+[unplaced]
+schedule = "* * * * * *"
+command = "true"
+pool = "gpu"
+misfire_grace = "1s"
+"""
+
+
+def cluster_metrics_cover(got: dict) -> bool:
+    """Every spec §6 series a live cluster should have produced by now."""
+    want = [
+        ("zcron_runs_total", (("job_name", "fine"), ("status", "ok"))),
+        ("zcron_runs_total", (("job_name", "broken"), ("status", "failed"))),
+        ("zcron_runs_total", (("job_name", "unplaced"), ("status", "missed"))),
+        ("zcron_missed_ticks_total", (("job_name", "unplaced"),)),
+        ("zcron_job_last_success_timestamp_seconds", (("job_name", "fine"),)),
+        ("zcron_worker_slots", (("pool", "default"), ("state", "free"))),
+        ("zcron_dispatch_lateness_seconds_count", ()),
+        ("zcron_run_duration_seconds_count", ()),
+        ("zcron_sink_ingest_lag_seconds_count", ()),
+    ]
+    live = got.get(("zcron_schedulers", (("state", "live"),)))
+    return all(got.get(key, 0) > 0 for key in want) and live == 1
+
+
+def test_metrics_of_a_live_cluster_then_without_job_labels(
+    procs: Processes, cluster: Cluster, ctx: zmq.Context
+) -> None:
+    (cluster.schedules / "jobs").write_text(CLUSTER_JOBS)
+    (cluster.schedules / "unplaced.toml").write_text(NO_WORKER_JOB)
+    sink = start_sink(procs, cluster)
+    procs.start("scheduler", "-c", str(cluster.config_path))
+    procs.start("worker", "-c", str(cluster.config_path), "--id", "w1")
+    got = wait_until(
+        lambda: cluster_metrics_cover(s := metric_samples(cluster)) and s, 20, "every series"
+    )
+    slots = [
+        got.get(("zcron_worker_slots", (("pool", "default"), ("state", st))), 0)
+        for st in ("busy", "free")
+    ]
+    assert sum(slots) == 8
+    for histogram in ("dispatch_lateness", "run_duration", "sink_ingest_lag"):
+        assert (f"zcron_{histogram}_seconds_bucket", (("le", "0.0005"),)) in got, histogram
+    assert got[("zcron_schedulers", (("state", "dead"),))] == 0
+
+    # A second first attempt of a tick that ran (as a partitioned peer would fire it),
+    # and a hostile frame: counted, not stored as a run twice, not fatal.
+    ran = next(r for r in cluster.runs(job="fine") if r["attempt"] == 1)
+    sock = connect(ctx, cluster, identity="scheduler-b")
+    sock.send(b"\x93garbage")
+    deliver(sock, [{**ran, "run_id": "from-b", "scheduler": "b"}])
+    got = metric_samples(cluster)
+    assert got[("zcron_duplicate_runs_total", (("job_name", "fine"),))] == 1
+    assert got[("zcron_rejected_messages_total", (("reason", "malformed"),))] == 1
+    stored = len(cluster.runs(limit=10000))
+    assert stored - 2 <= got[("zcron_sink_records", ())] <= stored + 2  # runs keep arriving
+
+    procs.stop(sink, signal.SIGKILL)
+    cluster.extra = "job_labels = false\n"
+    cluster.write_config()
+    start_sink(procs, cluster)
+    ok = ("zcron_runs_total", (("status", "ok"),))
+    got = wait_until(lambda: (s := metric_samples(cluster)).get(ok) and s, 10, "unlabelled runs")
+    assert not any(dict(labels).get("job_name") for _, labels in got), "job_name still present"
+    assert got[("zcron_job_last_success_timestamp_seconds", ())] >= ran["finished"]
+
+
 def test_silent_schedulers_count_dead_and_silent_workers_vanish() -> None:
     reports = Reports(configured=["a", "b"])
     reports.note_jobs({"scheduler": "a", "sent": 1.0, "jobs": [{"name": "j"}]}, now=100.0)
@@ -306,3 +440,18 @@ def test_api_jobs_prefers_live_reports_and_adds_store_only_jobs() -> None:
         ("k", None, []),
     ]
     assert rows[1]["last_success"] == 3.0
+
+
+def test_spool_resends_less_often_while_the_sink_is_silent_and_promptly_once_it_acks(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(str(tmp_path))
+    for n in (1, 2):
+        spool.add(run_record(n))
+    resent_at = [t for t in range(0, 200) if spool.due(float(t))]
+    gaps = [b - a for a, b in zip(resent_at, resent_at[1:], strict=False)]
+    assert gaps[0] == RESEND_AFTER_S and max(gaps) == MAX_RESEND_AFTER_S
+    assert gaps == sorted(gaps)
+    spool.ack(["backup-1"])
+    now = resent_at[-1] + RESEND_AFTER_S
+    assert [r["run_id"] for r in spool.due(now)] == ["backup-2"]

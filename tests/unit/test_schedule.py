@@ -204,7 +204,6 @@ def test_automatic_name_uses_a_safe_file_stem():
     [
         ("61 * * * *  root  x", "bad minute field '61'"),
         ("* * * * 8  root  x", "bad day-of-week field '8'"),
-        ("@reboot  root  x", "@reboot is not supported: zcron has no boot"),
         ("@fortnightly root x", "unknown schedule alias"),
         ("* * * * *  root", "then a user (- = the worker's own), then a command"),
         ("@daily root", "expected an @alias, then a user"),
@@ -224,7 +223,7 @@ def test_cron_d_errors_name_the_line_and_the_problem(line, message):
 
 
 def test_every_bad_line_of_a_file_is_reported():
-    errors = crond_errors("61 * * * * root x\n@daily root ok\nTZ=nowhere\n@reboot root y\n")
+    errors = crond_errors("61 * * * * root x\n@daily root ok\nTZ=nowhere\n@hourly root\n")
     assert [e.split(":")[1] for e in errors] == ["1", "3", "4"]
 
 
@@ -431,7 +430,7 @@ def test_a_new_broken_file_adds_nothing(tmp_path):
     schedules = ScheduleDir(str(tmp_path))
     write(tmp_path, "good", "# name: good\n@daily root x\n")
     schedules.load()
-    write(tmp_path, "new", "# name: new\n@daily root x\n@reboot root y\n")
+    write(tmp_path, "new", "# name: new\n@daily root x\n61 * * * * root y\n")
     result = schedules.load()
     assert set(result.jobs) == {"good"} and len(result.errors) == 1 and not result.changed
 
@@ -450,7 +449,7 @@ def test_a_deleted_broken_file_takes_its_last_good_version_away(tmp_path):
     schedules = ScheduleDir(str(tmp_path))
     path = write(tmp_path, "b", "# name: b\n@daily root x\n")
     schedules.load()
-    path.write_text("@reboot root x\n")
+    path.write_text("61 * * * * root x\n")
     assert set(schedules.load().jobs) == {"b"}
     path.unlink()
     assert schedules.load().jobs == {}
@@ -501,7 +500,7 @@ def test_ignore_rules(name, ignored):
 
 def test_ignored_files_and_directories_are_skipped(tmp_path):
     for name in (".hidden", "jobs~", "jobs.bak", "jobs.dpkg-new", "jobs.rpmsave", "x.swp"):
-        write(tmp_path, name, "@reboot root broken\n")
+        write(tmp_path, name, "61 * * * * root broken\n")
     (tmp_path / "subdir").mkdir()
     write(tmp_path, "real", "# name: real\n@daily root x\n")
     result = ScheduleDir(str(tmp_path)).load()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,22 @@ from zcron.protocol import record
 from zcron.store import Store, key_time, name_key, time_key
 
 T0 = 1_795_000_000.0
+BATCH = 100
+# Writes batch after batch of records and prints each batch's number once put_many returned
+# (the sink acks at that point); the test SIGKILLs it while it is writing.
+WRITER = """
+import sys
+from zcron.protocol import record
+from zcron.store import Store
+store = Store(sys.argv[1])
+for b in range(1_000_000):
+    store.put_many(
+        record(run_id=f"b{b}-{k}", job=f"j{k % 7}", tick=1e9 + b, started=1e9 + b,
+               finished=1e9 + b + k / 1000, status="ok", stdout_tail="x" * (k * 20))
+        for k in range(int(sys.argv[2]))
+    )
+    print(b, flush=True)
+"""
 
 
 def run(n: int, job: str = "backup", status: str = "ok", **extra: object) -> dict:
@@ -195,3 +213,28 @@ def test_last_success_survives_purge(store: Store) -> None:
 def test_time_keys_sort_like_floats(a: float, b: float) -> None:
     assert (time_key(a) < time_key(b)) == (a < b)
     assert key_time(time_key(a)) == a
+
+
+@pytest.mark.timeout(60)
+def test_reopens_after_sigkill_mid_write_with_every_returned_batch(tmp_path: Path) -> None:
+    path = str(tmp_path / "sink")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, path, str(BATCH)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        returned = [int(writer.stdout.readline()) for _ in range(30)]  # type: ignore[union-attr]
+    finally:
+        writer.kill()  # SIGKILL, in the middle of a later batch
+        writer.wait(10)
+    returned += [int(line) for line in writer.stdout]  # type: ignore[union-attr]
+    store = Store(path)
+    try:
+        count = store.count()
+        assert count % BATCH == 0, "a batch was stored in part"
+        assert count >= len(returned) * BATCH
+        found = {r["run_id"] for r in store.query(limit=count + 1)}
+        assert len(found) == count
+        assert {f"b{b}-{k}" for b in returned for k in range(BATCH)} <= found
+        assert store.put_many([run(1)]).new, "the reopened store takes writes"
+    finally:
+        store.close()
