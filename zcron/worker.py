@@ -249,33 +249,16 @@ class Worker:
 
     def announce(self) -> None:
         """Tell every scheduler (and the sink) how many slots are free right now."""
-        free = 0 if self.signals.stopping else max(0, self.slots - len(self.running))
-        running = list(self.running)
+        slots = {
+            "worker": self.id,
+            "pools": self.pools,
+            "slots": self.slots,
+            "free": 0 if self.signals.stopping else max(0, self.slots - len(self.running)),
+            "running": list(self.running),
+        }
         for sock, sid in self.schedulers.items():
-            send_nowait(
-                sock,
-                protocol.encode(
-                    "ready",
-                    worker=self.id,
-                    pools=self.pools,
-                    slots=self.slots,
-                    free=free,
-                    seen=self.seen[sid],
-                    running=running,
-                ),
-            )
-        send_nowait(
-            self.sink,
-            protocol.encode(
-                "ready",
-                worker=self.id,
-                pools=self.pools,
-                slots=self.slots,
-                free=free,
-                seen=0,
-                running=running,
-            ),
-        )
+            send_nowait(sock, protocol.encode("ready", seen=self.seen[sid], **slots))
+        send_nowait(self.sink, protocol.encode("ready", seen=0, **slots))
 
     def heartbeat_if_due(self, now: float) -> None:
         if now >= self.next_heartbeat:
