@@ -204,3 +204,14 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def metric_value(cluster: Cluster, name: str, **labels: str) -> float | None:
+    """One sample from the sink's /metrics (None when absent)."""
+    with urllib.request.urlopen(cluster.http + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.split()[-1])
+    return None

@@ -6,7 +6,7 @@ Per-job metrics carry the `job_name` label (never `job`: Prometheus owns it) unl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -16,6 +16,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 LATENESS_BUCKETS = (
     *(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5),
@@ -166,6 +167,70 @@ class Metrics:
         self.schedulers.labels("live").set(live)
         self.schedulers.labels("dead").set(dead)
 
+    def watch_cluster(
+        self, schedulers: Callable[[], list[dict]], workers: Callable[[], list[dict]]
+    ) -> None:
+        """Expose what schedulers and workers report about themselves, read at scrape time."""
+        self.registry.register(ClusterCollector(schedulers, workers))
+
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text page and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+# stats key reported by a scheduler -> (metric name, help, counter?)
+SCHEDULER_STATS = {
+    "takeovers": ("zcron_scheduler_takeovers", "View changes that fired unfired ticks.", True),
+    "caught_up": ("zcron_scheduler_caught_up_ticks", "Ticks fired late by catch-up.", True),
+    "rejected": ("zcron_scheduler_rejected_messages", "Messages a scheduler dropped.", True),
+    "waiting": ("zcron_scheduler_waiting_ticks", "Due ticks waiting for a free slot.", False),
+    "eligible": ("zcron_scheduler_eligible", "1 while the scheduler fires ticks.", False),
+    "digests_agree": (
+        "zcron_config_digest_agrees",
+        "1 when the scheduler's job set matches every live peer's.",
+        False,
+    ),
+    "live_peers": ("zcron_scheduler_live_peers", "Peers the scheduler sees live.", False),
+}
+
+
+class ClusterCollector:
+    """Scheduler and worker self-reports (sent to the sink) as metric families."""
+
+    def __init__(
+        self, schedulers: Callable[[], list[dict]], workers: Callable[[], list[dict]]
+    ) -> None:
+        self.schedulers = schedulers
+        self.workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        reports = [r for r in self.schedulers() if r.get("live")]
+        yield from self.scheduler_families(reports)
+        offsets = GaugeMetricFamily(
+            "zcron_peer_clock_offset_seconds",
+            "A peer's clock minus the reporting scheduler's, from heartbeats.",
+            labels=["scheduler", "peer"],
+        )
+        spool = GaugeMetricFamily(
+            "zcron_spool_records", "Results waiting for the sink's ack.", labels=["role", "id"]
+        )
+        for report in reports:
+            for peer, offset in report.get("clock_offsets", {}).items():
+                offsets.add_metric([report["scheduler"], peer], offset)
+            if "spool" in report.get("stats", {}):
+                spool.add_metric(["scheduler", report["scheduler"]], report["stats"]["spool"])
+        for worker in self.workers():
+            if "spool" in worker:
+                spool.add_metric(["worker", worker["worker"]], worker["spool"])
+        yield offsets
+        yield spool
+
+    @staticmethod
+    def scheduler_families(reports: list[dict]) -> Iterator[Metric]:
+        for key, (name, doc, counter) in SCHEDULER_STATS.items():
+            family_type = CounterMetricFamily if counter else GaugeMetricFamily
+            family = family_type(name, doc, labels=["scheduler"])
+            for report in reports:
+                if key in report.get("stats", {}):
+                    family.add_metric([report["scheduler"]], report["stats"][key])
+            yield family

@@ -54,6 +54,7 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "free": (int, True, 0),
         "seen": (int, True, 0),
         "running": (list, True, 4096),
+        "spool": (int, False, 0),  # results waiting for the sink's ack
     },
     # scheduler -> worker: one attempt of one tick
     "job": {
@@ -71,7 +72,10 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "timeout": (OPT_NUM, True, 0),
         "on_timeout": (str, True, 16),
         "dispatched": (NUM, True, 0),
+        "memory_max": (OPT_INT, False, 0),  # bytes (RLIMIT_AS); absent or None: no limit
     },
+    # scheduler -> worker: kill this run's process group (overlap = replace), record `killed`
+    "cancel": {"run_id": (str, True, MAX_NAME), "reason": (str, True, 256)},
     # worker -> scheduler: a run ended (frees overlap state)
     "finished": {
         "run_id": (str, True, MAX_NAME),
@@ -87,6 +91,8 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "scheduler": (str, True, MAX_NAME),
         "jobs": (list, True, 1_000_000),
         "sent": (NUM, True, 0),
+        "stats": (dict, False, 64),  # counter and gauge name -> number (see sink metrics)
+        "clock_offsets": (dict, False, 1024),  # peer id -> its clock minus ours, seconds
     },
     # scheduler -> scheduler, every heartbeat: liveness, incarnation, job-set digest, clock
     "heartbeat": {
@@ -136,26 +142,52 @@ def _check_fields(values: Any, schema: dict, where: str) -> None:
             raise ProtocolError("too_large", f"{where}.{name} longer than {limit}")
 
 
+def _require(ok: bool, detail: str) -> None:
+    if not ok:
+        raise ProtocolError("bad_field", detail)
+
+
+def _check_record(msg: dict) -> None:
+    _check_fields(msg["record"], RECORD, "record")
+    _require(msg["record"]["status"] in STATUSES, "record.status")
+
+
+def _check_job(msg: dict) -> None:
+    env, command = msg["env"], msg["command"]
+    _require(all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()),
+             "job.env must map strings to strings")  # fmt: skip
+    _require(not isinstance(command, list) or (command and _strings(command)),
+             "job.command list must hold strings")  # fmt: skip
+
+
+def _check_numbers(msg: dict) -> None:
+    tables = (msg.get("stats", {}), msg.get("clock_offsets", {}))
+    _require(all(isinstance(k, str) and isinstance(v, NUM) and not isinstance(v, bool)
+                 for table in tables for k, v in table.items()),
+             "jobs.stats and clock_offsets map names to numbers")  # fmt: skip
+
+
+def _strings(values: list) -> bool:
+    return all(isinstance(v, str) for v in values)
+
+
+# type -> the checks a schema cannot express (contents of lists and maps)
+_NESTED = {
+    "result": _check_record,
+    "job": _check_job,
+    "claims": lambda m: _require(all(map(_is_tick_pair, m["ticks"])), "ticks: [job, tick]"),
+    "accepted": lambda m: _require(all(map(_is_tick_pair, m["ticks"])), "ticks: [job, tick]"),
+    "jobs": _check_numbers,
+    "jobset": lambda m: _require(_strings(m["names"]), "jobset.names must hold strings"),
+    "ready": lambda m: _require(_strings(m["pools"]), "ready.pools must hold strings"),
+    "ack": lambda m: _require(_strings(m["run_ids"]), "ack.run_ids must hold strings"),
+}
+
+
 def _check_nested(kind: str, msg: dict) -> None:
-    if kind == "result":
-        _check_fields(msg["record"], RECORD, "record")
-        if msg["record"]["status"] not in STATUSES:
-            raise ProtocolError("bad_field", "record.status")
-    elif kind == "job":
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in msg["env"].items()):
-            raise ProtocolError("bad_field", "job.env must map strings to strings")
-        command = msg["command"]
-        if isinstance(command, list) and not (command and all(isinstance(a, str) for a in command)):
-            raise ProtocolError("bad_field", "job.command list must hold strings")
-    elif kind in ("claims", "accepted"):
-        if not all(_is_tick_pair(pair) for pair in msg["ticks"]):
-            raise ProtocolError("bad_field", f"{kind}.ticks must hold [job, tick] pairs")
-    elif kind == "jobset" and not all(isinstance(n, str) for n in msg["names"]):
-        raise ProtocolError("bad_field", "jobset.names must hold strings")
-    elif kind in ("ready", "ack") and not all(
-        isinstance(v, str) for v in msg["pools" if kind == "ready" else "run_ids"]
-    ):
-        raise ProtocolError("bad_field", f"{kind} list must hold strings")
+    check = _NESTED.get(kind)
+    if check is not None:
+        check(msg)
 
 
 def _is_tick_pair(pair: Any) -> bool:

@@ -100,13 +100,19 @@ class Scheduler:
     # -- set-up -------------------------------------------------------------------------
 
     def bind(self) -> None:
+        from zcron.auth import Security
+
         cluster = self.config.cluster
+        # CURVE when [cluster] keys is set; failed handshakes land in counters (status --json).
+        self.security = Security.from_config(cluster, self.id, self.counters)
         self.router = make_socket(self.ctx, zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer or worker reconnects
+        self.security.server(self.router)
         bind(self.router, self.address, cluster.insecure, cluster.keys)
         self.sink = make_socket(self.ctx, zmq.DEALER, identity=f"scheduler-{self.id}")
+        self.security.client(self.sink, "sink")
         self.sink.connect(cluster.sink)
-        self.mesh = PeerMesh(self.ctx, self.id, cluster.schedulers)
+        self.mesh = PeerMesh(self.ctx, self.id, cluster.schedulers, self.security)
         for sock in (self.router, self.sink, self.signals.fd):
             self.poller.register(sock, zmq.POLLIN)
         if self.watch.fd is not None:
@@ -617,6 +623,18 @@ class Scheduler:
         send_nowait(self.sink, protocol.encode("result", record=rec))
         self.spool.mark_sent(rec["run_id"], time.monotonic())
 
+    def stats(self) -> dict[str, float]:
+        """What the sink exposes for this scheduler (zcron_scheduler_* metrics)."""
+        now_mono = time.monotonic()
+        return {
+            **self.counters,
+            "waiting": sum(len(q) for q in self.waiting.values()),
+            "spool": len(self.spool),
+            "eligible": int(self.members.self_eligible),
+            "digests_agree": int(self.members.digests_agree(now_mono)),
+            "live_peers": len(self.members.live(now_mono)),
+        }
+
     def handle_sink(self) -> None:
         while True:
             try:
@@ -639,7 +657,11 @@ class Scheduler:
         self.next_report = now + REPORT_EVERY_S
         jobs = [dict(to_wire(job), next_tick=self.next_instant.get(name))
                 for name, job in self.jobs.items()]  # fmt: skip
-        send_nowait(self.sink, protocol.encode("jobs", scheduler=self.id, jobs=jobs, sent=now))
+        send_nowait(self.sink, protocol.encode(
+            "jobs", scheduler=self.id, jobs=jobs, sent=now, stats=self.stats(),
+            clock_offsets={p.id: p.clock_offset for p in self.members.live(time.monotonic())
+                           if p.clock_offset is not None},
+        ))  # fmt: skip
         for rec in self.spool.due(time.monotonic()):
             send_nowait(self.sink, protocol.encode("result", record=rec))
 

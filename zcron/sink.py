@@ -18,7 +18,9 @@ from typing import Any
 import lmdb
 import zmq
 from prometheus_client import disable_created_metrics
+from prometheus_client.core import CounterMetricFamily
 
+from zcron.auth import Security
 from zcron.config import Config, load_config
 from zcron.daemon import Notifier, Signals
 from zcron.errors import ProtocolError
@@ -90,6 +92,20 @@ def check_job_entry(entry: Any) -> dict:
     return clean
 
 
+class HandshakeFailures:
+    """`zcron_handshake_failures_total`: CURVE handshakes that failed on the sink's socket."""
+
+    def __init__(self, security: Security) -> None:
+        self.security = security
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "zcron_handshake_failures",
+            "Failed CURVE handshakes on the sink's socket: strangers and plaintext clients.",
+            value=self.security.handshake_failures,
+        )
+
+
 class Reports:
     """The latest job table per scheduler and slot report per worker.
 
@@ -105,7 +121,13 @@ class Reports:
     def note_jobs(self, fields: dict, now: float) -> None:
         """Keep a scheduler's job table (replacing its previous one)."""
         jobs = [check_job_entry(entry) for entry in fields["jobs"]]
-        report = {"scheduler": fields["scheduler"], "sent": fields["sent"], "jobs": jobs}
+        report = {
+            "scheduler": fields["scheduler"],
+            "sent": fields["sent"],
+            "jobs": jobs,
+            "stats": fields.get("stats", {}),
+            "clock_offsets": fields.get("clock_offsets", {}),
+        }
         with self.lock:
             self.schedulers[fields["scheduler"]] = {**report, "seen": now}
 
@@ -113,6 +135,10 @@ class Reports:
         """Keep a worker's slot report."""
         with self.lock:
             self.workers[fields["worker"]] = {**fields, "seen": now}
+
+    def worker_reports(self) -> list[dict]:
+        with self.lock:
+            return list(self.workers.values())
 
     def expire(self, now: float) -> None:
         """Forget workers gone quiet, and scheduler reports too old to mean anything."""
@@ -164,6 +190,8 @@ class Sink:
         self.signals = Signals()
         self.notifier = Notifier()
         self.ctx = zmq.Context()
+        self.security = Security.from_config(config.cluster, "sink")
+        metrics.registry.register(HandshakeFailures(self.security))
         self.sock = make_socket(self.ctx, zmq.ROUTER)
         self.poller = zmq.Poller()
         self.http: HttpServer | None = None
@@ -175,6 +203,7 @@ class Sink:
         """Install signal handlers, bind ZeroMQ and HTTP, then tell systemd we are ready."""
         cluster = self.config.cluster
         self.signals.install()
+        self.security.server(self.sock)
         bind(self.sock, cluster.sink, cluster.insecure, cluster.keys)
         api = Api(self.store, self.metrics, lambda: self.reports.snapshot(time.monotonic()))
         self.http = HttpServer(self.config.sink.http, api, cluster.insecure)
@@ -309,6 +338,7 @@ class Sink:
         if self.http is not None:
             self.http.stop()
         self.sock.close(linger=0)
+        self.security.close()
         self.ctx.term()
         self.store.close()
 
@@ -318,7 +348,11 @@ def cmd_sink(args: dict) -> int:
     setup_logging("zcron-sink")
     disable_created_metrics()  # `_created` series would double /metrics for nothing here
     config = load_config(args.get("--config"))
-    sink = Sink(config, Store(config.sink.data), Metrics(config.sink.job_labels))
+    metrics = Metrics(config.sink.job_labels)
+    sink = Sink(config, Store(config.sink.data), metrics)
+    metrics.watch_cluster(
+        lambda: sink.reports.snapshot(time.monotonic()), lambda: sink.reports.worker_reports()
+    )
     try:
         sink.start()
         return sink.run()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -20,7 +21,7 @@ from zcron.daemon import Notifier, Signals
 from zcron.errors import ConfigError, ProtocolError
 from zcron.log import setup_logging
 from zcron.net import make_socket, send_nowait
-from zcron.process import Refused, Run, arm_run, run_record
+from zcron.process import KILL_GRACE_S, Refused, Run, arm_run, run_record
 from zcron.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ SPIN_S = 0.002  # poll wakes in whole milliseconds: the last stretch to a tick i
 class Worker:
     """Run() → poll() → handle_* per ready socket or fd → timed steps."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, reload: Callable[[], Config] | None = None):
         self.config = config
+        self.load_config = reload  # SIGHUP: the settings again, as at start
         self.id = config.worker.id
         self.pools = list(config.worker.pool)
         self.slots = config.worker.slots
@@ -51,17 +53,24 @@ class Worker:
         self.next_heartbeat = 0.0
         self.next_resend = 0.0
         self.rejected = 0
+        self.drain_killed = False
 
     # -- set-up -------------------------------------------------------------------------
 
     def connect(self) -> None:
+        from zcron.auth import Security
+
+        # CURVE when [cluster] keys is set: our key, and each server's public key pinned.
+        self.security = Security.from_config(self.config.cluster, self.id)
         for sid, address in self.config.cluster.schedulers.items():
             sock = make_socket(self.ctx, zmq.DEALER, identity=self.id)
+            self.security.client(sock, sid)
             sock.connect(address)
             self.schedulers[sock] = sid
             self.seen[sid] = 0
             self.poller.register(sock, zmq.POLLIN)
         self.sink = make_socket(self.ctx, zmq.DEALER, identity=self.id)
+        self.security.client(self.sink, "sink")
         self.sink.connect(self.config.cluster.sink)
         self.poller.register(self.sink, zmq.POLLIN)
         self.poller.register(self.signals.fd, zmq.POLLIN)
@@ -71,7 +80,7 @@ class Worker:
     def run(self) -> int:
         self.signals.install()
         self.connect()
-        self.notifier.ready(f"pools {','.join(self.pools)}, {self.slots} slots")
+        self.notifier.ready(self.status_line())
         log.info("worker %s serving pools %s with %d slots", self.id, self.pools, self.slots)
         while not self.finished_draining():
             ready = dict(self.poller.poll(self.timeout_ms(time.monotonic())))
@@ -87,12 +96,16 @@ class Worker:
         return 0
 
     def finished_draining(self) -> bool:
+        """Stop once drained: no run left (a hard stop: at once); past the drain timeout,
+        kill what still runs (TERM, grace, KILL) and stop when it is reaped and recorded."""
         if self.signals.hard_stop or (self.signals.stopping and not self.running):
             return True
-        if self.signals.stopping and time.monotonic() > self.drain_deadline():
+        now = time.monotonic()
+        if self.signals.stopping and now > self.drain_deadline() and not self.drain_killed:
             log.warning("drain timeout: killing %d runs", len(self.running))
+            self.drain_killed = True
             for run in self.running.values():
-                run.begin_kill(time.monotonic(), grace=0.0)
+                self.kill(run, now)
         return False
 
     def drain_deadline(self) -> float:
@@ -115,6 +128,7 @@ class Worker:
         for item in ready:
             if item is self.signals.fd:
                 self.signals.drain()
+                self.reload_if_asked()
             elif item is self.sink:
                 self.handle_sink()
             elif item in self.schedulers:
@@ -129,19 +143,37 @@ class Worker:
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             try:
                 kind, msg = protocol.decode(frame)
-                if kind != "job":
+                if kind not in ("job", "cancel"):
                     raise ProtocolError("unexpected_type", kind)
             except ProtocolError as exc:
                 self.rejected += 1
                 log.warning("dropped message from scheduler %s: %s", self.schedulers[sock], exc)
                 continue
+            if kind == "cancel":
+                self.cancel(msg["run_id"], msg["reason"], time.monotonic())
+                continue
             self.seen[self.schedulers[sock]] += 1
             self.accepted.append([msg["job"], msg["tick"]])
             self.start(msg)
         self.tell_accepted()
+
+    def cancel(self, run_id: str, reason: str, now: float) -> None:
+        """The scheduler wants the run gone (overlap = replace): kill its group, record `killed`."""
+        run = self.running.get(run_id)
+        if run is None or run.cancelled:
+            log.info("cancel of run %s: not running here (it may just have ended)", run_id)
+            return
+        log.warning("run %s of %s cancelled: %s", run_id, run.msg["job"], reason)
+        run.cancelled = reason
+        self.kill(run, now)
+
+    def kill(self, run: Run, now: float) -> None:
+        """SIGTERM the run's group now, SIGKILL it after the grace (see enforce_timeouts)."""
+        run.begin_kill(now, KILL_GRACE_S)
+        heapq.heappush(self.timeouts, (run.kill_at, run.run_id))
 
     def tell_accepted(self) -> None:
         """Tell every scheduler which ticks we took: if their owner dies before its claim
@@ -156,18 +188,23 @@ class Worker:
     def start(self, msg: dict) -> None:
         """Arm the run now; release it at its tick (at once when the tick has come)."""
         if self.signals.stopping:
-            self.report(run_record(msg, self.id, status="refused", stderr_tail="worker draining"))
+            self.refuse(msg, "worker draining: it takes no new jobs")
             return
         try:
             run = arm_run(msg, self.id)
         except Refused as exc:
             log.warning("run %s of %s refused: %s", msg["run_id"], msg["job"], exc)
-            self.report(run_record(msg, self.id, status="refused", stderr_tail=str(exc)))
-            self.announce()
+            self.refuse(msg, str(exc))
             return
         self.running[run.run_id] = run
         self.watch(run)
         heapq.heappush(self.armed, (msg["tick"], run.run_id))
+
+    def refuse(self, msg: dict, reason: str) -> None:
+        rec = run_record(msg, self.id, status="refused", stderr_tail=reason)
+        self.report(rec)
+        self.tell_finished(rec)
+        self.announce()
 
     def release_due_runs(self) -> None:
         """Release every armed run whose tick has come, spinning the last stretch."""
@@ -176,7 +213,7 @@ class Worker:
             while time.time() < tick:
                 pass
             run = self.running.get(run_id)
-            if run is not None:
+            if run is not None and not run.killed_by_us:  # cancelled while parked: never runs
                 run.release(time.monotonic())
                 if run.deadline is not None:
                     heapq.heappush(self.timeouts, (run.deadline, run_id))
@@ -213,15 +250,17 @@ class Worker:
         rec = run.finish()
         del self.running[run.run_id]
         self.report(rec)
-        owner = self.owner_socket(run.msg["scheduler"])
-        if owner is not None:
-            send_nowait(
-                owner,
-                protocol.encode(
-                    "finished", run_id=rec["run_id"], job=rec["job"], status=rec["status"]
-                ),
-            )
+        self.tell_finished(rec)
         self.announce()
+
+    def tell_finished(self, rec: dict) -> None:
+        """Tell the run's scheduler it ended (it frees the run's overlap state and slot)."""
+        owner = self.owner_socket(rec["scheduler"])
+        if owner is not None:
+            frame = protocol.encode(
+                "finished", run_id=rec["run_id"], job=rec["job"], status=rec["status"]
+            )
+            send_nowait(owner, frame)
 
     def owner_socket(self, scheduler_id: str) -> zmq.Socket | None:
         return next((s for s, sid in self.schedulers.items() if sid == scheduler_id), None)
@@ -233,12 +272,12 @@ class Worker:
             if run is None:
                 continue
             if run.kill_at is not None:
-                run.signal_group(9)
+                if now >= run.kill_at:  # else a timeout that came after a cancel or drain kill
+                    run.signal_group(9)
             elif run.msg["on_timeout"] == "kill":
                 log.warning("run %s of %s timed out: killing its group", run_id, run.msg["job"])
                 run.timed_out = True
-                run.begin_kill(now)
-                heapq.heappush(self.timeouts, (run.kill_at, run_id))
+                self.kill(run, now)
             else:
                 log.warning(
                     "run %s of %s is past its timeout (on_timeout=alert)", run_id, run.msg["job"]
@@ -255,10 +294,31 @@ class Worker:
             "slots": self.slots,
             "free": 0 if self.signals.stopping else max(0, self.slots - len(self.running)),
             "running": list(self.running),
+            "spool": len(self.spool),
         }
         for sock, sid in self.schedulers.items():
             send_nowait(sock, protocol.encode("ready", seen=self.seen[sid], **slots))
         send_nowait(self.sink, protocol.encode("ready", seen=0, **slots))
+
+    def reload_if_asked(self) -> None:
+        """SIGHUP: re-read the settings (pools, slots, drain timeout) and announce them."""
+        if not self.signals.reload or self.load_config is None:
+            return
+        self.signals.reload = False
+        self.notifier.reloading()
+        try:
+            config = self.load_config()
+        except ConfigError as exc:
+            log.error("SIGHUP: %s (the settings in force are kept)", exc)
+        else:
+            self.config = config
+            self.pools, self.slots = list(config.worker.pool), config.worker.slots
+            log.info("SIGHUP: serving pools %s with %d slots", self.pools, self.slots)
+            self.announce()
+        self.notifier.ready(self.status_line())
+
+    def status_line(self) -> str:
+        return f"pools {','.join(self.pools)}, {self.slots} slots"
 
     def heartbeat_if_due(self, now: float) -> None:
         if now >= self.next_heartbeat:
@@ -310,12 +370,17 @@ class Worker:
         log.info("worker %s stopped (%d results left in spool)", self.id, len(self.spool))
 
 
-def cmd_worker(args: dict) -> int:
+def worker_config(args: dict) -> Config:
+    """The configuration file with the command line's options on top."""
     config = load_config(args.get("--config"))
     pools = tuple(p for p in (args.get("--pool") or "").split(",") if p) or None
     slots = int(args["--slots"]) if args.get("--slots") else None
     if slots is not None and slots < 1:
         raise ConfigError("--slots: expected a whole number >= 1")
-    config = config.with_overrides("worker", id=args.get("--id"), pool=pools, slots=slots)
+    return config.with_overrides("worker", id=args.get("--id"), pool=pools, slots=slots)
+
+
+def cmd_worker(args: dict) -> int:
+    config = worker_config(args)
     setup_logging(f"zcron-worker[{config.worker.id}]")
-    return Worker(config).run()
+    return Worker(config, reload=lambda: worker_config(args)).run()

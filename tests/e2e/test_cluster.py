@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, Processes, make_cluster, tick_counts, wait_until
+from tests.harness import (
+    Cluster,
+    Processes,
+    make_cluster,
+    metric_value,
+    tick_counts,
+    wait_until,
+)
 from tests.tools import ensure_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -165,6 +172,7 @@ def test_a_job_only_some_schedulers_know_still_fires_once(tmp_path: Path, procs:
     assert {r["scheduler"] for r in runs if r["job"] == "only-c" and r["tick"] >= first} == {"c"}
     views = status(cluster)
     assert views["a"]["peers"]["c"]["digest"] != views["a"]["digest"]
+    assert metric_value(cluster, "zcron_config_digest_agrees", scheduler="a") == 0.0
 
 
 def test_a_scheduler_with_a_skewed_clock_stops_firing(tmp_path: Path, procs: Processes) -> None:
@@ -189,6 +197,9 @@ def test_a_scheduler_with_a_skewed_clock_stops_firing(tmp_path: Path, procs: Pro
     runs = wait_until(lambda: all_ran(cluster, jobs, first + 3), 30, "runs")
     assert not exactly_once(runs, jobs, first, first + 3)
     assert "c" not in {r["scheduler"] for r in runs if r["tick"] >= first}
+    offset = metric_value(cluster, "zcron_peer_clock_offset_seconds", peer="c", scheduler="a")
+    assert offset is not None and abs(offset - 3.0) < 0.5
+    assert metric_value(cluster, "zcron_scheduler_eligible", scheduler="c") == 0.0
 
 
 @pytest.mark.soak

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, Processes, make_cluster, tick_counts, wait_until
+from tests.harness import (
+    Cluster,
+    Processes,
+    make_cluster,
+    metric_value,
+    tick_counts,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 JOBS = [f"j{i:02d}" for i in range(30)]
@@ -86,3 +93,8 @@ def test_killed_owner_ticks_fire_on_successors_exactly_once(three: Cluster, proc
     assert lateness <= PEER_TIMEOUT_S + HEARTBEAT_S + 0.3, lateness
     owners_after = {r["scheduler"] for r in runs if r["tick"] > end - 2}
     assert owners_after == {"a", "b", "c"}
+    survivors = [sid for sid in "abc" if sid != victim]
+    takeovers = [
+        metric_value(cluster, "zcron_scheduler_takeovers_total", scheduler=sid) for sid in survivors
+    ]
+    assert sum(t or 0 for t in takeovers) >= 1, takeovers
