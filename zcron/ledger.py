@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import lmdb
+import msgpack
 
 FLUSH_EVERY_S = 0.5
 
@@ -19,8 +20,9 @@ class TickLedger:
 
     def __init__(self, directory: str):
         os.makedirs(directory, exist_ok=True)
-        self.env = lmdb.open(directory, map_size=256 << 20, max_dbs=1, subdir=True)
+        self.env = lmdb.open(directory, map_size=256 << 20, max_dbs=2, subdir=True)
         self.db = self.env.open_db(b"last_fired")
+        self.push_db = self.env.open_db(b"pushed")  # delayed one-offs not fired yet
         self.fired: dict[str, float] = {}
         self.dirty: set[str] = set()
         self.next_flush = 0.0
@@ -66,6 +68,19 @@ class TickLedger:
                 del self.fired[job]
                 self.dirty.discard(job)
                 txn.delete(job.encode())
+
+    def save_push(self, name: str, msg: dict) -> None:
+        """Keep a delayed `zcron push` until it fires, across restarts."""
+        with self.env.begin(write=True, db=self.push_db) as txn:
+            txn.put(name.encode(), msgpack.packb(msg, use_bin_type=True))
+
+    def drop_push(self, name: str) -> None:
+        with self.env.begin(write=True, db=self.push_db) as txn:
+            txn.delete(name.encode())
+
+    def pushes(self) -> dict[str, dict]:
+        with self.env.begin(db=self.push_db) as txn:
+            return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in txn.cursor()}
 
     def close(self) -> None:
         if self.dirty:

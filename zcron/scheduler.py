@@ -83,13 +83,15 @@ class Scheduler:
         self.owners = OwnerCache()
         self.views_at: list[float] = []  # wall instants at which the view changes
         self.claims: list[list] = []
+        self.retries: list[tuple[float, str, dict, str | None]] = []  # (at, run id, msg, avoid)
         self.ctx = zmq.Context.instance()
         self.poller = zmq.Poller()
         self.errors: list = []
         self.reload_at: float | None = None
         self.next_report = self.next_poll_dir = self.next_heartbeat = 0.0
         self.last_expire_check = time.monotonic()
-        self.counters = {"rejected": 0, "takeovers": 0, "caught_up": 0, "missed": 0}
+        self.counters = dict.fromkeys(("rejected", "takeovers", "caught_up", "missed", "retries",
+                                       "skipped", "replaced"), 0)  # fmt: skip
         self.handlers = {
             "ready": self.on_ready, "finished": self.on_finished, "request": self.on_request,
             "heartbeat": self.on_heartbeat, "claims": self.on_claims,
@@ -124,6 +126,8 @@ class Scheduler:
         self.signals.install()
         self.bind()
         self.reload(time.time())
+        for name, msg in self.ledger.pushes().items():
+            self.plan_push(name, msg)
         self.members.since = time.time() + self.warm_up()
         heapq.heappush(self.views_at, self.members.since)
         self.notifier.ready(self.status_line())
@@ -161,6 +165,7 @@ class Scheduler:
         self.expire_peers(now, now_mono)
         self.change_view_if_due(now, now_mono)
         self.fire_due_ticks(now)
+        self.retry_due(now)
         self.record_claims()
         self.expire_waiting(now)
         self.expire_workers(now_mono)
@@ -184,6 +189,8 @@ class Scheduler:
             deadlines.append(self.next_poll_dir)
         if self.waiting:
             deadlines.append(min(q[0].give_up_at for q in self.waiting.values()))
+        if self.retries:
+            deadlines.append(self.retries[0][0])
         expiry = self.members.next_expiry(now_mono)
         if expiry is not None:
             deadlines.append(now + expiry - now_mono + 0.001)
@@ -271,6 +278,7 @@ class Scheduler:
                 pass
             if name in self.pushed:
                 self.fire_message(self.pushed.pop(name), tick, claim=False)
+                self.ledger.drop_push(name)
             elif self.generation.get(name) == generation:  # else changed or gone since
                 job = self.jobs[name]
                 if self.may_fire(job, tick, now_mono):
@@ -303,6 +311,8 @@ class Scheduler:
         return owner_of(job.name, [p for p in eligible if self.members.knows(p, job.name)])
 
     def fire(self, job: Job, tick: float, attempt: int = 1) -> None:
+        if job.overlap != "allow" and self.overlaps(job, tick):
+            return
         msg = self.job_message(job, tick, attempt)
         self.fire_message(msg, tick, job.misfire_grace, claim=attempt == 1)
 
@@ -337,9 +347,32 @@ class Scheduler:
         self.router.send_multipart([worker.identity, protocol.encode("job", **msg)])
         worker.assign(msg)
         if claim:  # after the send: a claim for a tick no worker got would lose it
-            self.ledger.note(msg["job"], msg["tick"])
-            self.claims.append([msg["job"], msg["tick"]])
+            self.claim(msg["job"], msg["tick"])
         return True
+
+    def claim(self, job: str, tick: float) -> None:
+        self.ledger.note(job, tick)
+        self.claims.append([job, tick])
+
+    def overlaps(self, job: Job, tick: float) -> bool:
+        """Apply overlap = forbid (record the tick `skipped`) or replace (cancel the old
+        run); True when the tick must not run. Runs this scheduler dispatched count."""
+        active = self.workers.active(job.name)
+        if not active:
+            return False
+        if job.overlap == "forbid":
+            why = f"overlap = forbid: run {active[0][1]['run_id']} is still running"
+            self.counters["skipped"] += 1
+            self.record(run_record(self.job_message(job, tick, 1), None, status="skipped",
+                                   stderr_tail=why))  # fmt: skip
+            self.claim(job.name, tick)
+            return True
+        for worker, running in active:
+            self.counters["replaced"] += 1
+            reason = f"overlap = replace: replaced by tick {tick:.3f}"
+            self.router.send_multipart([worker.identity, protocol.encode(
+                "cancel", run_id=running["run_id"], reason=reason)])  # fmt: skip
+        return False
 
     def record_claims(self) -> None:
         """Commit what we fired to the local ledger, then tell the peers."""
@@ -535,7 +568,10 @@ class Scheduler:
         self.dispatch_waiting()
 
     def on_finished(self, identity: bytes, msg: dict) -> None:
-        self.workers.finished(identity, msg["run_id"])
+        job_msg = self.workers.finished(identity, msg["run_id"])
+        if job_msg is not None and msg["status"] in RETRY_ON:
+            worker = self.workers.workers.get(identity)
+            self.retry(job_msg, worker.id if worker else None)
 
     def expire_workers(self, now_mono: float) -> None:
         for worker in self.workers.expire(now_mono):
@@ -552,9 +588,28 @@ class Scheduler:
     def run_lost(self, msg: dict, why: str) -> None:
         """Record a run whose worker vanished as `lost` (same run id), then retry if allowed."""
         self.record(run_record(msg, None, status="lost", stderr_tail=why))
+        self.retry(msg, None)
+
+    def retry(self, msg: dict, failed_on: str | None) -> None:
+        """Fire the next attempt after retry_delay when the job has retries left,
+        preferring a worker other than the one it failed on."""
         job = self.jobs.get(msg["job"])
-        if job is not None and msg["attempt"] <= job.retries:
-            self.fire(job, msg["tick"], msg["attempt"] + 1)
+        if job is None or msg["attempt"] > job.retries:
+            return
+        again = self.job_message(job, msg["tick"], msg["attempt"] + 1)
+        self.counters["retries"] += 1
+        heapq.heappush(self.retries, (time.time() + job.retry_delay, again["run_id"], again,
+                                      failed_on))  # fmt: skip
+
+    def retry_due(self, now: float) -> None:
+        while self.retries and self.retries[0][0] <= now:
+            _, _, msg, avoid = heapq.heappop(self.retries)
+            job = self.jobs.get(msg["job"])
+            grace = job.misfire_grace if job else 60.0
+            if not self.dispatch(msg, claim=False, avoid=avoid):
+                self.waiting.setdefault(msg["pool"], deque()).append(
+                    Waiting(msg, time.time() + grace, False)
+                )
 
     # -- requests from the command line ---------------------------------------------------
 
@@ -577,7 +632,7 @@ class Scheduler:
         return {"job": name, "tick": tick}
 
     def request_push(self, args: dict) -> dict:
-        """An ad-hoc one-off command, now or at `at` (kept in memory: lost on restart)."""
+        """An ad-hoc one-off command, now or at `at` (kept in local LMDB until it fires)."""
         command, at = args["command"], float(args["at"])
         if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
             raise ValueError("push: command must be a non-empty list of strings")
@@ -585,12 +640,17 @@ class Scheduler:
             raise ValueError("push: command must be a non-empty list of strings")
         run_id = uuid.uuid4().hex
         name = f"push:{run_id[:12]}"
-        self.pushed[name] = {
+        msg = {
             **self.job_message_defaults(), "run_id": run_id, "job": name, "tick": at,
             "pool": str(args["pool"]), "command": command, "timeout": args.get("timeout"),
         }  # fmt: skip
-        heapq.heappush(self.due, (at - LEAD_S, at, 0, name))
+        self.ledger.save_push(name, msg)
+        self.plan_push(name, msg)
         return {"job": name, "run_id": run_id, "tick": at}
+
+    def plan_push(self, name: str, msg: dict) -> None:
+        self.pushed[name] = msg
+        heapq.heappush(self.due, (msg["tick"] - LEAD_S, msg["tick"], 0, name))
 
     def request_status(self, args: dict) -> dict:
         now_mono = time.monotonic()
@@ -667,6 +727,7 @@ class Scheduler:
 
 
 REQUESTS = ("run", "push", "status")
+RETRY_ON = ("failed", "timeout", "killed")
 
 
 def cmd_scheduler(args: dict) -> int:

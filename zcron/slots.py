@@ -80,13 +80,26 @@ class WorkerTable:
                 best = (key, worker)
         return best[1] if best else None
 
-    def finished(self, identity: bytes, run_id: str) -> None:
-        """Forget a run its worker reports ended (it may not have announced receiving it yet)."""
+    def finished(self, identity: bytes, run_id: str) -> dict | None:
+        """Forget a run its worker reports ended (it may not have announced receiving it
+        yet); return its job message."""
         worker = self.workers.get(identity)
         if worker is None:
-            return
-        if worker.running.pop(run_id, None) is None:
+            return None
+        job = worker.running.pop(run_id, None)
+        if job is None:
+            job = next((j for _, j in worker.in_flight if j["run_id"] == run_id), None)
             worker.in_flight = [(s, j) for s, j in worker.in_flight if j["run_id"] != run_id]
+        return job
+
+    def active(self, job_name: str) -> list[tuple[WorkerSlots, dict]]:
+        """Runs of a job that are on a worker now (sent, not reported ended)."""
+        return [
+            (worker, msg)
+            for worker in self.workers.values()
+            for msg in [*worker.running.values(), *(m for _, m in worker.in_flight)]
+            if msg["job"] == job_name
+        ]
 
     def expire(self, now: float) -> list[WorkerSlots]:
         """Forget workers silent for longer than the timeout; return them."""

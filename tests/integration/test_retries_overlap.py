@@ -1,0 +1,76 @@
+"""Scheduler-side job options with real processes: retries, overlap, durable delayed push."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Cluster, Processes, make_cluster, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def start(procs: Processes, cluster: Cluster, workers: int = 1) -> subprocess.Popen:
+    procs.start("sink", "-c", str(cluster.config_path))
+    for i in range(workers):
+        procs.start("worker", "-c", str(cluster.config_path), "--id", f"w{i + 1}")
+    return procs.start("scheduler", "-c", str(cluster.config_path))
+
+
+def at_least(cluster: Cluster, job: str, count: int) -> list[dict] | None:
+    runs = cluster.runs(job=job)
+    return runs if len(runs) >= count else None
+
+
+def test_failed_runs_are_retried_on_another_worker(tmp_path: Path, procs: Processes) -> None:
+    cluster = make_cluster(tmp_path)
+    (cluster.schedules / "retry.toml").write_text(
+        '[flaky]\nschedule = "*/10 * * * * *"\ncommand = \'echo "$ZCRON_ATTEMPT"; exit 1\'\n'
+        'retries = 2\nretry_delay = "500ms"\n'
+    )
+    start(procs, cluster, workers=2)
+    runs = wait_until(lambda: at_least(cluster, "flaky", 3), 40, "three attempts")
+    tick = min(r["tick"] for r in runs)
+    attempts = sorted((r for r in runs if r["tick"] == tick), key=lambda r: r["attempt"])
+    assert [r["attempt"] for r in attempts] == [1, 2, 3]
+    assert [r["stdout_tail"] for r in attempts] == ["1\n", "2\n", "3\n"]
+    assert all(r["status"] == "failed" for r in attempts)
+    assert attempts[1]["worker"] != attempts[0]["worker"]
+    assert attempts[1]["started"] - attempts[0]["finished"] >= 0.5
+
+
+def test_overlap_forbid_skips_ticks_while_a_run_is_on(tmp_path: Path, procs: Processes) -> None:
+    cluster = make_cluster(tmp_path)
+    (cluster.schedules / "slow.toml").write_text(
+        '[slow]\nschedule = "* * * * * *"\ncommand = "sleep 2.5"\noverlap = "forbid"\n'
+    )
+    start(procs, cluster)
+    runs = wait_until(lambda: at_least(cluster, "slow", 6), 40, "runs and skips")
+    ran = sorted((r for r in runs if r["status"] == "ok"), key=lambda r: r["started"])
+    assert any(r["status"] == "skipped" for r in runs)
+    assert all(a["finished"] <= b["started"] for a, b in zip(ran, ran[1:], strict=False))
+    ticks = [r["tick"] for r in runs]
+    assert len(ticks) == len(set(ticks)), "each tick is run or skipped, once"
+
+
+def test_delayed_push_survives_a_scheduler_restart(tmp_path: Path, procs: Processes) -> None:
+    cluster = make_cluster(tmp_path)
+    marker = tmp_path / "pushed"
+    scheduler = start(procs, cluster)
+    wait_until(lambda: cluster.get_json_or_none("/api/jobs") is not None, 20, "the sink")
+    pushed = wait_until(lambda: subprocess.run(
+        [sys.executable, "-m", "zcron", "push", "-c", str(cluster.config_path), "--in", "4s",
+         "--", "touch", str(marker)], capture_output=True, text=True, timeout=20,
+    ).returncode == 0, 20, "the push to be accepted")  # fmt: skip
+    assert pushed
+    scheduler.send_signal(signal.SIGKILL)
+    scheduler.wait(10)
+    assert not marker.exists()
+    procs.start("scheduler", "-c", str(cluster.config_path))
+    wait_until(marker.exists, 20, "the pushed command to run after the restart")
+    assert time.time() > marker.stat().st_mtime - 1
