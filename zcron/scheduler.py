@@ -22,6 +22,7 @@ import zmq
 
 from zcron import protocol
 from zcron.config import Config, load_config
+from zcron.control import ClientRequests
 from zcron.daemon import Notifier, Signals
 from zcron.errors import ProtocolError
 from zcron.ledger import TickLedger
@@ -34,17 +35,13 @@ from zcron.ring import OwnerCache, has_quorum, owner_of
 from zcron.schedule import Job, ScheduleDir, digest, to_wire
 from zcron.slots import WorkerTable
 from zcron.spool import Spool
+from zcron.takeover import LEAD_S, Takeover
 from zcron.watch import POLL_INTERVAL_S, DirectoryWatch
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 2.0
 RELOAD_SETTLE_S = 0.05  # let an editor finish writing before re-reading
 SPIN_S = 0.002  # the last stretch before an instant is spun, not slept: poll wakes in whole ms
-# Ticks go to a worker this long before their instant; the worker parks the process and
-# releases it at the instant (see process.py). Jobs whose overlap policy must be decided at
-# the instant (forbid, replace) are dispatched at the instant instead.
-LEAD_S = 0.5
-MAX_CATCH_UP = 10_000  # ticks of one job fired by one catch-up, at most
 
 
 @dataclass
@@ -56,7 +53,7 @@ class Waiting:
     claim: bool
 
 
-class Scheduler:
+class Scheduler(Takeover, ClientRequests):
     """run() → poll() → handle_* per ready socket → fire_due_ticks(now) → timed steps."""
 
     def __init__(self, config: Config):
@@ -151,14 +148,6 @@ class Scheduler:
 
     def status_line(self) -> str:
         return f"{len(self.jobs)} jobs, {len(self.errors)} schedule errors"
-
-    def warm_up(self) -> float:
-        """How long after start we begin firing: every live peer has heard us (and we them)
-        before it dispatches, LEAD_S ahead, a tick that becomes ours."""
-        cluster = self.config.cluster
-        if len(cluster.schedulers) == 1:
-            return 0.0
-        return cluster.peer_timeout + 2 * cluster.heartbeat + LEAD_S
 
     def step(self, now: float, now_mono: float) -> None:
         """Everything that is due at `now`, in order."""
@@ -405,142 +394,6 @@ class Scheduler:
             if not queue:
                 del self.waiting[pool]
 
-    # -- peers and takeover ---------------------------------------------------------------
-
-    def heartbeat_if_due(self, now: float, now_mono: float) -> None:
-        if now_mono < self.next_heartbeat:
-            return
-        self.next_heartbeat = now_mono + self.config.cluster.heartbeat
-        was_eligible = self.members.self_eligible
-        self.members.check_clock(self.config.cluster.max_clock_skew, now_mono)
-        if was_eligible != self.members.self_eligible:
-            log.warning(
-                "scheduler %s %s",
-                self.id,
-                self.members.self_reason or "clock back within bounds: firing again",
-            )
-            self.view_changed(now, now_mono, "own clock check")
-        self.send_heartbeat(now)
-
-    def leave(self) -> None:
-        """On a clean stop, say so: peers take our jobs at once instead of after peer_timeout."""
-        self.members.self_eligible, self.members.self_reason = False, "stopping"
-        self.send_heartbeat(time.time())
-        time.sleep(0.05)  # linger 0 would drop it: give the I/O thread a moment to send
-
-    def send_heartbeat(self, now: float) -> None:
-        self.mesh.broadcast(
-            "heartbeat", scheduler=self.id, since=self.members.since, sent=now,
-            digest=self.members.my_digest, eligible=self.members.self_eligible,
-            reason=self.members.self_reason,
-        )  # fmt: skip
-
-    def on_heartbeat(self, identity: bytes, msg: dict) -> None:
-        now, now_mono = time.time(), time.monotonic()
-        if self.members.heard(msg, now_mono, now):
-            log.info("peer %s is live (firing from %.3f)", msg["scheduler"], msg["since"])
-            if msg["since"] > now:
-                heapq.heappush(self.views_at, msg["since"])
-            self.view_changed(now, now_mono, f"peer {msg['scheduler']} joined")
-        if msg["scheduler"] in self.members.needs_names(now_mono):
-            self.mesh.send(msg["scheduler"], "jobset_request", scheduler=self.id)
-
-    def expire_peers(self, now: float, now_mono: float) -> None:
-        dead = self.members.expire(now_mono, self.last_expire_check)
-        self.last_expire_check = now_mono
-        if dead:
-            log.warning(
-                "peers %s silent for %.1fs: taking over their jobs",
-                ", ".join(dead),
-                self.config.cluster.peer_timeout,
-            )
-            self.view_changed(now, now_mono, f"peers {', '.join(dead)} dead")
-
-    def change_view_if_due(self, now: float, now_mono: float) -> None:
-        """A peer's (or our own) `since` has come: ownership moves at that instant."""
-        if self.views_at and self.views_at[0] <= now:
-            while self.views_at and self.views_at[0] <= now:
-                heapq.heappop(self.views_at)
-            self.view_changed(now, now_mono, "a scheduler started firing")
-
-    def view_changed(self, now: float, now_mono: float, why: str) -> None:
-        """Fire every unfired tick of the jobs we own now (per catch_up, within the grace)."""
-        fired = sum(self.catch_up(job, now, now_mono) for job in self.jobs.values())
-        self.record_claims()
-        if fired:
-            self.counters["takeovers"] += 1
-            log.warning("%s: fired %d unfired ticks", why, fired)
-
-    def catch_up(
-        self,
-        job: Job,
-        now: float,
-        now_mono: float,
-        before: float = float("inf"),
-        as_of: float | None = None,
-    ) -> int:
-        """Fire the job's unfired ticks before `before` that are ours; how many.
-
-        Run before firing any tick of the job too, so its ticks always fire in order and
-        the ledger's newest tick never hides an older unfired one.
-        """
-        last = self.ledger.last(job.name)
-        if last is not None and (job.next_after(last) or before) >= before:
-            return 0  # the steady state: nothing between the last fire and this tick
-        fired = 0
-        for tick in self.unfired_ticks(job, now):
-            if tick < before and self.may_fire(job, tick, now_mono, as_of or now):
-                self.fire(job, tick)
-                fired += 1
-        self.counters["caught_up"] += fired
-        return fired
-
-    def unfired_ticks(self, job: Job, now: float) -> list[float]:
-        """Ticks after the last known fire that our heap has passed, bounded by the grace."""
-        last = self.ledger.last(job.name)
-        horizon = self.next_instant.get(job.name)
-        if last is None or horizon is None or not job.enabled:
-            return []
-        start = max(last, now - job.misfire_grace)
-        ticks: list[float] = []
-        tick = job.next_after(start)
-        while tick is not None and tick < horizon and len(ticks) < MAX_CATCH_UP:
-            ticks.append(tick)
-            tick = job.next_after(tick)
-        late = [t for t in ticks if t <= now]
-        keep = {"none": [], "last": late[-1:], "all": late}[job.catch_up]
-        return keep + [t for t in ticks if t > now]
-
-    def on_claims(self, identity: bytes, msg: dict) -> None:
-        self.note_fired(msg["ticks"])
-
-    def on_accepted(self, identity: bytes, msg: dict) -> None:
-        self.note_fired(msg["ticks"])
-
-    def note_fired(self, ticks: list[list]) -> None:
-        for job, tick in ticks:
-            if job in self.jobs:
-                self.ledger.note(job, float(tick))
-
-    def on_jobset_request(self, identity: bytes, msg: dict) -> None:
-        names = sorted(self.jobs)
-        size = protocol.NAMES_PER_PART
-        parts = max(1, -(-len(names) // size))
-        for part in range(parts):
-            self.mesh.send(msg["scheduler"], "jobset", scheduler=self.id,
-                           digest=self.members.my_digest, part=part, parts=parts,
-                           names=names[part * size:(part + 1) * size])  # fmt: skip
-
-    def on_jobset(self, identity: bytes, msg: dict) -> None:
-        if self.members.note_names(msg):
-            log.warning(
-                "scheduler %s has a different job set (digest %s, ours %s)",
-                msg["scheduler"],
-                msg["digest"],
-                self.members.my_digest,
-            )
-            self.view_changed(time.time(), time.monotonic(), "job sets compared")
-
     # -- workers ------------------------------------------------------------------------
 
     def handle_router(self) -> None:
@@ -611,70 +464,6 @@ class Scheduler:
                     Waiting(msg, time.time() + grace, False)
                 )
 
-    # -- requests from the command line ---------------------------------------------------
-
-    def on_request(self, identity: bytes, msg: dict) -> None:
-        handler = getattr(self, f"request_{msg['op']}", None) if msg["op"] in REQUESTS else None
-        try:
-            if handler is None:
-                raise ValueError(f"unknown request {msg['op']!r}")
-            reply = {"ok": True, "error": None, "body": handler(msg["args"])}
-        except (KeyError, TypeError, ValueError) as exc:
-            reply = {"ok": False, "error": str(exc).strip("'\""), "body": None}
-        self.router.send_multipart([identity, protocol.encode("reply", **reply)])
-
-    def request_run(self, args: dict) -> dict:
-        name = args["job"]
-        if name not in self.jobs:
-            raise KeyError(f"no job named {name!r} on scheduler {self.id}")
-        tick = time.time()
-        self.fire_message(self.job_message(self.jobs[name], tick, 1), tick, claim=False)
-        return {"job": name, "tick": tick}
-
-    def request_push(self, args: dict) -> dict:
-        """An ad-hoc one-off command, now or at `at` (kept in local LMDB until it fires)."""
-        command, at = args["command"], float(args["at"])
-        if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
-            raise ValueError("push: command must be a non-empty list of strings")
-        if not command:
-            raise ValueError("push: command must be a non-empty list of strings")
-        run_id = uuid.uuid4().hex
-        name = f"push:{run_id[:12]}"
-        msg = {
-            **self.job_message_defaults(), "run_id": run_id, "job": name, "tick": at,
-            "pool": str(args["pool"]), "command": command, "timeout": args.get("timeout"),
-        }  # fmt: skip
-        self.ledger.save_push(name, msg)
-        self.plan_push(name, msg)
-        return {"job": name, "run_id": run_id, "tick": at}
-
-    def plan_push(self, name: str, msg: dict) -> None:
-        self.pushed[name] = msg
-        heapq.heappush(self.due, (msg["tick"] - LEAD_S, msg["tick"], 0, name))
-
-    def request_status(self, args: dict) -> dict:
-        now_mono = time.monotonic()
-        eligible = self.members.eligible_at(time.time(), now_mono)
-        owned = sum(
-            1 for job in self.jobs.values() if self.owner(job, time.time(), now_mono) == self.id
-        )
-        return {
-            "scheduler": self.id, "jobs": len(self.jobs), "owned": owned,
-            "digest": self.members.my_digest, "since": self.members.since,
-            "eligible": self.members.self_eligible, "reason": self.members.self_reason,
-            "peers": {p.id: {"state": "live" if self.members.is_live(p, now_mono) else "dead",
-                             "eligible": p.id in eligible, "digest": p.digest,
-                             "clock_offset": p.clock_offset, "reason": p.reason}
-                      for p in self.members.peers.values()},
-            "pools": self.workers.pools(),
-            "workers": [{"id": w.id, "pools": w.pools, "slots": w.slots,
-                         "free": max(0, w.credit), "running": len(w.running)}
-                        for w in self.workers.workers.values()],
-            "waiting": {pool: len(q) for pool, q in self.waiting.items()},
-            "counters": dict(self.counters),
-            "errors": [str(e) for e in self.errors],
-        }  # fmt: skip
-
     # -- results and reports --------------------------------------------------------------
 
     def record(self, rec: dict) -> None:
@@ -726,7 +515,6 @@ class Scheduler:
             send_nowait(self.sink, protocol.encode("result", record=rec))
 
 
-REQUESTS = ("run", "push", "status")
 RETRY_ON = ("failed", "timeout", "killed")
 
 
