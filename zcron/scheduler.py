@@ -364,11 +364,15 @@ class Scheduler(Takeover, ClientRequests):
         return False
 
     def record_claims(self) -> None:
-        """Commit what we fired to the local ledger, then tell the peers."""
+        """Tell the peers what we fired, then commit it to the local ledger.
+
+        Peers first: a slow fsync must not hold back the claims (or the heartbeats after
+        them), or a live owner could look dead. The commit is for a whole-cluster restart.
+        """
         if self.claims:
-            self.ledger.flush()  # a crash now must not forget it: a whole-cluster restart reads it
             self.mesh.broadcast("claims", scheduler=self.id, ticks=self.claims)
             self.claims = []
+            self.ledger.flush()
 
     def dispatch_waiting(self) -> None:
         for pool, queue in list(self.waiting.items()):
