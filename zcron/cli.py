@@ -1,10 +1,10 @@
 """The `zcron` command: docopt usage (spec §1), dispatch, exit codes 0 / 1 / 2.
 
 Usage:
-  zcron up        [-c FILE] [--schedules DIR] [--data DIR] [--http ADDR] [--slots N]
-  zcron scheduler [-c FILE] [--id NAME]
-  zcron worker    [-c FILE] [--id NAME] [--pool NAME] [--slots N]
-  zcron sink      [-c FILE]
+  zcron up        [-c FILE] [--schedules DIR] [--data DIR] [--http ADDR] [--slots N] [--insecure]
+  zcron scheduler [-c FILE] [--id NAME] [--insecure]
+  zcron worker    [-c FILE] [--id NAME] [--pool NAME] [--slots N] [--insecure]
+  zcron sink      [-c FILE] [--insecure]
   zcron check     [-c FILE] [PATH...]
   zcron next      [-c FILE] [-n N] [JOB]
   zcron run       [-c FILE] JOB
@@ -29,6 +29,8 @@ Options:
   --since TIME            Runs finished since (ISO 8601, Unix seconds, or a duration ago: 1h).
   --limit N               At most this many runs [default: 20].
   --json                  One JSON object per line.
+  --insecure              Allow binding non-loopback addresses without CURVE keys (anyone
+                          who reaches the ports can then run commands on the workers).
   --version               Print the version.
 """
 

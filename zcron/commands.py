@@ -15,8 +15,10 @@ from zoneinfo import ZoneInfo
 import zmq
 
 from zcron import protocol
+from zcron.auth import Security
 from zcron.config import Config, load_config, parse_duration
 from zcron.errors import ConfigError, ProtocolError, ZcronError
+from zcron.net import make_socket
 from zcron.schedule import Job, load_paths
 
 REQUEST_TIMEOUT_MS = 2000
@@ -80,22 +82,34 @@ def _positive_int(text: str, option: str) -> int:
 def request(config: Config, op: str, args: dict, scheduler_id: str) -> dict:
     """Send one request to one scheduler and return its reply (ZcronError when none)."""
     address = config.scheduler_address(scheduler_id)
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    security = Security.for_client(config.cluster)
+    sock = make_socket(zmq.Context.instance(), zmq.DEALER)
     try:
+        security.client(sock, scheduler_id)
         sock.connect(address)
         sock.send(protocol.encode("request", op=op, args=args))
         if not sock.poll(REQUEST_TIMEOUT_MS):
-            raise ZcronError(f"scheduler {scheduler_id} at {address} did not answer")
+            raise ZcronError(
+                f"scheduler {scheduler_id} at {address} did not answer{_why(security)}"
+            )
         kind, reply = protocol.decode(sock.recv())
     except ProtocolError as exc:
         raise ZcronError(f"scheduler {scheduler_id} at {address}: bad reply: {exc}") from None
     finally:
-        sock.close()
+        sock.close(linger=0)
+        security.close()
     if kind != "reply":
         raise ZcronError(f"scheduler {scheduler_id} at {address}: unexpected {kind!r}")
     return reply
+
+
+def _why(security: Security) -> str:
+    if not security.handshake_failures:
+        return ""
+    return (
+        f" (CURVE handshake failed: is {security.name}.key trusted there, "
+        f"and is its public key in {security.keys_dir} current?)"
+    )
 
 
 def ask_any(config: Config, op: str, args: dict) -> dict:
@@ -170,6 +184,8 @@ def cmd_status(args: dict) -> int:
         try:
             reply = request(config, "status", {}, sid)
             views[sid] = {"state": "live", **(reply["body"] or {})}
+        except ConfigError:
+            raise  # our own key or config is wrong: exit 2, not "unreachable"
         except ZcronError as exc:
             views[sid] = {"state": "dead", "error": str(exc)}
     if args.get("--json"):
@@ -252,8 +268,16 @@ def cmd_keygen(args: dict) -> int:
     import zmq.auth
 
     directory, name = args["DIR"], args["NAME"]
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"keygen: NAME must be a plain file name, got {name!r}")
     os.makedirs(directory, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(directory, name)
-    os.chmod(secret, 0o600)  # create_certificates leaves the secret key world-readable
+    # create_certificates writes the secret key world-readable: never let it exist so.
+    previous = os.umask(0o077)
+    try:
+        public, secret = zmq.auth.create_certificates(directory, name)
+    finally:
+        os.umask(previous)
+    os.chmod(secret, 0o600)
+    os.chmod(public, 0o644)
     print(f"wrote {public} and {secret}")
     return 0

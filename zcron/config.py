@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -22,7 +23,7 @@ def parse_duration(text: str | int | float, where: str = "duration") -> float:
     if isinstance(text, bool):
         raise ConfigError(f"{where}: expected a duration like 30s, got {text!r}")
     if isinstance(text, int | float):
-        if text < 0:
+        if not math.isfinite(text) or text < 0:
             raise ConfigError(f"{where}: duration must not be negative, got {text!r}")
         return float(text)
     spec = str(text).strip()
@@ -32,7 +33,7 @@ def parse_duration(text: str | int | float, where: str = "duration") -> float:
             break
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
-    if not spec or pos != len(spec):
+    if not spec or pos != len(spec) or not math.isfinite(total):
         raise ConfigError(f"{where}: bad duration {text!r} (use e.g. 250ms, 30s, 5m, 2h, 14d)")
     return total
 
@@ -217,6 +218,12 @@ def load_config(explicit: str | None = None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
     return parse_config(text, path)
+
+
+def load_daemon_config(args: dict) -> Config:
+    """The configuration a daemon runs with: the file, then `--insecure` from its options."""
+    config = load_config(args.get("--config"))
+    return config.with_overrides("cluster", insecure=True if args.get("--insecure") else None)
 
 
 def port_after(address: str, offset: int) -> str:

@@ -7,6 +7,7 @@ import logging
 import zmq
 
 from zcron import protocol
+from zcron.auth import Security
 from zcron.net import make_socket, send_nowait
 
 log = logging.getLogger(__name__)
@@ -19,18 +20,28 @@ class PeerMesh:
     back never receives stale heartbeats or claims.
     """
 
-    def __init__(self, ctx: zmq.Context, me: str, peers: dict[str, str]):
+    def __init__(
+        self, ctx: zmq.Context, me: str, peers: dict[str, str], security: Security | None = None
+    ):
         self.sockets: dict[str, zmq.Socket] = {}
+        security = security or Security()
         for peer_id, address in peers.items():
             if peer_id == me:
                 continue
             sock = make_socket(ctx, zmq.DEALER, identity=f"peer-{me}", hwm=1000)
             sock.setsockopt(zmq.IMMEDIATE, 1)
+            security.client(sock, peer_id)  # CURVE to that peer's key when keys are set
             sock.connect(address)
             self.sockets[peer_id] = sock
 
     def send(self, peer_id: str, kind: str, **fields: object) -> None:
-        send_nowait(self.sockets[peer_id], protocol.encode(kind, **fields))
+        """Send to one configured peer; an id not in [cluster] schedulers (a hostile or
+        misconfigured sender named it) is dropped, never a KeyError in the loop."""
+        sock = self.sockets.get(peer_id)
+        if sock is None:
+            log.debug("not sending %s to %.40r: not a configured peer", kind, peer_id)
+            return
+        send_nowait(sock, protocol.encode(kind, **fields))
 
     def broadcast(self, kind: str, **fields: object) -> None:
         frame = protocol.encode(kind, **fields)

@@ -191,6 +191,11 @@ SCHEDULER_STATS = {
         False,
     ),
     "live_peers": ("zcron_scheduler_live_peers", "Peers the scheduler sees live.", False),
+    "handshake_failures": (
+        "zcron_scheduler_handshake_failures",
+        "Failed CURVE handshakes on a scheduler's sockets.",
+        True,
+    ),
 }
 
 
@@ -219,11 +224,19 @@ class ClusterCollector:
                 offsets.add_metric([report["scheduler"], peer], offset)
             if "spool" in report.get("stats", {}):
                 spool.add_metric(["scheduler", report["scheduler"]], report["stats"]["spool"])
+        failures = CounterMetricFamily(
+            "zcron_worker_handshake_failures",
+            "Failed CURVE handshakes seen by a worker.",
+            labels=["worker"],
+        )
         for worker in self.workers():
             if "spool" in worker:
                 spool.add_metric(["worker", worker["worker"]], worker["spool"])
+            if "handshake_failures" in worker:
+                failures.add_metric([worker["worker"]], worker["handshake_failures"])
         yield offsets
         yield spool
+        yield failures
 
     @staticmethod
     def scheduler_families(reports: list[dict]) -> Iterator[Metric]:

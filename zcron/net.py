@@ -32,8 +32,9 @@ def check_bind(address: str, insecure: bool, keys: str | None) -> None:
     if keys or insecure or is_loopback(address):
         return
     raise ConfigError(
-        f"refusing to bind {address}: not loopback and [cluster] keys is not set; "
-        "anyone who reaches this port could run commands. Set keys, or --insecure / insecure = true"
+        f"refusing to bind {address}: not a loopback address and [cluster] keys is not set, "
+        "so anyone who reaches this port could run commands on the workers. Set [cluster] keys "
+        "(see `zcron keygen`), or insecure = true in [cluster] for an isolated network"
     )
 
 

@@ -55,6 +55,7 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "seen": (int, True, 0),
         "running": (list, True, 4096),
         "spool": (int, False, 0),  # results waiting for the sink's ack
+        "handshake_failures": (int, False, 0),  # refused CURVE handshakes (with keys)
     },
     # scheduler -> worker: one attempt of one tick
     "job": {

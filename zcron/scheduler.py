@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import zmq
 
 from zcron import protocol
-from zcron.config import Config, load_config
+from zcron.auth import Security
+from zcron.config import Config, load_daemon_config
 from zcron.control import ClientRequests
 from zcron.daemon import Notifier, Signals
 from zcron.errors import ProtocolError
@@ -40,6 +41,7 @@ from zcron.watch import POLL_INTERVAL_S, DirectoryWatch
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 2.0
+REJECT_LOG_EVERY_S = 10.0
 RELOAD_SETTLE_S = 0.05  # let an editor finish writing before re-reading
 SPIN_S = 0.002  # the last stretch before an instant is spun, not slept: poll wakes in whole ms
 
@@ -87,6 +89,7 @@ class Scheduler(Takeover, ClientRequests):
         self.reload_at: float | None = None
         self.next_report = self.next_poll_dir = self.next_heartbeat = 0.0
         self.last_expire_check = time.monotonic()
+        self.next_reject_log = 0.0
         self.counters = dict.fromkeys(("rejected", "takeovers", "caught_up", "missed", "retries",
                                        "skipped", "replaced"), 0)  # fmt: skip
         self.handlers = {
@@ -99,8 +102,6 @@ class Scheduler(Takeover, ClientRequests):
     # -- set-up -------------------------------------------------------------------------
 
     def bind(self) -> None:
-        from zcron.auth import Security
-
         cluster = self.config.cluster
         # CURVE when [cluster] keys is set; failed handshakes land in counters (status --json).
         self.security = Security.from_config(cluster, self.id, self.counters)
@@ -414,10 +415,17 @@ class Scheduler(Takeover, ClientRequests):
                 if handler is None:
                     raise ProtocolError("unexpected_type", kind)
             except ProtocolError as exc:
-                self.counters["rejected"] += 1
-                log.warning("dropped message: %s", exc)
+                self.reject(f"dropped message: {exc}")
                 continue
             handler(frames[0], msg)
+
+    def reject(self, why: str) -> None:
+        """Count a dropped message; log at most one line per REJECT_LOG_EVERY_S (floods)."""
+        self.counters["rejected"] += 1
+        now = time.monotonic()
+        if now >= self.next_reject_log:
+            self.next_reject_log = now + REJECT_LOG_EVERY_S
+            log.warning("%s (%d dropped so far)", why, self.counters["rejected"])
 
     def on_ready(self, identity: bytes, msg: dict) -> None:
         for lost in self.workers.announce(identity, msg, time.monotonic()):
@@ -497,8 +505,7 @@ class Scheduler(Takeover, ClientRequests):
             try:
                 kind, msg = protocol.decode(frame)
             except ProtocolError as exc:
-                self.counters["rejected"] += 1
-                log.warning("dropped message from sink: %s", exc)
+                self.reject(f"dropped message from sink: {exc}")
                 continue
             if kind == "ack":
                 self.spool.ack(msg["run_ids"])
@@ -523,7 +530,7 @@ RETRY_ON = ("failed", "timeout", "killed")
 
 
 def cmd_scheduler(args: dict) -> int:
-    config = load_config(args.get("--config"))
+    config = load_daemon_config(args)
     config = config.with_overrides("scheduler", id=args.get("--id"))
     config.scheduler_address()  # an unknown id is a configuration error, before anything binds
     setup_logging(f"zcron-scheduler[{config.scheduler.id}]")

@@ -21,7 +21,7 @@ from prometheus_client import disable_created_metrics
 from prometheus_client.core import CounterMetricFamily
 
 from zcron.auth import Security
-from zcron.config import Config, load_config
+from zcron.config import Config, load_daemon_config
 from zcron.daemon import Notifier, Signals
 from zcron.errors import ProtocolError
 from zcron.http import Api, HttpServer
@@ -347,7 +347,7 @@ def cmd_sink(args: dict) -> int:
     """`zcron sink [-c FILE]`: run the sink in the foreground until SIGTERM."""
     setup_logging("zcron-sink")
     disable_created_metrics()  # `_created` series would double /metrics for nothing here
-    config = load_config(args.get("--config"))
+    config = load_daemon_config(args)
     metrics = Metrics(config.sink.job_labels)
     sink = Sink(config, Store(config.sink.data), metrics)
     metrics.watch_cluster(

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import heapq
 import logging
+import resource
+import select
 import time
+from collections import deque
 from collections.abc import Callable
 
 import zmq
 
 from zcron import protocol
-from zcron.config import Config, load_config
+from zcron.auth import Security
+from zcron.config import Config, load_daemon_config
 from zcron.daemon import Notifier, Signals
 from zcron.errors import ConfigError, ProtocolError
 from zcron.log import setup_logging
@@ -26,6 +30,12 @@ from zcron.spool import Spool
 
 log = logging.getLogger(__name__)
 SPIN_S = 0.002  # poll wakes in whole milliseconds: the last stretch to a tick is spun
+# Arming (a spawn) costs ~1 ms: a burst of thousands of jobs is armed this much per turn of
+# the loop, so releases, results and heartbeats go on meanwhile (a silent worker is dead).
+ARM_BUDGET_S = 0.02
+FDS_PER_RUN = 4  # pidfd, stdout, stderr, and the parked process's stdin until released
+FDS_RESERVED = 64  # sockets, spool files, logging
+MAX_RUNNING_LISTED = protocol.SCHEMAS["ready"]["running"][2]
 
 
 class Worker:
@@ -36,7 +46,7 @@ class Worker:
         self.load_config = reload  # SIGHUP: the settings again, as at start
         self.id = config.worker.id
         self.pools = list(config.worker.pool)
-        self.slots = config.worker.slots
+        self.slots = usable_slots(config.worker.slots)
         self.heartbeat_s = config.cluster.heartbeat
         self.signals = Signals()
         self.notifier = Notifier()
@@ -47,18 +57,23 @@ class Worker:
         self.by_fd: dict[int, tuple[Run, str]] = {}
         self.timeouts: list[tuple[float, str]] = []
         self.accepted: list[list] = []  # [job, tick] received since the last `accepted`
+        self.backlog: deque[dict] = deque()  # jobs received, not yet armed
         self.armed: list[tuple[float, str]] = []  # (tick, run_id): parked until their instant
         self.spool = Spool(config.worker.spool)
         self.poller = zmq.Poller()
+        # The runs' pipes and pidfds sit in one epoll set, polled as one fd: zmq's poll()
+        # costs O(fds) a call, and a burst of thousands of runs holds four fds each.
+        self.run_fds = select.epoll()
+        self.poller.register(self.run_fds.fileno(), zmq.POLLIN)
         self.next_heartbeat = 0.0
         self.next_resend = 0.0
         self.rejected = 0
         self.drain_killed = False
+        self.freed = False  # a slot freed since the last announcement
 
     # -- set-up -------------------------------------------------------------------------
 
     def connect(self) -> None:
-        from zcron.auth import Security
 
         # CURVE when [cluster] keys is set: our key, and each server's public key pinned.
         self.security = Security.from_config(self.config.cluster, self.id)
@@ -86,6 +101,8 @@ class Worker:
             ready = dict(self.poller.poll(self.timeout_ms(time.monotonic())))
             self.handle_ready(ready)
             self.release_due_runs()
+            self.arm_backlog()
+            self.announce_if_freed()
             now = time.monotonic()
             self.enforce_timeouts(now)
             self.heartbeat_if_due(now)
@@ -98,7 +115,8 @@ class Worker:
     def finished_draining(self) -> bool:
         """Stop once drained: no run left (a hard stop: at once); past the drain timeout,
         kill what still runs (TERM, grace, KILL) and stop when it is reaped and recorded."""
-        if self.signals.hard_stop or (self.signals.stopping and not self.running):
+        idle = not self.running and not self.backlog
+        if self.signals.hard_stop or (self.signals.stopping and idle):
             return True
         now = time.monotonic()
         if self.signals.stopping and now > self.drain_deadline() and not self.drain_killed:
@@ -120,6 +138,8 @@ class Worker:
         deadlines.append(self.notifier.watchdog_due(now))
         if self.timeouts:
             deadlines.append(self.timeouts[0][0])
+        if self.backlog:
+            return 0
         if self.armed:  # tick instants are wall clock; wake just before, then spin
             deadlines.append(now + self.armed[0][0] - time.time() - SPIN_S)
         return max(0, int((min(deadlines) - now) * 1000))
@@ -133,8 +153,9 @@ class Worker:
                 self.handle_sink()
             elif item in self.schedulers:
                 self.handle_scheduler(item)
-            else:
-                self.handle_fd(item)
+            elif item == self.run_fds.fileno():
+                for fd, _ in self.run_fds.poll(0):
+                    self.handle_fd(fd)
 
     # -- scheduler side -----------------------------------------------------------------
 
@@ -157,11 +178,18 @@ class Worker:
                 continue
             self.seen[self.schedulers[sock]] += 1
             self.accepted.append([msg["job"], msg["tick"]])
-            self.start(msg)
+            self.backlog.append(msg)
         self.tell_accepted()
 
     def cancel(self, run_id: str, reason: str, now: float) -> None:
         """The scheduler wants the run gone (overlap = replace): kill its group, record `killed`."""
+        queued = next((m for m in self.backlog if m["run_id"] == run_id), None)
+        if queued is not None:  # received, not yet armed: it never starts
+            self.backlog.remove(queued)
+            rec = run_record(queued, self.id, status="killed", stderr_tail=f"cancelled: {reason}")
+            self.report(rec)
+            self.tell_finished(rec)
+            return
         run = self.running.get(run_id)
         if run is None or run.cancelled:
             log.info("cancel of run %s: not running here (it may just have ended)", run_id)
@@ -185,6 +213,13 @@ class Worker:
             send_nowait(other, frame)
         self.accepted = []
 
+    def arm_backlog(self) -> None:
+        """Arm received jobs for at most ARM_BUDGET_S, releasing runs as their ticks come."""
+        until = time.monotonic() + ARM_BUDGET_S
+        while self.backlog and time.monotonic() < until:
+            self.start(self.backlog.popleft())
+            self.release_due_runs()
+
     def start(self, msg: dict) -> None:
         """Arm the run now; release it at its tick (at once when the tick has come)."""
         if self.signals.stopping:
@@ -204,7 +239,7 @@ class Worker:
         rec = run_record(msg, self.id, status="refused", stderr_tail=reason)
         self.report(rec)
         self.tell_finished(rec)
-        self.announce()
+        self.freed = True
 
     def release_due_runs(self) -> None:
         """Release every armed run whose tick has come, spinning the last stretch."""
@@ -221,9 +256,9 @@ class Worker:
     def watch(self, run: Run) -> None:
         for fd in run.pipes():
             self.by_fd[fd] = (run, "pipe")
-            self.poller.register(fd, zmq.POLLIN)
+            self.run_fds.register(fd, select.EPOLLIN)
         self.by_fd[run.pidfd] = (run, "exit")
-        self.poller.register(run.pidfd, zmq.POLLIN)
+        self.run_fds.register(run.pidfd, select.EPOLLIN)
 
     def handle_fd(self, fd: int) -> None:
         entry = self.by_fd.get(fd)
@@ -231,18 +266,18 @@ class Worker:
             return
         run, kind = entry
         if kind == "pipe":
-            run.read_pipe(fd)
-            if fd not in run.pipes():
+            if not run.read_pipe(fd):
                 self.forget_fd(fd)
+                run.close_pipe(fd)
         elif run.reap():
             self.complete(run)
 
     def forget_fd(self, fd: int) -> None:
         self.by_fd.pop(fd, None)
         try:
-            self.poller.unregister(fd)
-        except KeyError:
-            pass
+            self.run_fds.unregister(fd)
+        except FileNotFoundError:
+            pass  # never registered
 
     def complete(self, run: Run) -> None:
         for fd in [*run.pipes(), run.pidfd]:
@@ -251,7 +286,7 @@ class Worker:
         del self.running[run.run_id]
         self.report(rec)
         self.tell_finished(rec)
-        self.announce()
+        self.freed = True
 
     def tell_finished(self, rec: dict) -> None:
         """Tell the run's scheduler it ended (it frees the run's overlap state and slot)."""
@@ -292,10 +327,12 @@ class Worker:
             "worker": self.id,
             "pools": self.pools,
             "slots": self.slots,
-            "free": 0 if self.signals.stopping else max(0, self.slots - len(self.running)),
-            "running": list(self.running),
+            "free": 0 if self.signals.stopping else max(0, self.slots - self.busy()),
+            "running": list(self.running)[:MAX_RUNNING_LISTED],
             "spool": len(self.spool),
+            "handshake_failures": self.security.handshake_failures,
         }
+        self.freed = False
         for sock, sid in self.schedulers.items():
             send_nowait(sock, protocol.encode("ready", seen=self.seen[sid], **slots))
         send_nowait(self.sink, protocol.encode("ready", seen=0, **slots))
@@ -312,13 +349,23 @@ class Worker:
             log.error("SIGHUP: %s (the settings in force are kept)", exc)
         else:
             self.config = config
-            self.pools, self.slots = list(config.worker.pool), config.worker.slots
+            self.pools, self.slots = list(config.worker.pool), usable_slots(config.worker.slots)
             log.info("SIGHUP: serving pools %s with %d slots", self.pools, self.slots)
             self.announce()
         self.notifier.ready(self.status_line())
 
     def status_line(self) -> str:
         return f"pools {','.join(self.pools)}, {self.slots} slots"
+
+    def announce_if_freed(self) -> None:
+        """Once per turn of the loop, however many runs ended in it: a burst of thousands
+        of results must not cost thousands of announcements."""
+        if self.freed:
+            self.announce()
+
+    def busy(self) -> int:
+        """Slots in use: runs armed or running, and jobs received but not yet armed."""
+        return len(self.running) + len(self.backlog)
 
     def heartbeat_if_due(self, now: float) -> None:
         if now >= self.next_heartbeat:
@@ -367,12 +414,24 @@ class Worker:
         self.announce()
         for sock in [*self.schedulers, self.sink]:
             sock.close(linger=0)
+        self.run_fds.close()
         log.info("worker %s stopped (%d results left in spool)", self.id, len(self.spool))
+
+
+def usable_slots(slots: int) -> int:
+    """`slots`, or fewer when the open-file limit cannot hold that many runs' pipes."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit == resource.RLIM_INFINITY or slots * FDS_PER_RUN + FDS_RESERVED <= limit:
+        return slots
+    usable = max(1, (limit - FDS_RESERVED) // FDS_PER_RUN)
+    log.warning("%d slots need %d open files (limit %d): using %d slots", slots,
+                slots * FDS_PER_RUN + FDS_RESERVED, limit, usable)  # fmt: skip
+    return usable
 
 
 def worker_config(args: dict) -> Config:
     """The configuration file with the command line's options on top."""
-    config = load_config(args.get("--config"))
+    config = load_daemon_config(args)
     pools = tuple(p for p in (args.get("--pool") or "").split(",") if p) or None
     slots = int(args["--slots"]) if args.get("--slots") else None
     if slots is not None and slots < 1:

@@ -2,7 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from zcron.config import Config, dump_config, load_config, parse_config, parse_duration, port_after
+from zcron.config import (
+    Config,
+    dump_config,
+    load_config,
+    load_daemon_config,
+    parse_config,
+    parse_duration,
+    port_after,
+)
 from zcron.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,3 +99,10 @@ def test_dumped_config_reads_back_the_same() -> None:
 
 def test_port_after() -> None:
     assert port_after("tcp://127.0.0.1:7701", 1) == "tcp://127.0.0.1:7702"
+
+
+def test_insecure_option_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "zcron.conf"
+    path.write_text("[cluster]\ninsecure = false\n")
+    assert not load_daemon_config({"--config": str(path)}).cluster.insecure
+    assert load_daemon_config({"--config": str(path), "--insecure": True}).cluster.insecure
