@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from zcron.config import Config, dump_config, load_config
+from zcron.config import Config, dump_config, load_daemon_config
 from zcron.daemon import Signals, notify
 from zcron.errors import ConfigError
 from zcron.log import setup_logging
@@ -42,7 +42,7 @@ def child_environment() -> dict[str, str]:
 
 def effective_config(args: dict) -> Config:
     """The configuration file (or defaults) with `up`'s command-line options applied."""
-    config = load_config(args.get("--config"))
+    config = load_daemon_config(args)
     data = args.get("--data")
     if data:
         config = config.with_overrides("scheduler", state=f"{data}/scheduler")
