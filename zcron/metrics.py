@@ -6,7 +6,9 @@ Per-job metrics carry the `job_name` label (never `job`: Prometheus owns it) unl
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import lru_cache
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,6 +19,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from zcron.cron import parse_schedule
 
 LATENESS_BUCKETS = (
     *(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5),
@@ -171,11 +175,29 @@ class Metrics:
         self, schedulers: Callable[[], list[dict]], workers: Callable[[], list[dict]]
     ) -> None:
         """Expose what schedulers and workers report about themselves, read at scrape time."""
-        self.registry.register(ClusterCollector(schedulers, workers))
+        self.registry.register(ClusterCollector(schedulers, workers, self.job_labels))
+
+    def watch_handshakes(self, failures: Callable[[], int]) -> None:
+        """Expose the sink's own failed CURVE handshakes (strangers, plaintext clients)."""
+        self.registry.register(HandshakeCollector(failures))
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text page and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class HandshakeCollector:
+    """`zcron_handshake_failures_total`, read from the sink's socket monitor at scrape time."""
+
+    def __init__(self, failures: Callable[[], int]) -> None:
+        self.failures = failures
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "zcron_handshake_failures",
+            "Failed CURVE handshakes on the sink's socket: strangers and plaintext clients.",
+            value=self.failures(),
+        )
 
 
 # stats key reported by a scheduler -> (metric name, help, counter?)
@@ -203,14 +225,20 @@ class ClusterCollector:
     """Scheduler and worker self-reports (sent to the sink) as metric families."""
 
     def __init__(
-        self, schedulers: Callable[[], list[dict]], workers: Callable[[], list[dict]]
+        self,
+        schedulers: Callable[[], list[dict]],
+        workers: Callable[[], list[dict]],
+        job_labels: bool = True,
     ) -> None:
         self.schedulers = schedulers
         self.workers = workers
+        self.job_labels = job_labels
 
     def collect(self) -> Iterator[Metric]:
         reports = [r for r in self.schedulers() if r.get("live")]
         yield from self.scheduler_families(reports)
+        if self.job_labels:
+            yield self.job_intervals(reports)
         offsets = GaugeMetricFamily(
             "zcron_peer_clock_offset_seconds",
             "A peer's clock minus the reporting scheduler's, from heartbeats.",
@@ -247,3 +275,38 @@ class ClusterCollector:
                 if key in report.get("stats", {}):
                     family.add_metric([report["scheduler"]], report["stats"][key])
             yield family
+
+    @staticmethod
+    def job_intervals(reports: list[dict]) -> Metric:
+        """The longest gap between fire times of each job's schedule (for "no success
+        within its period" alerts)."""
+        family = GaugeMetricFamily(
+            "zcron_job_interval_seconds",
+            "Longest gap between two fire times of the job's schedule.",
+            labels=["job_name"],
+        )
+        seen = set()
+        for report in reports:
+            for job in report.get("jobs", []):
+                if job["name"] in seen or not job.get("schedule"):
+                    continue
+                seen.add(job["name"])
+                interval = schedule_interval(job["schedule"], job.get("timezone") or "UTC")
+                if interval is not None:
+                    family.add_metric([job["name"]], interval)
+        return family
+
+
+@lru_cache(maxsize=4096)
+def schedule_interval(schedule: str, timezone: str, fires: int = 50) -> float | None:
+    """The longest gap among a schedule's next `fires` fire times (cached per schedule)."""
+    try:
+        cron = parse_schedule(schedule, timezone)
+    except ValueError:
+        return None
+    instants: list[float] = []
+    instant: float | None = time.time()
+    while len(instants) < fires and (instant := cron.next_after(instant)) is not None:
+        instants.append(instant)
+    gaps = [b - a for a, b in zip(instants, instants[1:], strict=False)]
+    return max(gaps) if gaps else None

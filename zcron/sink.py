@@ -18,7 +18,6 @@ from typing import Any
 import lmdb
 import zmq
 from prometheus_client import disable_created_metrics
-from prometheus_client.core import CounterMetricFamily
 
 from zcron.auth import Security
 from zcron.config import Config, load_daemon_config
@@ -90,20 +89,6 @@ def check_job_entry(entry: Any) -> dict:
         wrong = not isinstance(value, types) or (name == "next_tick" and isinstance(value, bool))
         clean[name] = None if wrong else value
     return clean
-
-
-class HandshakeFailures:
-    """`zcron_handshake_failures_total`: CURVE handshakes that failed on the sink's socket."""
-
-    def __init__(self, security: Security) -> None:
-        self.security = security
-
-    def collect(self) -> Iterable[CounterMetricFamily]:
-        yield CounterMetricFamily(
-            "zcron_handshake_failures",
-            "Failed CURVE handshakes on the sink's socket: strangers and plaintext clients.",
-            value=self.security.handshake_failures,
-        )
 
 
 class Reports:
@@ -191,7 +176,7 @@ class Sink:
         self.notifier = Notifier()
         self.ctx = zmq.Context()
         self.security = Security.from_config(config.cluster, "sink")
-        metrics.registry.register(HandshakeFailures(self.security))
+        metrics.watch_handshakes(lambda: self.security.handshake_failures)
         self.sock = make_socket(self.ctx, zmq.ROUTER)
         self.poller = zmq.Poller()
         self.http: HttpServer | None = None

@@ -109,6 +109,7 @@ def test_run_record_has_every_field_and_cli_shows_it(procs: Processes, cluster: 
         metrics = response.read().decode()
     assert 'zcron_runs_total{job_name="hello",status="failed"}' in metrics
     assert "zcron_dispatch_lateness_seconds_bucket" in metrics
+    assert 'zcron_job_interval_seconds{job_name="hello"} 1.0' in metrics
 
 
 def test_edited_file_takes_effect_while_running(procs: Processes, cluster: Cluster) -> None:
