@@ -19,10 +19,16 @@ from dataclasses import dataclass
 from zcron.protocol import record
 
 SH_FAMILY = {"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh"}
-# $1 = working directory, $2 = the command (shell form) or the argv (exec form).
-PARKED_SHELL = 'read -r _ || exit 125; exec </dev/null; cd -- "$1" || exit 126; eval "shift 2; $2"'
-PARKED_EXEC = 'read -r _ || exit 125; exec </dev/null; cd -- "$1" || exit 126; shift; exec "$@"'
+# $1 = the address-space limit in KiB (0: none), $2 = working directory, $3 = the command
+# (shell form) or the argv (exec form). `ulimit -v` is RLIMIT_AS, set in the job's own
+# process just before it runs: posix_spawn cannot set limits, and a preexec_fn is not
+# fork-safe in a process with ZeroMQ's threads.
+_PARK = 'read -r _ || exit 125; exec </dev/null; cd -- "$2" || exit 126; '
+_LIMIT = '[ "$1" = 0 ] || ulimit -v "$1" || exit 126; '
+PARKED_SHELL = _PARK + _LIMIT + 'eval "shift 3; $3"'
+PARKED_EXEC = _PARK + _LIMIT + 'shift 2; exec "$@"'
 TAIL_BYTES = 4096
+DRAIN_READS = 64  # at most 4 MiB read from a pipe after its run's process ended
 KILL_GRACE_S = 5.0
 # A cron-like base environment; the job's own env and the ZCRON_* variables go on top.
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -85,10 +91,11 @@ def job_environment(msg: dict, account: pwd.struct_passwd, worker_id: str) -> di
 def parked_argv(msg: dict, cwd: str) -> list[str]:
     """The argv of a parked process that runs the job's command once released."""
     command, shell = msg["command"], msg["shell"]
+    limit_kib = str(-(-(msg.get("memory_max") or 0) // 1024))
     if isinstance(command, str) and os.path.basename(shell) in SH_FAMILY:
-        return [shell, "-c", PARKED_SHELL, shell, cwd, command]
+        return [shell, "-c", PARKED_SHELL, shell, limit_kib, cwd, command]
     argv = [shell, "-c", command] if isinstance(command, str) else list(command)
-    return ["/bin/sh", "-c", PARKED_EXEC, "zcron", cwd, *argv]
+    return ["/bin/sh", "-c", PARKED_EXEC, "zcron", limit_kib, cwd, *argv]
 
 
 def _working_dir(msg: dict, account: pwd.struct_passwd) -> str:
@@ -153,6 +160,7 @@ class Run:
     kill_at: float | None = None  # monotonic time to SIGKILL the group after SIGTERM
     timed_out: bool = False
     killed_by_us: bool = False
+    cancelled: str | None = None  # why the scheduler had the run killed (overlap = replace)
 
     @property
     def run_id(self) -> str:
@@ -176,14 +184,32 @@ class Run:
         """Output pipes still open."""
         return list(self.streams)
 
-    def read_pipe(self, fd: int) -> None:
-        """Move what is readable from one output pipe into its tail; close it at EOF."""
-        chunk = os.read(fd, 65536)
+    def read_pipe(self, fd: int) -> bool:
+        """Move what is readable from one output pipe into its tail; False at its end."""
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return True  # a spurious wake-up
         if chunk:
             self.streams[fd].feed(chunk)
-        else:
-            del self.streams[fd]
-            os.close(fd)
+        return bool(chunk)
+
+    def drain_pipe(self, fd: int) -> None:
+        """Read what is buffered, within reason: a background child may hold the pipe open
+        and keep writing after the run's process ended."""
+        for _ in range(DRAIN_READS):
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            self.streams[fd].feed(chunk)
+
+    def close_pipe(self, fd: int) -> None:
+        """Stop reading a pipe (its poller must have forgotten it first: epoll keys on fds)."""
+        del self.streams[fd]
+        os.close(fd)
 
     def signal_group(self, signum: int) -> None:
         try:
@@ -210,13 +236,8 @@ class Run:
     def finish(self) -> dict:
         """Drain the pipes, release fds and kill stragglers in a killed group; the record."""
         for fd in self.pipes():
-            try:
-                while fd in self.streams:
-                    self.read_pipe(fd)
-            except BlockingIOError:
-                pass
-        for fd in self.streams:
-            os.close(fd)  # a background child may hold it open: we stop listening
+            self.drain_pipe(fd)
+            self.close_pipe(fd)
         if self.killed_by_us:
             self.signal_group(signal.SIGKILL)  # children that trapped TERM leave nothing behind
         for fd in (self.pidfd, self.go):
@@ -228,6 +249,8 @@ class Run:
         code = self.returncode if self.returncode is not None else -signal.SIGKILL
         exit_code, signum = (code, None) if code >= 0 else (None, -code)
         out, err = self.tails
+        if self.cancelled:  # the job may have printed on its way out: the reason comes last
+            err.feed(f"\nzcron: cancelled: {self.cancelled}\n".encode())
         return run_record(
             self.msg,
             self.worker_id,
@@ -241,6 +264,9 @@ class Run:
         )
 
     def status(self, exit_code: int | None, signum: int | None) -> str:
+        """killed (cancelled, or by a signal), timeout (also on_timeout = alert), ok, failed."""
+        if self.cancelled:
+            return "killed"
         if self.timed_out:
             return "timeout"
         if signum is not None or self.started is None:

@@ -67,6 +67,7 @@ class Job:
     cwd: str | None = None
     env: tuple[tuple[str, str], ...] = ()  # sorted, hashable
     enabled: bool = True
+    memory_max: int | None = None  # bytes of address space (RLIMIT_AS); None: no limit
     # Parsed from schedule and timezone when not given; raises ValueError if they are bad.
     cron: CronSchedule = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
@@ -543,6 +544,23 @@ def _timeout(value: Any) -> float:
     return seconds
 
 
+_SIZE = re.compile(r"([0-9]+)([KMGT]?)\Z")
+
+
+def _size(value: Any) -> int:
+    """Bytes from a whole number or a size like "64K", "512M", "2G" (powers of 1024)."""
+    match = _SIZE.match(value.strip().upper()) if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif match:
+        size = int(match.group(1)) << (10 * " KMGT".index(match.group(2) or " "))
+    else:
+        raise ValueError(f'expected a size like "64K", "512M", "2G" or bytes, got {value!r}')
+    if size <= 0:
+        raise ValueError(f"expected a size above zero, got {value!r}")
+    return size
+
+
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")
@@ -602,6 +620,7 @@ _TOML_KEYS: dict[str, Callable[[Any], Any]] = {
     "env": _env,
     "enabled": _bool,
     "shell": _string,
+    "memory_max": _size,
 }
 
 

@@ -318,7 +318,7 @@ class Scheduler(Takeover, ClientRequests):
             "job": job.name, "tick": tick, "attempt": attempt, "pool": job.pool,
             "command": job.command if isinstance(job.command, str) else list(job.command),
             "shell": job.shell, "user": job.user, "env": dict(job.env), "cwd": job.cwd,
-            "timeout": job.timeout, "on_timeout": job.on_timeout,
+            "timeout": job.timeout, "on_timeout": job.on_timeout, "memory_max": job.memory_max,
         }  # fmt: skip
 
     def job_message_defaults(self) -> dict:

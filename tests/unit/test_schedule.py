@@ -271,6 +271,22 @@ def test_toml_defaults():
     assert job.misfire_grace == 60.0 and job.enabled and job.env == ()
 
 
+@pytest.mark.parametrize(
+    "text, size",
+    [("65536", 65536), ('"64K"', 64 << 10), ('"512M"', 512 << 20), ('"2G"', 2 << 30),
+     ('"1t"', 1 << 40), ('"4096"', 4096)],
+)  # fmt: skip
+def test_toml_memory_max_reads_sizes_in_powers_of_1024(text, size):
+    source = f'[j]\nschedule = "@daily"\ncommand = "x"\nmemory_max = {text}\n'
+    (job,), errors = parse_toml("j.toml", source, "UTC")
+    assert errors == [] and job.memory_max == size
+
+
+def test_toml_memory_max_defaults_to_no_limit():
+    (job,), _ = parse_toml("j.toml", '[j]\nschedule = "@daily"\ncommand = "x"\n', "UTC")
+    assert job.memory_max is None
+
+
 def test_toml_timezone_defaults_to_the_given_local_zone():
     (job,), _ = parse_toml("j.toml", '[j]\nschedule = "@daily"\ncommand = "x"\n', "Asia/Tokyo")
     assert job.timezone == "Asia/Tokyo"
@@ -308,6 +324,11 @@ BAD_VALUES = [
     ("env", '{ "BAD NAME" = "x" }', "BAD NAME: expected NAME"),
     ("enabled", "1", "enabled: expected true or false"),
     ("shell", "[]", "shell: expected a non-empty string"),
+    ("memory_max", '"lots"', 'memory_max: expected a size like "64K", "512M", "2G" or bytes'),
+    ("memory_max", '"1.5G"', "memory_max: expected a size like"),
+    ("memory_max", '"0M"', "memory_max: expected a size above zero"),
+    ("memory_max", "-1", "memory_max: expected a size above zero"),
+    ("memory_max", "true", "memory_max: expected a size like"),
     ("colour", '"red"', "colour: unknown key (known: schedule, command, user"),
 ]
 
