@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -207,11 +208,13 @@ def cmdline(pid: int) -> str:
 
 
 def metric_value(cluster: Cluster, name: str, **labels: str) -> float | None:
-    """One sample from the sink's /metrics (None when absent)."""
+    """One sample from the sink's /metrics whose labels are exactly `labels` (None if absent)."""
     with urllib.request.urlopen(cluster.http + "/metrics", timeout=5) as response:
         text = response.read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
-        if line.startswith(f"{name}{{{want}}} ") or (not labels and line.startswith(f"{name} ")):
-            return float(line.split()[-1])
+        series, _, value = line.rpartition(" ")
+        metric, _, label_text = series.partition("{")
+        found = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
+        if metric == name and found == labels:
+            return float(value)
     return None
