@@ -19,6 +19,7 @@ MAX_NAME = 256
 MAX_TEXT = 64 * 1024
 MAX_PAIRS = 20_000
 NAMES_PER_PART = 10_000
+JOBS_PER_PART = 2_000
 STATUSES = ("ok", "failed", "timeout", "killed", "lost", "skipped", "missed", "refused")
 
 NUM = (int, float)
@@ -90,8 +91,12 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
     # scheduler -> sink: the jobs this scheduler knows and their next ticks
     "jobs": {
         "scheduler": (str, True, MAX_NAME),
-        "jobs": (list, True, 1_000_000),
+        "jobs": (list, True, JOBS_PER_PART),
         "sent": (NUM, True, 0),
+        # the table comes in `parts` messages with the same `sent`; parts = 0: no table in
+        # this report (stats and liveness only; the previous table stands)
+        "part": (int, False, 0),
+        "parts": (int, False, 0),
         "stats": (dict, False, 64),  # counter and gauge name -> number (see sink metrics)
         "clock_offsets": (dict, False, 1024),  # peer id -> its clock minus ours, seconds
     },

@@ -88,6 +88,7 @@ class Scheduler(Takeover, ClientRequests):
         self.errors: list = []
         self.reload_at: float | None = None
         self.next_report = self.next_poll_dir = self.next_heartbeat = 0.0
+        self.next_job_table = 0.0
         self.last_expire_check = time.monotonic()
         self.next_reject_log = 0.0
         self.counters = dict.fromkeys(("rejected", "takeovers", "caught_up", "missed", "retries",
@@ -241,7 +242,7 @@ class Scheduler(Takeover, ClientRequests):
             log.info("%d jobs loaded, digest %s", len(self.jobs), new_digest)
             self.members.my_digest = new_digest
             self.next_heartbeat = 0.0
-        self.next_report = now
+        self.next_report = self.next_job_table = now
 
     def plan(self, job: Job, after: float) -> None:
         """Put the job's next instant after `after` on the heap (invalidating older entries)."""
@@ -484,6 +485,18 @@ class Scheduler(Takeover, ClientRequests):
         send_nowait(self.sink, protocol.encode("result", record=rec))
         self.spool.mark_sent(rec["run_id"], time.monotonic())
 
+    def send_job_table(self, report: dict, now: float) -> None:
+        """The job table with next ticks, in parts; large tables less often (idle CPU)."""
+        self.next_job_table = now + max(REPORT_EVERY_S, len(self.jobs) / 1000)
+        table = [dict(to_wire(job), next_tick=self.next_instant.get(name))
+                 for name, job in self.jobs.items()]  # fmt: skip
+        size = protocol.JOBS_PER_PART
+        parts = max(1, -(-len(table) // size))
+        for part in range(parts):
+            send_nowait(self.sink, protocol.encode(
+                "jobs", jobs=table[part * size:(part + 1) * size], part=part, parts=parts,
+                **report))  # fmt: skip
+
     def stats(self) -> dict[str, float]:
         """What the sink exposes for this scheduler (zcron_scheduler_* metrics)."""
         now_mono = time.monotonic()
@@ -515,13 +528,13 @@ class Scheduler(Takeover, ClientRequests):
         if now < self.next_report:
             return
         self.next_report = now + REPORT_EVERY_S
-        jobs = [dict(to_wire(job), next_tick=self.next_instant.get(name))
-                for name, job in self.jobs.items()]  # fmt: skip
-        send_nowait(self.sink, protocol.encode(
-            "jobs", scheduler=self.id, jobs=jobs, sent=now, stats=self.stats(),
-            clock_offsets={p.id: p.clock_offset for p in self.members.live(time.monotonic())
-                           if p.clock_offset is not None},
-        ))  # fmt: skip
+        report = {"scheduler": self.id, "sent": now, "stats": self.stats(),
+                  "clock_offsets": {p.id: p.clock_offset for p in self.members.live(
+                      time.monotonic()) if p.clock_offset is not None}}  # fmt: skip
+        if now >= self.next_job_table:
+            self.send_job_table(report, now)
+        else:
+            send_nowait(self.sink, protocol.encode("jobs", jobs=[], part=0, parts=0, **report))
         for rec in self.spool.due(time.monotonic()):
             send_nowait(self.sink, protocol.encode("result", record=rec))
 

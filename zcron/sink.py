@@ -102,19 +102,39 @@ class Reports:
         self.lock = threading.Lock()
         self.schedulers: dict[str, dict] = {}
         self.workers: dict[str, dict] = {}
+        self.partial: dict[str, dict] = {}  # scheduler -> parts of a job table being received
 
     def note_jobs(self, fields: dict, now: float) -> None:
-        """Keep a scheduler's job table (replacing its previous one)."""
-        jobs = [check_job_entry(entry) for entry in fields["jobs"]]
-        report = {
-            "scheduler": fields["scheduler"],
-            "sent": fields["sent"],
-            "jobs": jobs,
-            "stats": fields.get("stats", {}),
-            "clock_offsets": fields.get("clock_offsets", {}),
-        }
+        """Keep a scheduler's latest report; its job table once all parts have arrived."""
+        sid = fields["scheduler"]
+        jobs = self.assemble(sid, fields)
         with self.lock:
-            self.schedulers[fields["scheduler"]] = {**report, "seen": now}
+            previous = self.schedulers.get(sid, {})
+            self.schedulers[sid] = {
+                "scheduler": sid,
+                "sent": fields["sent"],
+                "jobs": previous.get("jobs", []) if jobs is None else jobs,
+                "stats": fields.get("stats", {}),
+                "clock_offsets": fields.get("clock_offsets", {}),
+                "seen": now,
+            }
+
+    def assemble(self, sid: str, fields: dict) -> list[dict] | None:
+        """A complete job table from the parts of one report, or None while incomplete."""
+        parts = fields.get("parts", 1)
+        if parts == 0:
+            return None
+        entries = [check_job_entry(entry) for entry in fields["jobs"]]
+        if parts == 1:
+            return entries
+        pending = self.partial.get(sid)
+        if pending is None or pending["sent"] != fields["sent"]:
+            pending = self.partial[sid] = {"sent": fields["sent"], "parts": {}}
+        pending["parts"][fields.get("part", 0)] = entries
+        if len(pending["parts"]) < parts:
+            return None
+        del self.partial[sid]
+        return [entry for part in sorted(pending["parts"]) for entry in pending["parts"][part]]
 
     def note_worker(self, fields: dict, now: float) -> None:
         """Keep a worker's slot report."""
