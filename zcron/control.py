@@ -72,7 +72,7 @@ class ClientRequests:
                              "eligible": p.id in eligible, "digest": p.digest,
                              "clock_offset": p.clock_offset, "reason": p.reason}
                       for p in self.members.peers.values()},
-            "pools": self.workers.pools(),
+            "pools": self.pool_view(),
             "workers": [{"id": w.id, "pools": w.pools, "slots": w.slots,
                          "free": max(0, w.credit), "running": len(w.running)}
                         for w in self.workers.workers.values()],
@@ -80,3 +80,10 @@ class ClientRequests:
             "counters": dict(self.counters),
             "errors": [str(e) for e in self.errors],
         }  # fmt: skip
+
+    def pool_view(self: Scheduler) -> dict[str, dict[str, int]]:
+        """Slots per pool, including pools our jobs name that no live worker serves."""
+        pools = self.workers.pools()
+        for job in self.jobs.values():
+            pools.setdefault(job.pool, {"workers": 0, "slots": 0, "free": 0})
+        return pools

@@ -239,6 +239,7 @@ class ClusterCollector:
         yield from self.scheduler_families(reports)
         if self.job_labels:
             yield self.job_intervals(reports)
+        yield self.pool_workers(reports, self.workers())
         offsets = GaugeMetricFamily(
             "zcron_peer_clock_offset_seconds",
             "A peer's clock minus the reporting scheduler's, from heartbeats.",
@@ -275,6 +276,20 @@ class ClusterCollector:
                 if key in report.get("stats", {}):
                     family.add_metric([report["scheduler"]], report["stats"][key])
             yield family
+
+    @staticmethod
+    def pool_workers(reports: list[dict], workers: list[dict]) -> Metric:
+        """Live workers per pool, 0 for a pool that jobs name but no worker serves."""
+        family = GaugeMetricFamily(
+            "zcron_pool_workers", "Live workers serving the pool.", labels=["pool"]
+        )
+        counts = {job["pool"]: 0 for r in reports for job in r.get("jobs", []) if job["pool"]}
+        for worker in workers:
+            for pool in set(worker["pools"]):
+                counts[pool] = counts.get(pool, 0) + 1
+        for pool, count in sorted(counts.items()):
+            family.add_metric([pool], count)
+        return family
 
     @staticmethod
     def job_intervals(reports: list[dict]) -> Metric:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, Processes, make_cluster, wait_until
+from tests.harness import Cluster, Processes, make_cluster, metric_value, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -74,3 +74,31 @@ def test_delayed_push_survives_a_scheduler_restart(tmp_path: Path, procs: Proces
     procs.start("scheduler", "-c", str(cluster.config_path))
     wait_until(marker.exists, 20, "the pushed command to run after the restart")
     assert time.time() > marker.stat().st_mtime - 1
+
+
+def test_overlap_replace_kills_the_old_run(tmp_path: Path, procs: Processes) -> None:
+    cluster = make_cluster(tmp_path)
+    (cluster.schedules / "long.toml").write_text(
+        '[long]\nschedule = "*/2 * * * * *"\ncommand = "sleep 30"\noverlap = "replace"\n'
+    )
+    start(procs, cluster)
+    runs = wait_until(lambda: at_least(cluster, "long", 2), 40, "a replaced run")
+    replaced = [r for r in runs if r["status"] == "killed"]
+    assert replaced and "replace" in replaced[0]["stderr_tail"]
+
+
+def test_a_pool_without_workers_shows_in_status_and_metrics(
+    tmp_path: Path, procs: Processes
+) -> None:
+    cluster = make_cluster(tmp_path)
+    (cluster.schedules / "gpu.toml").write_text(
+        '[render]\nschedule = "0 0 1 1 *"\ncommand = "true"\npool = "gpu"\n'
+    )
+    start(procs, cluster)
+    out = wait_until(lambda: subprocess.run(
+        [sys.executable, "-m", "zcron", "status", "-c", str(cluster.config_path)],
+        capture_output=True, text=True, timeout=20).stdout, 20, "status")  # fmt: skip
+    assert "pool gpu: 0 workers" in out
+    assert wait_until(lambda: metric_value(cluster, "zcron_pool_workers", pool="gpu") == 0.0,
+                      20, "the gpu pool's metric")  # fmt: skip
+    assert metric_value(cluster, "zcron_pool_workers", pool="default") == 1.0
