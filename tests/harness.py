@@ -134,12 +134,15 @@ class Processes:
         self.logdir = logdir
         self.started: list[subprocess.Popen] = []
 
-    def start(self, *args: str, name: str | None = None, **kwargs: Any) -> subprocess.Popen:
+    def start(
+        self, *args: str, name: str | None = None, prefix: tuple[str, ...] = (), **kwargs: Any
+    ) -> subprocess.Popen:
+        """`python -m zcron ARGS`, run under `prefix` (e.g. faketime, ip netns exec) if given."""
         name = name or args[0]
         log = open(self.logdir / f"{name}-{len(self.started)}.log", "wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "zcron", *args],
+            [*prefix, sys.executable, "-m", "zcron", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -168,7 +168,9 @@ class Scheduler(Takeover, ClientRequests):
     def timeout_ms(self, now: float) -> int:
         """Milliseconds until the next thing to do, waking just before a tick instant."""
         now_mono = time.monotonic()
-        deadlines = [self.next_report, self.next_heartbeat, now + 60]
+        # next_heartbeat is monotonic (takeover.heartbeat_if_due); compared raw with the wall
+        # clock it was always past, and poll(0) spun a whole core.
+        deadlines = [self.next_report, now + self.next_heartbeat - now_mono, now + 60]
         deadlines.append(now + self.notifier.watchdog_wait_s(now_mono))
         if self.due:
             deadlines.append(self.due[0][0] - SPIN_S)
@@ -510,18 +512,7 @@ class Scheduler(Takeover, ClientRequests):
         }
 
     def handle_sink(self) -> None:
-        while True:
-            try:
-                frame = self.sink.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                kind, msg = protocol.decode(frame)
-            except ProtocolError as exc:
-                self.reject(f"dropped message from sink: {exc}")
-                continue
-            if kind == "ack":
-                self.spool.ack(msg["run_ids"])
+        self.spool.take_acks(self.sink, self.reject)
 
     def report_if_due(self, now: float) -> None:
         """Tell the sink our jobs and their next instants; re-send unacknowledged records."""

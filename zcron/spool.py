@@ -5,9 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
+import zmq
+
+from zcron import protocol
+from zcron.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -80,6 +85,22 @@ class Spool:
             if len(out) >= limit:
                 break
         return out
+
+    def take_acks(self, sink: zmq.Socket, reject: Callable[[str], None]) -> None:
+        """Apply every `ack` waiting on the socket to the sink; anything else is rejected."""
+        while True:
+            try:
+                frame = sink.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                kind, msg = protocol.decode(frame)
+                if kind != "ack":
+                    raise ProtocolError("unexpected_type", kind)
+            except ProtocolError as exc:
+                reject(f"dropped message from the sink: {exc}")
+                continue
+            self.ack(msg["run_ids"])
 
     def __len__(self) -> int:
         return len(self.pending)

@@ -388,20 +388,11 @@ class Worker:
             self.send_result(rec, now)
 
     def handle_sink(self) -> None:
-        while True:
-            try:
-                frame = self.sink.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                kind, msg = protocol.decode(frame)
-                if kind != "ack":
-                    raise ProtocolError("unexpected_type", kind)
-            except ProtocolError as exc:
-                self.rejected += 1
-                log.warning("dropped message from sink: %s", exc)
-                continue
-            self.spool.ack(msg["run_ids"])
+        self.spool.take_acks(self.sink, self.reject)
+
+    def reject(self, why: str) -> None:
+        self.rejected += 1
+        log.warning("%s", why)
 
     def shutdown(self) -> None:
         for run in list(self.running.values()):

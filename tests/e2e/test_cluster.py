@@ -35,18 +35,7 @@ def start_scheduler(
     prefix: tuple[str, ...] = (),
 ) -> subprocess.Popen:
     args = ["scheduler", "-c", str(config or cluster.config_path), "--id", sid]
-    if not prefix:
-        return procs.start(*args, name=f"sched-{sid}")
-    log = open(procs.logdir / f"sched-{sid}-{len(procs.started)}.log", "wb")
-    proc = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "zcron", *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    proc.log_path = log.name  # type: ignore[attr-defined]
-    procs.started.append(proc)
-    return proc
+    return procs.start(*args, name=f"sched-{sid}", prefix=prefix)
 
 
 def start_rest(procs: Processes, cluster: Cluster) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -89,18 +88,8 @@ command = "true"
 
 
 def start_in(procs: Processes, netns: str | None, *args: str) -> subprocess.Popen:
-    if netns is None:
-        return procs.start(*args, name=f"{args[0]}-{len(procs.started)}")
-    log = open(procs.logdir / f"{args[0]}-ns-{len(procs.started)}.log", "wb")
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", netns, sys.executable, "-m", "zcron", *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    proc.log_path = log.name  # type: ignore[attr-defined]
-    procs.started.append(proc)
-    return proc
+    prefix = ("ip", "netns", "exec", netns) if netns else ()
+    return procs.start(*args, name=f"{args[0]}-{len(procs.started)}", prefix=prefix)
 
 
 def test_quorum_jobs_fire_only_on_the_majority_side(tmp_path: Path, procs: Processes, netns):
