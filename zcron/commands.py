@@ -18,8 +18,9 @@ from zcron import protocol
 from zcron.auth import Security
 from zcron.config import Config, load_config, parse_duration
 from zcron.errors import ConfigError, ProtocolError, ZcronError
+from zcron.job import Job
 from zcron.net import make_socket
-from zcron.schedule import Job, load_paths
+from zcron.schedule import load_paths
 
 REQUEST_TIMEOUT_MS = 2000
 

@@ -26,6 +26,7 @@ from zcron.config import Config, load_daemon_config
 from zcron.control import ClientRequests
 from zcron.daemon import Notifier, Signals
 from zcron.errors import ProtocolError
+from zcron.job import Job
 from zcron.ledger import TickLedger
 from zcron.log import setup_logging
 from zcron.mesh import PeerMesh
@@ -33,7 +34,7 @@ from zcron.net import bind, make_socket, send_nowait
 from zcron.peers import Membership
 from zcron.process import run_record
 from zcron.ring import OwnerCache, has_quorum, owner_of
-from zcron.schedule import Job, ScheduleDir, digest, to_wire
+from zcron.schedule import ScheduleDir, digest, to_wire
 from zcron.slots import WorkerTable
 from zcron.spool import Spool
 from zcron.takeover import LEAD_S, Takeover

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from zcron import protocol
-from zcron.schedule import Job
+from zcron.job import Job
 
 if TYPE_CHECKING:
     from zcron.scheduler import Scheduler

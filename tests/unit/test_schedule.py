@@ -11,17 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from zcron.crontab import parse_crond
 from zcron.errors import ScheduleError
-from zcron.schedule import (
-    Job,
-    ScheduleDir,
-    digest,
-    is_ignored,
-    load_paths,
-    parse_crond,
-    parse_toml,
-    to_wire,
-)
+from zcron.job import Job
+from zcron.schedule import ScheduleDir, digest, is_ignored, load_paths, to_wire
+from zcron.tomljobs import parse_toml
 
 REPO = Path(__file__).resolve().parents[2]
 

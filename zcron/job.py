@@ -1,0 +1,66 @@
+"""A job as zcron runs it, and the rules its fields follow in both schedule formats."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from zcron.cron import CronSchedule, parse_schedule
+
+OWN_USER = "-"  # the cron.d user column for "the worker's own user"
+
+
+NAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,200}\Z")
+
+
+USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?\Z")
+
+
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+CHOICES = {
+    "on_timeout": ("kill", "alert"),
+    "overlap": ("allow", "forbid", "replace"),
+    "catch_up": ("none", "last", "all"),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One scheduled job as its file defines it; `next_after` gives its fire instants."""
+
+    name: str
+    schedule: str
+    timezone: str
+    command: str | tuple[str, ...]  # str: run via the shell; tuple: exec'd as is
+    source: str  # "path:line" where it was defined
+    shell: str = "/bin/sh"
+    user: str | None = None  # None: the worker's own user
+    pool: str = "default"
+    timeout: float | None = None
+    on_timeout: str = "kill"
+    retries: int = 0
+    retry_delay: float = 0.0
+    overlap: str = "allow"
+    catch_up: str = "all"
+    misfire_grace: float = 60.0
+    quorum: bool = False
+    jitter: float = 0.0
+    cwd: str | None = None
+    env: tuple[tuple[str, str], ...] = ()  # sorted, hashable
+    enabled: bool = True
+    memory_max: int | None = None  # bytes of address space (RLIMIT_AS); None: no limit
+    # Parsed from schedule and timezone when not given; raises ValueError if they are bad.
+    cron: CronSchedule = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.cron is None:
+            object.__setattr__(self, "cron", parse_schedule(self.schedule, self.timezone))
+
+    def next_after(self, t: float) -> float | None:
+        """The first fire instant strictly after `t` (Unix seconds); None if none is left."""
+        return self.cron.next_after(t)
+
+
+NAME_RULE = "use 1-200 characters of A-Z a-z 0-9 _ . : @ -"
