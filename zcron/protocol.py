@@ -55,6 +55,7 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "free": (int, True, 0),
         "seen": (int, True, 0),
         "running": (list, True, 4096),
+        "running_jobs": (list, False, 4096),  # the job of each run in `running`, same order
         "spool": (int, False, 0),  # results waiting for the sink's ack
         "handshake_failures": (int, False, 0),  # refused CURVE handshakes (with keys)
     },
@@ -185,7 +186,10 @@ _NESTED = {
     "accepted": lambda m: _require(all(map(_is_tick_pair, m["ticks"])), "ticks: [job, tick]"),
     "jobs": _check_numbers,
     "jobset": lambda m: _require(_strings(m["names"]), "jobset.names must hold strings"),
-    "ready": lambda m: _require(_strings(m["pools"]), "ready.pools must hold strings"),
+    "ready": lambda m: _require(
+        _strings(m["pools"]) and _strings(m["running"]) and _strings(m.get("running_jobs", [])),
+        "ready lists must hold strings",
+    ),
     "ack": lambda m: _require(_strings(m["run_ids"]), "ack.run_ids must hold strings"),
 }
 

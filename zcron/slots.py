@@ -23,6 +23,8 @@ class WorkerSlots:
     last_seen: float = 0.0
     in_flight: list[tuple[int, dict]] = field(default_factory=list)  # (sequence, job message)
     running: dict[str, dict] = field(default_factory=dict)  # run_id -> job message
+    # run_id -> job of every run the worker says it runs, whoever dispatched it
+    reported: dict[str, str] = field(default_factory=dict)
 
     @property
     def credit(self) -> int:
@@ -36,6 +38,7 @@ class WorkerSlots:
             self.in_flight, self.running, self.sent = [], {}, msg["seen"]
         self.pools, self.slots, self.free = list(msg["pools"]), msg["slots"], msg["free"]
         self.seen, self.last_seen = msg["seen"], now
+        self.reported = dict(zip(msg["running"], msg.get("running_jobs", []), strict=False))
         while self.in_flight and self.in_flight[0][0] <= self.seen:
             job = self.in_flight.pop(0)[1]
             self.running[job["run_id"]] = job
@@ -93,13 +96,19 @@ class WorkerTable:
         return job
 
     def active(self, job_name: str) -> list[tuple[WorkerSlots, dict]]:
-        """Runs of a job that are on a worker now (sent, not reported ended)."""
-        return [
-            (worker, msg)
-            for worker in self.workers.values()
-            for msg in [*worker.running.values(), *(m for _, m in worker.in_flight)]
-            if msg["job"] == job_name
-        ]
+        """Runs of a job on a worker now: those we sent and it has not reported ended, and
+        those it reports running for another scheduler (overlap holds cluster-wide)."""
+        found = []
+        for worker in self.workers.values():
+            ours = [*worker.running.values(), *(m for _, m in worker.in_flight)]
+            found += [(worker, msg) for msg in ours if msg["job"] == job_name]
+            mine = {msg["run_id"] for msg in ours}
+            found += [
+                (worker, {"run_id": run_id, "job": job})
+                for run_id, job in worker.reported.items()
+                if job == job_name and run_id not in mine
+            ]
+        return found
 
     def expire(self, now: float) -> list[WorkerSlots]:
         """Forget workers silent for longer than the timeout; return them."""

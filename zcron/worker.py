@@ -329,6 +329,7 @@ class Worker:
             "slots": self.slots,
             "free": 0 if self.signals.stopping else max(0, self.slots - self.busy()),
             "running": list(self.running)[:MAX_RUNNING_LISTED],
+            "running_jobs": [r.msg["job"] for r in self.running.values()][:MAX_RUNNING_LISTED],
             "spool": len(self.spool),
             "handshake_failures": self.security.handshake_failures,
         }

@@ -102,3 +102,27 @@ def test_a_pool_without_workers_shows_in_status_and_metrics(
     assert wait_until(lambda: metric_value(cluster, "zcron_pool_workers", pool="gpu") == 0.0,
                       20, "the gpu pool's metric")  # fmt: skip
     assert metric_value(cluster, "zcron_pool_workers", pool="default") == 1.0
+
+
+def test_overlap_forbid_holds_across_a_takeover(tmp_path: Path, procs: Processes) -> None:
+    cluster = make_cluster(tmp_path, ("a", "b"))
+    (cluster.schedules / "slow.toml").write_text(
+        '[slow]\nschedule = "* * * * * *"\ncommand = "sleep 3.5"\noverlap = "forbid"\n'
+    )
+    procs.start("sink", "-c", str(cluster.config_path))
+    procs.start("worker", "-c", str(cluster.config_path), "--id", "w1")
+    scheds = {sid: procs.start("scheduler", "-c", str(cluster.config_path), "--id", sid,
+                               name=f"sched-{sid}") for sid in "ab"}  # fmt: skip
+    first = wait_until(lambda: at_least(cluster, "slow", 1), 30, "a first run")[0]
+    owner = first["scheduler"]
+    scheds[owner].send_signal(signal.SIGKILL)  # its run is still sleeping on the worker
+    scheds[owner].wait(10)
+    survivor = "b" if owner == "a" else "a"
+    runs = wait_until(
+        lambda: (r := at_least(cluster, "slow", 1)) and any(
+            x["scheduler"] == survivor and x["status"] == "ok" for x in r) and r,
+        40, "the survivor to run the job",
+    )  # fmt: skip
+    ran = sorted((r for r in runs if r["status"] == "ok"), key=lambda r: r["started"])
+    assert all(a["finished"] <= b["started"] for a, b in zip(ran, ran[1:], strict=False))
+    assert any(r["status"] == "skipped" and r["scheduler"] == survivor for r in runs)
