@@ -83,6 +83,7 @@ class Scheduler(Takeover, ClientRequests):
         self.owners = OwnerCache()
         self.views_at: list[float] = []  # wall instants at which the view changes
         self.claims: list[list] = []
+        self.queued: dict[str, float] = {}  # job -> newest tick waiting here for a slot
         self.retries: list[tuple[float, str, dict, str | None]] = []  # (at, run id, msg, avoid)
         self.ctx = zmq.Context.instance()
         self.poller = zmq.Poller()
@@ -284,7 +285,7 @@ class Scheduler(Takeover, ClientRequests):
         """Ours to fire: unfired anywhere, we own it, and a quorum job sees a majority."""
         if self.owner(job, tick, now_mono, as_of) != self.id:
             return False
-        if self.ledger.has_fired(job.name, tick):
+        if self.ledger.has_fired(job.name, tick) or tick <= self.queued.get(job.name, -1.0):
             return False
         return not job.quorum or has_quorum(
             self.members.visible(now_mono), self.config.cluster.schedulers
@@ -315,6 +316,8 @@ class Scheduler(Takeover, ClientRequests):
         if not self.dispatch(msg, claim):
             queue = self.waiting.setdefault(msg["pool"], deque())
             queue.append(Waiting(msg, tick + grace, claim))
+            if claim:  # ours, in hand: catch-up must not fire it again while it waits
+                self.queued[msg["job"]] = max(tick, self.queued.get(msg["job"], tick))
 
     def job_message(self, job: Job, tick: float, attempt: int) -> dict:
         return {

@@ -106,8 +106,10 @@ class Takeover:
         the ledger's newest tick never hides an older unfired one.
         """
         last = self.ledger.last(job.name)
-        if last is not None and (job.next_after(last) or before) >= before:
-            return 0  # the steady state: nothing between the last fire and this tick
+        if last is not None:
+            handled = max(last, self.queued.get(job.name, last))  # fired, or waiting here
+            if (job.next_after(handled) or before) >= before:
+                return 0  # the steady state: nothing between the last fire and this tick
         fired = 0
         for tick in self.unfired_ticks(job, now):
             if tick < before and self.may_fire(job, tick, now_mono, as_of or now):
@@ -122,7 +124,7 @@ class Takeover:
         horizon = self.next_instant.get(job.name)
         if last is None or horizon is None or not job.enabled:
             return []
-        start = max(last, now - job.misfire_grace)
+        start = max(last, self.queued.get(job.name, last), now - job.misfire_grace)
         ticks: list[float] = []
         tick = job.next_after(start)
         while tick is not None and tick < horizon and len(ticks) < MAX_CATCH_UP:

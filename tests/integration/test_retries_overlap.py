@@ -126,3 +126,15 @@ def test_overlap_forbid_holds_across_a_takeover(tmp_path: Path, procs: Processes
     ran = sorted((r for r in runs if r["status"] == "ok"), key=lambda r: r["started"])
     assert all(a["finished"] <= b["started"] for a, b in zip(ran, ran[1:], strict=False))
     assert any(r["status"] == "skipped" and r["scheduler"] == survivor for r in runs)
+
+
+def test_ticks_waiting_for_a_slot_start_once(tmp_path: Path, procs: Processes) -> None:
+    cluster = make_cluster(tmp_path, slots=1)
+    (cluster.schedules / "busy.toml").write_text(
+        '[busy]\nschedule = "* * * * * *"\ncommand = "sleep 1.5"\nmisfire_grace = "4s"\n'
+    )
+    start(procs, cluster)
+    runs = wait_until(lambda: at_least(cluster, "busy", 8), 40, "runs and missed ticks")
+    started = [r["tick"] for r in runs if r["attempt"] == 1 and r["status"] != "missed"]
+    assert len(started) == len(set(started)), "a waiting tick was started twice"
+    assert any(r["status"] == "missed" for r in runs), "ticks waited past the grace"
