@@ -126,6 +126,8 @@ def measure_zcron(jobs: int, workers: int, lead_s: float, timeout_s: float, keep
         "per_worker": {w: sum(1 for r in done if r["worker"] == w) for w in sorted(
             {r["worker"] for r in done if r["worker"]})},
     }  # fmt: skip
+    result["started_offsets_s"] = sorted(s - tick for s in started)
+    result["finished_offsets_s"] = sorted(f - tick for f in finished)
     if finished:
         result["jobs_per_s"] = len(done) / result["all_finished_s"]
     if not keep:

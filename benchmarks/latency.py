@@ -13,21 +13,25 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from benchmarks.common import (  # noqa: E402
+    REPO,
+    SHELL_LINE,
+    children,
+    cmdline,
+    cpu_s,
+    free_port,
+    sleep_until,
+    stop,
+    summarize,
+)
 
 
 def write_setup(root: Path, jobs: int, out: Path) -> Path:
@@ -35,10 +39,7 @@ def write_setup(root: Path, jobs: int, out: Path) -> Path:
     schedules.mkdir()
     lines = ["SHELL=/bin/bash"]
     for i in range(jobs):
-        lines += [
-            f"# name: bench-{i:04d}",
-            f'* * * * * *  -  echo "$ZCRON_JOB $ZCRON_TICK $EPOCHREALTIME" >> {out}',
-        ]
+        lines += [f"# name: bench-{i:04d}", f"* * * * * *  -  {SHELL_LINE.format(out=out)}"]
     (schedules / "bench").write_text("\n".join(lines) + "\n")
     config = root / "zcron.conf"
     config.write_text(f"""[cluster]
@@ -57,12 +58,18 @@ data = "{root}/sink"
     return config
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def role_cpu(up: int) -> dict[str, float]:
+    """CPU seconds so far of each of `zcron up`'s children, by role (scheduler, worker, sink)."""
+    usage = {"up": cpu_s(up)}
+    for pid in children(up):
+        args = cmdline(pid)
+        role = next((a for a in args if a in ("scheduler", "worker", "sink")), str(pid))
+        usage[role] = usage.get(role, 0.0) + cpu_s(pid)
+    return usage
 
 
-def measure(jobs: int, seconds: float) -> dict:
+def measure(jobs: int, seconds: int, env: dict | None = None) -> dict:
+    """N per-second jobs through `zcron up` for `seconds`; lateness, misses, CPU by role."""
     root = Path(tempfile.mkdtemp(prefix="zcron-bench-"))
     out = root / "starts.txt"
     config = write_setup(root, jobs, out)
@@ -73,39 +80,20 @@ def measure(jobs: int, seconds: float) -> dict:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     try:
         time.sleep(2.0)  # warm-up: let every process start and the worker announce its slots
-        first = float(int(time.time()) + 1)
-        time.sleep(seconds + 1.0)
-        last = first + seconds - 1
+        first = int(time.time()) + 1
+        sleep_until(first)
+        before = role_cpu(up.pid)
+        sleep_until(first + seconds)
+        after = role_cpu(up.pid)
         time.sleep(1.5)  # let the last ticks' jobs finish writing
     finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(up.pid, signal.SIGKILL)
-    starts: dict[tuple[str, float], list[float]] = {}
-    for line in out.read_text().splitlines():
-        job, tick, started = line.split()
-        starts.setdefault((job, float(tick)), []).append(float(started))
-    window = [(j, t) for (j, t) in starts if first <= t <= last]
-    lateness_ms = [(starts[k][0] - k[1]) * 1000 for k in window]
-    expected = jobs * int(seconds)
-    duplicates = sum(len(starts[k]) - 1 for k in window)
-    result = {
-        "jobs": jobs,
-        "seconds": seconds,
-        "expected_ticks": expected,
-        "ran": len(window),
-        "missed": expected - len(window),
-        "duplicates": duplicates,
-        "p50_ms": percentile(lateness_ms, 0.50) if lateness_ms else None,
-        "p99_ms": percentile(lateness_ms, 0.99) if lateness_ms else None,
-        "p999_ms": percentile(lateness_ms, 0.999) if lateness_ms else None,
-        "max_ms": max(lateness_ms) if lateness_ms else None,
-    }
+        stop(up, 60)
+    result = summarize(out, jobs, first, seconds)
+    result["cpu_s"] = {role: after.get(role, 0.0) - before.get(role, 0.0) for role in after}
     shutil.rmtree(root, ignore_errors=True)
     return result
 
@@ -113,7 +101,7 @@ def measure(jobs: int, seconds: float) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", default="1,100,1000")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "latency.json"))
     args = parser.parse_args()
     results = []
@@ -123,6 +111,7 @@ def main() -> int:
     )
     for jobs in [int(n) for n in args.jobs.split(",")]:
         r = measure(jobs, args.seconds)
+        r.pop("lateness_ms")
         results.append(r)
         fmt = lambda v: f"{v:.2f}" if v is not None else "-"  # noqa: E731
         print(
