@@ -18,7 +18,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,41 +25,20 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import REPO, free_port, write_config, write_crond  # noqa: E402
+
 COMMAND = ["/bin/sh", "-c", "true"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_setup(root: Path, jobs: int, slots: int, tick: int) -> tuple[Path, int]:
     """The config and one cron.d file of `jobs` jobs due at `tick`; the sink's HTTP port."""
-    schedules = root / "zcron.d"
-    schedules.mkdir()
     when = f"{tick % 60} {tick // 60 % 60} {tick // 3600 % 24} * * *"
-    lines = ["CRON_TZ=UTC"]
-    for i in range(jobs):
-        lines += [f"# name: burst-{i:05d}", f"{when}  -  true"]
-    (schedules / "burst").write_text("\n".join(lines) + "\n")
+    jobs_lines = [(f"burst-{i:05d}", f"{when}  -  true") for i in range(jobs)]
+    schedules = write_crond(root, ["CRON_TZ=UTC"], jobs_lines)
     http = free_port()
-    config = root / "zcron.conf"
-    config.write_text(f"""[cluster]
-schedulers = {{ a = "tcp://127.0.0.1:{free_port()}" }}
-sink = "tcp://127.0.0.1:{free_port()}"
-[scheduler]
-schedules = "{schedules}"
-state = "{root}/scheduler"
-[worker]
-slots = {slots}
-spool = "{root}/worker"
-[sink]
-http = "127.0.0.1:{http}"
-data = "{root}/sink"
-""")
-    return config, http
+    return write_config(root, schedules, slots=slots, http=http), http
 
 
 def records(http: int, tick: int) -> list[dict]:

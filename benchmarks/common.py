@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,6 +20,43 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def write_crond(root: Path, header: list[str], jobs: Iterable[tuple[str, str]]) -> Path:
+    """A schedules directory with one cron.d file: `header` lines, then each (name, line)."""
+    schedules = root / "zcron.d"
+    schedules.mkdir()
+    lines = list(header)
+    for name, line in jobs:
+        lines += [f"# name: {name}", line]
+    (schedules / "bench").write_text("\n".join(lines) + "\n")
+    return schedules
+
+
+def shell_jobs(count: int, out: Path) -> list[tuple[str, str]]:
+    """`count` per-second jobs that each append their own start time to `out`."""
+    return [
+        (f"bench-{i:04d}", f"* * * * * *  -  {SHELL_LINE.format(out=out)}") for i in range(count)
+    ]
+
+
+def write_config(root: Path, schedules: Path, slots: int = 4, http: int | None = None) -> Path:
+    """A single-node loopback config on free ports, all state under `root`."""
+    config = root / "zcron.conf"
+    config.write_text(f"""[cluster]
+schedulers = {{ a = "tcp://127.0.0.1:{free_port()}" }}
+sink = "tcp://127.0.0.1:{free_port()}"
+[scheduler]
+schedules = "{schedules}"
+state = "{root}/scheduler"
+[worker]
+slots = {slots}
+spool = "{root}/worker"
+[sink]
+http = "127.0.0.1:{http or free_port()}"
+data = "{root}/sink"
+""")
+    return config
 
 
 def percentile(values: list[float], q: float) -> float:

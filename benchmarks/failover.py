@@ -17,18 +17,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, SHELL_LINE, free_port, read_starts, sleep_until, stop
+from benchmarks.common import (
+    REPO,
+    free_port,
+    read_starts,
+    shell_jobs,
+    sleep_until,
+    stop,
+    write_crond,
+)
 
 IDS = ("a", "b", "c")
 
 
 def write_setup(root: Path, jobs: int, out: Path) -> dict[str, Path]:
-    schedules = root / "zcron.d"
-    schedules.mkdir()
-    lines = ["SHELL=/bin/bash"]
-    for i in range(jobs):
-        lines += [f"# name: bench-{i:04d}", f"* * * * * *  -  {SHELL_LINE.format(out=out)}"]
-    (schedules / "bench").write_text("\n".join(lines) + "\n")
+    schedules = write_crond(root, ["SHELL=/bin/bash"], shell_jobs(jobs, out))
     peers = ", ".join(f'{s} = "tcp://127.0.0.1:{free_port()}"' for s in IDS)
     sink, http = free_port(), free_port()
     configs = {}

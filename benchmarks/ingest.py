@@ -18,7 +18,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 import zmq  # noqa: E402
 
+from benchmarks.common import free_port  # noqa: E402
 from zcron.protocol import decode, encode, record  # noqa: E402
 from zcron.store import Store  # noqa: E402
 
@@ -40,12 +40,6 @@ SINK = (
     "import sys, zcron.sink as s; s.MAX_BATCH = int(sys.argv[2]); "
     "sys.exit(s.cmd_sink({'--config': sys.argv[1]}))"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def synthetic(client: int, n: int) -> dict:

@@ -23,39 +23,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
     REPO,
-    SHELL_LINE,
     children,
     cmdline,
     cpu_s,
-    free_port,
+    shell_jobs,
     sleep_until,
     stop,
     summarize,
+    write_config,
+    write_crond,
 )
 
 
 def write_setup(root: Path, jobs: int, out: Path) -> Path:
-    schedules = root / "zcron.d"
-    schedules.mkdir()
-    lines = ["SHELL=/bin/bash"]
-    for i in range(jobs):
-        lines += [f"# name: bench-{i:04d}", f"* * * * * *  -  {SHELL_LINE.format(out=out)}"]
-    (schedules / "bench").write_text("\n".join(lines) + "\n")
-    config = root / "zcron.conf"
-    config.write_text(f"""[cluster]
-schedulers = {{ a = "tcp://127.0.0.1:{free_port()}" }}
-sink = "tcp://127.0.0.1:{free_port()}"
-[scheduler]
-schedules = "{schedules}"
-state = "{root}/scheduler"
-[worker]
-slots = {max(4, jobs * 2)}
-spool = "{root}/worker"
-[sink]
-http = "127.0.0.1:{free_port()}"
-data = "{root}/sink"
-""")
-    return config
+    schedules = write_crond(root, ["SHELL=/bin/bash"], shell_jobs(jobs, out))
+    return write_config(root, schedules, slots=max(4, jobs * 2))
 
 
 def role_cpu(up: int) -> dict[str, float]:

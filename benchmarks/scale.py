@@ -15,30 +15,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, cpu_s, free_port, rss_mb, stop
+from benchmarks.common import REPO, cpu_s, rss_mb, stop, write_config, write_crond
 
 SHAPES = ("{m} {h} * * *", "{m} {h} * * 1-5", "{m} {h} */2 * *", "{s} {m} {h} 1 * *",
           "{s} {m} {h} * * 0")  # fmt: skip
 
 
 def write_setup(root: Path, jobs: int) -> Path:
-    schedules = root / "zcron.d"
-    schedules.mkdir()
     hour = time.gmtime().tm_hour
-    lines = ["CRON_TZ=UTC"]
+    jobs_lines = []
     for i in range(jobs):
         when = SHAPES[i % len(SHAPES)].format(s=i % 60, m=i // 60 % 60, h=(hour + 2 + i % 20) % 24)
-        lines += [f"# name: scale-{i:06d}", f"{when}  -  true"]
-    (schedules / "scale").write_text("\n".join(lines) + "\n")
-    config = root / "zcron.conf"
-    config.write_text(f"""[cluster]
-schedulers = {{ a = "tcp://127.0.0.1:{free_port()}" }}
-sink = "tcp://127.0.0.1:{free_port()}"
-[scheduler]
-schedules = "{schedules}"
-state = "{root}/scheduler"
-""")
-    return config
+        jobs_lines.append((f"scale-{i:06d}", f"{when}  -  true"))
+    return write_config(root, write_crond(root, ["CRON_TZ=UTC"], jobs_lines))
 
 
 def job_count(config: Path) -> int | None:
