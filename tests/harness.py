@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -16,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -210,14 +211,23 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def metric_value(cluster: Cluster, name: str, **labels: str) -> float | None:
-    """One sample from the sink's /metrics whose labels are exactly `labels` (None if absent)."""
+def metric_samples(cluster: Cluster, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample named `name` on the sink's /metrics."""
     with urllib.request.urlopen(cluster.http + "/metrics", timeout=5) as response:
         text = response.read().decode()
-    for line in text.splitlines():
-        series, _, value = line.rpartition(" ")
-        metric, _, label_text = series.partition("{")
-        found = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
-        if metric == name and found == labels:
-            return float(value)
-    return None
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def metric_value(cluster: Cluster, name: str, **labels: str) -> float | None:
+    """The sample whose labels are exactly `labels` (None if absent)."""
+    return next((v for found, v in metric_samples(cluster, name) if found == labels), None)
+
+
+def metric_total(cluster: Cluster, name: str) -> float:
+    """A metric summed over all its label sets."""
+    return sum(value for _, value in metric_samples(cluster, name))

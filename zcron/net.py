@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
 
 import zmq
 
-from zcron.errors import ConfigError
+from zcron import protocol
+from zcron.errors import ConfigError, ProtocolError
 from zcron.protocol import MAX_MESSAGE_BYTES
 
 DEFAULT_HWM = 10_000
@@ -75,3 +77,23 @@ def send_nowait(sock: zmq.Socket, frame: bytes) -> bool:
     except zmq.Again:
         return False
     return True
+
+
+def receive(
+    sock: zmq.Socket, kinds: tuple[str, ...], reject: Callable[[str], None]
+) -> Iterator[tuple[str, dict]]:
+    """Every message waiting on a single-frame socket whose type is one of `kinds`;
+    anything else (malformed, unknown, unexpected) goes to `reject` and is dropped."""
+    while True:
+        try:
+            frame = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            kind, msg = protocol.decode(frame)
+            if kind not in kinds:
+                raise ProtocolError("unexpected_type", kind)
+        except ProtocolError as exc:
+            reject(str(exc))
+            continue
+        yield kind, msg

@@ -11,8 +11,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from zcron import protocol
-from zcron.errors import ProtocolError
+from zcron.net import receive
 
 log = logging.getLogger(__name__)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -88,18 +87,7 @@ class Spool:
 
     def take_acks(self, sink: zmq.Socket, reject: Callable[[str], None]) -> None:
         """Apply every `ack` waiting on the socket to the sink; anything else is rejected."""
-        while True:
-            try:
-                frame = sink.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                kind, msg = protocol.decode(frame)
-                if kind != "ack":
-                    raise ProtocolError("unexpected_type", kind)
-            except ProtocolError as exc:
-                reject(f"dropped message from the sink: {exc}")
-                continue
+        for _, msg in receive(sink, ("ack",), lambda why: reject(f"dropped from the sink: {why}")):
             self.ack(msg["run_ids"])
 
     def __len__(self) -> int:

@@ -22,9 +22,9 @@ from zcron import protocol
 from zcron.auth import Security
 from zcron.config import Config, load_daemon_config
 from zcron.daemon import Notifier, Signals
-from zcron.errors import ConfigError, ProtocolError
+from zcron.errors import ConfigError
 from zcron.log import setup_logging
-from zcron.net import make_socket, send_nowait
+from zcron.net import make_socket, receive, send_nowait
 from zcron.process import KILL_GRACE_S, Refused, Run, arm_run, run_record
 from zcron.spool import Spool
 
@@ -160,23 +160,13 @@ class Worker:
     # -- scheduler side -----------------------------------------------------------------
 
     def handle_scheduler(self, sock: zmq.Socket) -> None:
-        while True:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            try:
-                kind, msg = protocol.decode(frame)
-                if kind not in ("job", "cancel"):
-                    raise ProtocolError("unexpected_type", kind)
-            except ProtocolError as exc:
-                self.rejected += 1
-                log.warning("dropped message from scheduler %s: %s", self.schedulers[sock], exc)
-                continue
+        sid = self.schedulers[sock]
+        dropped = f"dropped message from scheduler {sid}: "
+        for kind, msg in receive(sock, ("job", "cancel"), lambda why: self.reject(dropped + why)):
             if kind == "cancel":
                 self.cancel(msg["run_id"], msg["reason"], time.monotonic())
                 continue
-            self.seen[self.schedulers[sock]] += 1
+            self.seen[sid] += 1
             self.accepted.append([msg["job"], msg["tick"]])
             self.backlog.append(msg)
         self.tell_accepted()

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,9 +23,8 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import Cluster, Processes, make_cluster, tick_counts, wait_until
+from tests.harness import Cluster, Processes, make_cluster, metric_total, tick_counts, wait_until
 from zcron.errors import ProtocolError
 from zcron.protocol import decode, encode, record
 
@@ -133,17 +131,6 @@ def dealer(ctx: zmq.Context, address: str) -> zmq.Socket:
     return sock
 
 
-def metric(cluster: Cluster, name: str) -> float:
-    with urllib.request.urlopen(cluster.http + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    )
-
-
 def scheduler_counters(cluster: Cluster) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "zcron", "status", "-c", str(cluster.config_path), "--json"],
@@ -217,7 +204,7 @@ def test_fuzzed_frames_on_every_socket_are_dropped_counted_and_ticks_run_once(
 
     counts = wait_until(lambda: every_tick_once(cluster, first, last), 20, "every tick stored")
     assert set(counts.values()) == {1}, {t: n for t, n in counts.items() if n != 1}
-    assert metric(cluster, "zcron_rejected_messages_total") > 100
+    assert metric_total(cluster, "zcron_rejected_messages_total") > 100
     assert scheduler_counters(cluster)["rejected"] > 100
 
 
@@ -264,7 +251,9 @@ def test_a_flood_of_100k_frames_meets_the_hwm_with_sink_memory_bounded(
                     time.sleep(0.001)
         assert cluster.get_json("/api/runs?limit=1") == []  # serving during the flood
         wait_until(
-            lambda: metric(cluster, "zcron_rejected_messages_total") >= FLOOD, 60, "all dropped"
+            lambda: metric_total(cluster, "zcron_rejected_messages_total") >= FLOOD,
+            60,
+            "all dropped",
         )
     finally:
         done.set()

@@ -9,13 +9,11 @@ import math
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import Cluster, Processes, make_cluster, tick_counts, wait_until
+from tests.harness import Cluster, Processes, make_cluster, metric_total, tick_counts, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -126,16 +124,4 @@ def test_sink_and_worker_kills_lose_no_run_and_store_none_twice(
         assert "w1" in rec["stderr_tail"], rec
     others = {r["status"] for r in window if r["status"] != "lost"}
     assert others == {"ok"}, others
-    assert duplicates(cluster) == 0
-
-
-def duplicates(cluster: Cluster) -> float:
-    """zcron_duplicate_runs_total summed over jobs, from the live sink."""
-    with urllib.request.urlopen(cluster.http + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "zcron_duplicate_runs_total"
-    )
+    assert metric_total(cluster, "zcron_duplicate_runs_total") == 0

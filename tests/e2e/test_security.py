@@ -12,16 +12,14 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zmq
 import zmq.auth
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import Cluster, Processes, make_cluster, wait_until
+from tests.harness import Cluster, Processes, make_cluster, metric_total, wait_until
 from zcron.protocol import encode, record
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -70,17 +68,6 @@ def status(config: Path) -> dict:
     out = zcron("status", "-c", str(config), "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)["schedulers"]["a"]
-
-
-def metric(cluster: Cluster, name: str) -> float:
-    with urllib.request.urlopen(cluster.http + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    )
 
 
 def start_keyed_cluster(procs: Processes, cluster: Cluster, keys: Path, env: dict) -> None:
@@ -178,7 +165,7 @@ def test_strangers_and_plaintext_clients_fail_the_handshake_on_every_port(
     out = zcron("status", "-c", str(stranger_config))
     assert out.returncode == 1 and "CURVE handshake failed" in out.stdout, out
 
-    assert metric(cluster, "zcron_handshake_failures_total") >= 2
+    assert metric_total(cluster, "zcron_handshake_failures_total") >= 2
     assert status(cluster.config_path)["counters"]["handshake_failures"] >= 3
     assert all(p.poll() is None for p in procs.started)
     newest = cluster.runs(job="tick", limit=1)[0]["tick"]
