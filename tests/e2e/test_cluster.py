@@ -164,6 +164,14 @@ def test_a_job_only_some_schedulers_know_still_fires_once(tmp_path: Path, procs:
     assert metric_value(cluster, "zcron_config_digest_agrees", scheduler="a") == 0.0
 
 
+def skew_seen(views: dict) -> dict | None:
+    """The views once c has stepped down and a has c's clock offset (each hears the other
+    on its own heartbeats, so either can come first)."""
+    stepped_down = views["c"].get("eligible") is False
+    measured = views["a"].get("peers", {}).get("c", {}).get("clock_offset") is not None
+    return views if stepped_down and measured else None
+
+
 def test_a_scheduler_with_a_skewed_clock_stops_firing(tmp_path: Path, procs: Processes) -> None:
     ensure_tool("faketime", "faketime")
     cluster = make_cluster(tmp_path, ("a", "b", "c"), slots=40)
@@ -175,11 +183,7 @@ def test_a_scheduler_with_a_skewed_clock_stops_firing(tmp_path: Path, procs: Pro
     start_scheduler(procs, cluster, "a")
     start_scheduler(procs, cluster, "b")
     start_scheduler(procs, cluster, "c", prefix=("faketime", "-f", "+3s"))
-    views = wait_until(
-        lambda: (views := status(cluster))["c"].get("eligible") is False and views,
-        30,
-        "c to step down",
-    )
+    views = wait_until(lambda: skew_seen(status(cluster)), 30, "c to step down, a to see why")
     assert "clock" in views["c"]["reason"]
     assert abs(views["a"]["peers"]["c"]["clock_offset"] - 3.0) < 0.5
     first = firing(cluster, jobs)
