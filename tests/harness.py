@@ -18,6 +18,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from zcron.spool import pending_on_disk
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -231,3 +233,9 @@ def metric_value(cluster: Cluster, name: str, **labels: str) -> float | None:
 def metric_total(cluster: Cluster, name: str) -> float:
     """A metric summed over all its label sets."""
     return sum(value for _, value in metric_samples(cluster, name))
+
+
+def spooled(cluster: Cluster) -> int:
+    """Records still waiting in the worker's and the scheduler's outboxes, on disk."""
+    dirs = (cluster.root / "worker", cluster.root / "scheduler" / "spool")
+    return sum(pending_on_disk(d) for d in dirs if d.exists())

@@ -24,7 +24,15 @@ import zmq
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.harness import Cluster, Processes, make_cluster, metric_total, tick_counts, wait_until
+from tests.harness import (
+    Cluster,
+    Processes,
+    make_cluster,
+    metric_total,
+    spooled,
+    tick_counts,
+    wait_until,
+)
 from zcron.errors import ProtocolError
 from zcron.protocol import decode, encode, record
 
@@ -139,11 +147,6 @@ def scheduler_counters(cluster: Cluster) -> dict:
         timeout=20,
     )
     return json.loads(out.stdout)["schedulers"]["a"]["counters"]
-
-
-def spooled(cluster: Cluster) -> int:
-    dirs = (cluster.root / "worker", cluster.root / "scheduler" / "spool")
-    return sum(len(list(d.glob("*.rec"))) for d in dirs if d.exists())
 
 
 def start_cluster(procs: Processes, cluster: Cluster, command: str = "true") -> None:

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, Processes, make_cluster, metric_total, tick_counts, wait_until
+from tests.harness import (
+    Cluster,
+    Processes,
+    make_cluster,
+    metric_total,
+    spooled,
+    tick_counts,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -57,12 +65,6 @@ def kill(procs: Processes, proc: subprocess.Popen) -> float:
 def steady(seconds: float) -> None:
     """Let the cluster run undisturbed (a measured window, not a wait for a condition)."""
     time.sleep(seconds)
-
-
-def spooled(cluster: Cluster) -> int:
-    """Records still waiting in the worker's and the scheduler's outboxes."""
-    dirs = (cluster.root / "worker", cluster.root / "scheduler" / "spool")
-    return sum(len(list(d.glob("*.rec"))) for d in dirs if d.exists())
 
 
 def settled(cluster: Cluster, first: float, last: float) -> list[dict] | None:

@@ -1,5 +1,10 @@
+import errno
+import os
 from pathlib import Path
 
+import pytest
+
+from zcron import spool as spool_module
 from zcron.process import Tail
 from zcron.protocol import record
 from zcron.spool import RESEND_AFTER_S, Spool
@@ -27,6 +32,49 @@ def test_a_torn_spool_file_is_set_aside(tmp_path: Path) -> None:
     (tmp_path / "bad.rec").write_bytes(b"\x85\xa1")
     assert len(Spool(str(tmp_path))) == 0
     assert (tmp_path / "bad.bad").exists()
+
+
+def test_a_torn_tail_keeps_the_records_before_it(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path))
+    for n in range(3):
+        spool.add(record(run_id=f"r{n}", job="j", tick=float(n), status="ok"))
+    (segment,) = tmp_path.glob("*.rec")
+    segment.write_bytes(segment.read_bytes()[:-5])  # the crash cut the last record short
+    again = Spool(str(tmp_path))
+    assert sorted(again.pending) == ["r0", "r1"]
+    assert len(list(tmp_path.glob("*.bad"))) == 1
+    assert sorted(Spool(str(tmp_path)).pending) == ["r0", "r1"]  # moved to a sound segment
+
+
+def test_a_segment_is_deleted_once_all_its_records_are_acked(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path))
+    for n in range(spool_module.SEGMENT_RECORDS + 1):
+        spool.add(record(run_id=f"r{n}", job="j", tick=float(n), status="ok"))
+    assert len(list(tmp_path.glob("*.rec"))) == 2
+    spool.ack([f"r{n}" for n in range(spool_module.SEGMENT_RECORDS)])
+    assert len(list(tmp_path.glob("*.rec"))) == 1
+    spool.ack([f"r{spool_module.SEGMENT_RECORDS}"])
+    assert list(tmp_path.glob("*.rec")) == [] and len(spool) == 0
+
+
+def test_a_full_disk_keeps_the_record_in_memory_and_no_half_record_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(str(tmp_path))
+    spool.add(record(run_id="r1", job="j", tick=1.0, status="ok"))
+    real_write = os.write
+
+    def write_half_then_fail(fd: int, data: bytes) -> int:
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module.os, "write", write_half_then_fail)
+    spool.add(record(run_id="r2", job="j", tick=2.0, status="ok"))
+    monkeypatch.undo()
+    assert sorted(spool.pending) == ["r1", "r2"] and spool.write_errors == 1
+    spool.add(record(run_id="r3", job="j", tick=3.0, status="ok"))
+    assert sorted(Spool(str(tmp_path)).pending) == ["r1", "r3"]
+    assert list(tmp_path.glob("*.bad")) == []
 
 
 def test_tail_keeps_only_the_last_bytes() -> None:
