@@ -129,23 +129,35 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
 }
 
 
+_SIZED = (str, list, dict)
+_NUMERIC = (int, NUM, OPT_NUM, OPT_INT)
+_ABSENT = object()
+
+
+def _compile(schema: dict) -> tuple:
+    """A schema as the checker walks it: (name, types, required, limit, numeric) per field,
+    computed once rather than per message (decoding is on every hot path)."""
+    return tuple((name, types, required, limit, types in _NUMERIC)
+                 for name, (types, required, limit) in schema.items())  # fmt: skip
+
+
 def _check_fields(values: Any, schema: dict, where: str) -> None:
     if not isinstance(values, dict):
         raise ProtocolError("malformed", f"{where} is not a map")
-    for name in values:
-        if name not in schema:
-            raise ProtocolError("unknown_field", f"{where}.{name!s:.40}")
-    for name, (types, required, limit) in schema.items():
-        if name not in values:
+    unknown = values.keys() - schema.keys()
+    if unknown:
+        raise ProtocolError("unknown_field", f"{where}.{next(iter(unknown))!s:.40}")
+    for name, types, required, limit, numeric in _COMPILED[id(schema)]:
+        value = values.get(name, _ABSENT)
+        if value is _ABSENT:
             if required:
                 raise ProtocolError("missing_field", f"{where}.{name}")
             continue
-        value = values[name]
-        if isinstance(value, bool) and types in (int, NUM, OPT_NUM, OPT_INT):
+        if numeric and value.__class__ is bool:
             raise ProtocolError("bad_field", f"{where}.{name} is a bool")
         if not isinstance(value, types):
             raise ProtocolError("bad_field", f"{where}.{name} has type {type(value).__name__}")
-        if limit and isinstance(value, str | list | dict) and len(value) > limit:
+        if limit and isinstance(value, _SIZED) and len(value) > limit:
             raise ProtocolError("too_large", f"{where}.{name} longer than {limit}")
 
 
@@ -211,6 +223,9 @@ def _is_tick_pair(pair: Any) -> bool:
     )
 
 
+_COMPILED = {id(schema): _compile(schema) for schema in (RECORD, *SCHEMAS.values())}
+
+
 def encode(kind: str, **fields: Any) -> bytes:
     """Encode one message; the fields must satisfy the type's schema."""
     msg = {"v": VERSION, "t": kind, **fields}
@@ -233,10 +248,10 @@ def decode(frame: bytes) -> tuple[str, dict]:
     schema = SCHEMAS.get(kind) if isinstance(kind, str) else None
     if schema is None:
         raise ProtocolError("unknown_type", f"{kind!r:.40}")
-    fields = {k: v for k, v in msg.items() if k not in ("v", "t")}
-    _check_fields(fields, schema, kind)
-    _check_nested(kind, fields)
-    return kind, fields
+    del msg["v"], msg["t"]
+    _check_fields(msg, schema, kind)
+    _check_nested(kind, msg)
+    return kind, msg
 
 
 def record(**values: Any) -> dict:
