@@ -5,6 +5,7 @@ pipe), and *released* at the tick by one write. Spawning (fork, exec, the shell'
 ~1-6 ms of CPU) then happens ahead of time, so N jobs due at one instant start together
 instead of one spawn after another. For sh-family shells the job's own shell is parked and
 `eval`s the command; other shells and exec'd lists are parked behind /bin/sh and exec'd.
+The process itself is started, and reaped, by the worker's spawner (zcron/spawner.py).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import os
 import pwd
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 
 from zcron.protocol import record
+from zcron.spawner import Spawner
 
 SH_FAMILY = {"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh"}
 # $1 = the address-space limit in KiB (0: none), $2 = working directory, $3 = the command
@@ -105,41 +106,18 @@ def _working_dir(msg: dict, account: pwd.struct_passwd) -> str:
     return account.pw_dir if os.path.isdir(account.pw_dir) else "/"
 
 
-def _spawn(msg: dict, worker_id: str, go: int, out: int, err: int) -> subprocess.Popen | int:
-    """Start the parked process: posix_spawn (fast) as ourselves, Popen to switch user."""
+def spawn_request(msg: dict, worker_id: str) -> tuple[list[str], dict[str, str], tuple | None]:
+    """The parked process's argv, environment and user switch ([uid, gid, groups] or None
+    for our own user); raise Refused when the job cannot be started here."""
     account = resolve_user(msg["user"])
     cwd = _working_dir(msg, account)
     if os.getuid() != 0 and not os.path.isdir(cwd):
         raise Refused(f"working directory {cwd!r} does not exist")
-    argv, env = parked_argv(msg, cwd), job_environment(msg, account, worker_id)
-    try:
-        if account.pw_uid == os.getuid():
-            return os.posix_spawn(
-                argv[0],
-                argv,
-                env,
-                setsid=True,
-                # Python ignores SIGPIPE and that survives exec: give jobs cron's defaults.
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, go, 0),
-                    (os.POSIX_SPAWN_DUP2, out, 1),
-                    (os.POSIX_SPAWN_DUP2, err, 2),
-                ],
-            )
-        return subprocess.Popen(
-            argv,
-            env=env,
-            stdin=go,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-            user=account.pw_uid,
-            group=account.pw_gid,
-            extra_groups=os.getgrouplist(account.pw_name, account.pw_gid),
-        )
-    except OSError as exc:
-        raise Refused(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
+    user = None
+    if account.pw_uid != os.getuid():
+        groups = os.getgrouplist(account.pw_name, account.pw_gid)
+        user = (account.pw_uid, account.pw_gid, groups)
+    return parked_argv(msg, cwd), job_environment(msg, account, worker_id), user
 
 
 @dataclass
@@ -148,12 +126,12 @@ class Run:
 
     msg: dict
     worker_id: str
-    pid: int
-    pidfd: int
+    request: int  # the spawn request's id, until the spawner answers with the pid
     go: int | None  # write end of the parked process's stdin; None once released
     streams: dict[int, Tail]  # output pipe fd -> its tail
     tails: tuple[Tail, Tail]  # stdout, stderr
-    popen: subprocess.Popen | None = None  # kept so subprocess never reaps the pid itself
+    pid: int | None = None  # None until the spawner has started the process
+    pending_signal: int | None = None  # sent once the pid is known
     started: float | None = None
     returncode: int | None = None
     deadline: float | None = None  # monotonic time of the timeout
@@ -211,7 +189,16 @@ class Run:
         del self.streams[fd]
         os.close(fd)
 
+    def spawned(self, pid: int) -> None:
+        """The spawner started the process: send a signal asked for meanwhile."""
+        self.pid = pid
+        if self.pending_signal is not None:
+            self.signal_group(self.pending_signal)
+
     def signal_group(self, signum: int) -> None:
+        if self.pid is None:
+            self.pending_signal = signum  # the strongest asked for (KILL after TERM)
+            return
         try:
             os.killpg(self.pid, signum)
         except (ProcessLookupError, PermissionError):
@@ -223,15 +210,9 @@ class Run:
         self.signal_group(signal.SIGTERM)
         self.kill_at = now_mono + grace
 
-    def reap(self) -> bool:
-        """Collect the exit status if the process has exited; True when it has."""
-        pid, status = os.waitpid(self.pid, os.WNOHANG)
-        if pid == 0:
-            return False
-        self.returncode = os.waitstatus_to_exitcode(status)
-        if self.popen is not None:
-            self.popen.returncode = self.returncode
-        return True
+    def exited(self, wait_status: int) -> None:
+        """The spawner reaped the process with this wait status."""
+        self.returncode = os.waitstatus_to_exitcode(wait_status)
 
     def finish(self) -> dict:
         """Drain the pipes, release fds and kill stragglers in a killed group; the record."""
@@ -240,9 +221,9 @@ class Run:
             self.close_pipe(fd)
         if self.killed_by_us:
             self.signal_group(signal.SIGKILL)  # children that trapped TERM leave nothing behind
-        for fd in (self.pidfd, self.go):
-            if fd is not None:
-                os.close(fd)
+        if self.go is not None:
+            os.close(self.go)
+            self.go = None
         return self.record()
 
     def record(self) -> dict:
@@ -289,25 +270,23 @@ def run_record(msg: dict, worker_id: str | None, **values: object) -> dict:
     )
 
 
-def arm_run(msg: dict, worker_id: str) -> Run:
-    """Spawn the attempt parked until `release`; raise Refused when it cannot be started."""
+def arm_run(msg: dict, worker_id: str, spawner: Spawner) -> Run:
+    """Have the attempt spawned, parked until `release`; raise Refused when it cannot be
+    started here (the spawner may still refuse it later: see the worker)."""
+    argv, env, user = spawn_request(msg, worker_id)
     go_r, go_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
-        spawned = _spawn(msg, worker_id, go_r, out_w, err_w)
-    except Refused:
+        request = spawner.spawn(argv, env, [go_r, out_w, err_w], user)
+    except BaseException:
         for fd in (go_w, out_r, err_r):
             os.close(fd)
         raise
     finally:
         for fd in (go_r, out_w, err_w):
             os.close(fd)
-    popen = spawned if isinstance(spawned, subprocess.Popen) else None
-    pid = popen.pid if popen else spawned
     for fd in (out_r, err_r):
         os.set_blocking(fd, False)
     out, err = Tail(), Tail()
-    return Run(
-        msg, worker_id, pid, os.pidfd_open(pid), go_w, {out_r: out, err_r: err}, (out, err), popen
-    )
+    return Run(msg, worker_id, request, go_w, {out_r: out, err_r: err}, (out, err))

@@ -9,6 +9,7 @@ Results go to a durable spool first and are re-sent until the sink acknowledges 
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import resource
 import select
@@ -21,11 +22,12 @@ import zmq
 from zcron import protocol
 from zcron.auth import Security
 from zcron.config import Config, load_daemon_config
-from zcron.daemon import Notifier, Signals
+from zcron.daemon import Notifier, Signals, poll_timeout_ms
 from zcron.errors import ConfigError
 from zcron.log import setup_logging
 from zcron.net import make_socket, receive, send_nowait
 from zcron.process import KILL_GRACE_S, Refused, Run, arm_run, run_record
+from zcron.spawner import Spawner, SpawnerGone
 from zcron.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,8 @@ SPIN_S = 0.002  # poll wakes in whole milliseconds: the last stretch to a tick i
 # Arming (a spawn) costs ~1 ms: a burst of thousands of jobs is armed this much per turn of
 # the loop, so releases, results and heartbeats go on meanwhile (a silent worker is dead).
 ARM_BUDGET_S = 0.02
-FDS_PER_RUN = 4  # pidfd, stdout, stderr, and the parked process's stdin until released
+FDS_PER_RUN = 3  # stdout, stderr, and the parked process's stdin until released
+SPAWNERS = 2
 FDS_RESERVED = 64  # sockets, spool files, logging
 MAX_RUNNING_LISTED = protocol.SCHEMAS["ready"]["running"][2]
 
@@ -54,17 +57,28 @@ class Worker:
         self.schedulers: dict[zmq.Socket, str] = {}
         self.seen: dict[str, int] = {}
         self.running: dict[str, Run] = {}
-        self.by_fd: dict[int, tuple[Run, str]] = {}
+        self.by_fd: dict[int, Run] = {}  # output pipe -> its run
+        self.by_request: dict[int, Run] = {}  # spawn request -> its run, until answered
+        self.by_pid: dict[int, Run] = {}  # spawned and not yet reaped
         self.timeouts: list[tuple[float, str]] = []
         self.accepted: list[list] = []  # [job, tick] received since the last `accepted`
         self.backlog: deque[dict] = deque()  # jobs received, not yet armed
         self.armed: list[tuple[float, str]] = []  # (tick, run_id): parked until their instant
         self.spool = Spool(config.worker.spool)
         self.poller = zmq.Poller()
-        # The runs' pipes and pidfds sit in one epoll set, polled as one fd: zmq's poll()
-        # costs O(fds) a call, and a burst of thousands of runs holds four fds each.
+        # The runs' pipes sit in one epoll set, polled as one fd: zmq's poll() costs
+        # O(fds) a call, and a burst of thousands of runs holds three fds each.
         self.run_fds = select.epoll()
         self.poller.register(self.run_fds.fileno(), zmq.POLLIN)
+        # Spawns go round the spawners: each waits in a vfork until its child has exec'd,
+        # which under load is the slowest step of arming; two wait side by side.
+        request_ids = itertools.count(1)
+        self.spawners = {}
+        for _ in range(SPAWNERS):
+            spawner = Spawner(request_ids)
+            self.spawners[spawner.fileno()] = spawner
+            self.poller.register(spawner.fileno(), zmq.POLLIN)
+        self.next_spawner = itertools.cycle(list(self.spawners.values()))
         self.next_heartbeat = 0.0
         self.next_resend = 0.0
         self.rejected = 0
@@ -97,20 +111,27 @@ class Worker:
         self.connect()
         self.notifier.ready(self.status_line())
         log.info("worker %s serving pools %s with %d slots", self.id, self.pools, self.slots)
-        while not self.finished_draining():
-            ready = dict(self.poller.poll(self.timeout_ms(time.monotonic())))
-            self.handle_ready(ready)
-            self.release_due_runs()
-            self.arm_backlog()
-            self.announce_if_freed()
-            now = time.monotonic()
-            self.enforce_timeouts(now)
-            self.heartbeat_if_due(now)
-            self.resend_if_due(now)
-            self.notifier.watchdog_if_due(now)
+        try:
+            while not self.finished_draining():
+                self.step()
+        except SpawnerGone as exc:
+            log.error("%s: stopping (its runs can no longer be watched)", exc)
+            return 1
         self.notifier.stopping()
         self.shutdown()
         return 0
+
+    def step(self) -> None:
+        ready = dict(self.poller.poll(self.timeout_ms(time.monotonic())))
+        self.handle_ready(ready)
+        self.release_due_runs()
+        self.arm_backlog()
+        self.announce_if_freed()
+        now = time.monotonic()
+        self.enforce_timeouts(now)
+        self.heartbeat_if_due(now)
+        self.resend_if_due(now)
+        self.notifier.watchdog_if_due(now)
 
     def finished_draining(self) -> bool:
         """Stop once drained: no run left (a hard stop: at once); past the drain timeout,
@@ -142,7 +163,7 @@ class Worker:
             return 0
         if self.armed:  # tick instants are wall clock; wake just before, then spin
             deadlines.append(now + self.armed[0][0] - time.time() - SPIN_S)
-        return max(0, int((min(deadlines) - now) * 1000))
+        return poll_timeout_ms(min(deadlines), now)
 
     def handle_ready(self, ready: dict) -> None:
         for item in ready:
@@ -156,6 +177,8 @@ class Worker:
             elif item == self.run_fds.fileno():
                 for fd, _ in self.run_fds.poll(0):
                     self.handle_fd(fd)
+            elif item in self.spawners:
+                self.handle_spawner(self.spawners[item])
 
     # -- scheduler side -----------------------------------------------------------------
 
@@ -216,12 +239,13 @@ class Worker:
             self.refuse(msg, "worker draining: it takes no new jobs")
             return
         try:
-            run = arm_run(msg, self.id)
+            run = arm_run(msg, self.id, next(self.next_spawner))
         except Refused as exc:
             log.warning("run %s of %s refused: %s", msg["run_id"], msg["job"], exc)
             self.refuse(msg, str(exc))
             return
         self.running[run.run_id] = run
+        self.by_request[run.request] = run
         self.watch(run)
         heapq.heappush(self.armed, (msg["tick"], run.run_id))
 
@@ -245,22 +269,36 @@ class Worker:
 
     def watch(self, run: Run) -> None:
         for fd in run.pipes():
-            self.by_fd[fd] = (run, "pipe")
+            self.by_fd[fd] = run
             self.run_fds.register(fd, select.EPOLLIN)
-        self.by_fd[run.pidfd] = (run, "exit")
-        self.run_fds.register(run.pidfd, select.EPOLLIN)
 
     def handle_fd(self, fd: int) -> None:
-        entry = self.by_fd.get(fd)
-        if entry is None:
-            return
-        run, kind = entry
-        if kind == "pipe":
-            if not run.read_pipe(fd):
-                self.forget_fd(fd)
-                run.close_pipe(fd)
-        elif run.reap():
-            self.complete(run)
+        run = self.by_fd.get(fd)
+        if run is not None and not run.read_pipe(fd):
+            self.forget_fd(fd)
+            run.close_pipe(fd)
+
+    def handle_spawner(self, spawner: Spawner) -> None:
+        """Pids of runs the spawner started (or why it could not), and exit statuses."""
+        for answer in spawner.replies():
+            if "id" in answer:
+                run = self.by_request.pop(answer["id"])
+                if "error" in answer:
+                    self.spawn_failed(run, answer["error"])
+                else:
+                    run.spawned(answer["pid"])
+                    self.by_pid[answer["pid"]] = run
+            elif (run := self.by_pid.pop(answer["pid"], None)) is not None:
+                run.exited(answer["status"])
+                self.complete(run)
+
+    def spawn_failed(self, run: Run, error: str) -> None:
+        log.warning("run %s of %s refused: %s", run.run_id, run.msg["job"], error)
+        for fd in run.pipes():
+            self.forget_fd(fd)
+        run.finish()
+        del self.running[run.run_id]
+        self.refuse(run.msg, error)
 
     def forget_fd(self, fd: int) -> None:
         self.by_fd.pop(fd, None)
@@ -270,7 +308,7 @@ class Worker:
             pass  # never registered
 
     def complete(self, run: Run) -> None:
-        for fd in [*run.pipes(), run.pidfd]:
+        for fd in run.pipes():
             self.forget_fd(fd)
         rec = run.finish()
         del self.running[run.run_id]
@@ -397,6 +435,8 @@ class Worker:
         for sock in [*self.schedulers, self.sink]:
             sock.close(linger=0)
         self.run_fds.close()
+        for spawner in self.spawners.values():
+            spawner.close()
         log.info("worker %s stopped (%d results left in spool)", self.id, len(self.spool))
 
 

@@ -153,9 +153,10 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
     yield worker
     for run in list(worker.running.values()):
         run.signal_group(9)
-        run.reap()
     worker.sink.close(linger=0)
     worker.run_fds.close()
+    for spawner in worker.spawners.values():
+        spawner.close()
 
 
 def job_message(run_id: str, command: str, **values: object) -> dict:

@@ -1,0 +1,226 @@
+"""The worker's job processes are started, and reaped, by a small process of its own.
+
+A process started by fork or posix_spawn gets a copy of its parent's file table, and its
+exec closes that copy again. A worker at 1,000 jobs/s holds thousands of pipes for its
+parked and running jobs; that copy cost every job's process ~75 ns per open fd (0.3 ms of
+CPU at 4,000 fds, a third of what the job itself costs), and the worker's loop stood
+still in each vfork until the child had exec'd. The spawner holds almost no fds: the
+worker passes each run's three pipe ends with the request (SCM_RIGHTS) and goes on; the
+spawner answers with the pid, and with the exit status once the process has ended (the
+processes are its children, so it is the one that can wait for them).
+
+Messages on the socketpair (SOCK_SEQPACKET, one msgpack map per packet):
+  worker → spawner  {"id", "argv", "env", "user": [uid, gid, groups] | None} + 3 fds
+  spawner → worker  {"id", "pid"} or {"id", "error"};  later {"pid", "status"} (a wait status)
+The spawner exits when the worker's end closes; processes still running are left to init.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import msgpack
+
+MAX_PACKET = 1 << 20  # a request holds the job's command and environment (each capped)
+# Ignored signals survive exec, and a shell cannot trap what it found ignored: Python
+# ignores SIGPIPE and SIGXFSZ, the spawner INT and TERM. Jobs get cron's defaults.
+DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
+
+
+class SpawnerGone(Exception):
+    """The spawner process has exited: no run can be started or reaped any more."""
+
+
+class Spawner:
+    """The worker's end: send spawn requests, read back pids, errors and exit statuses."""
+
+    def __init__(self, request_ids: Iterator[int]) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = ours
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "zcron.spawner", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self.sock.setblocking(False)
+        self.request_ids = request_ids  # shared by the worker's spawners: ids are unique
+        self.unread: list[dict] = []  # answers read while a request waited for room
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def spawn(self, argv: list[str], env: dict[str, str], fds: list[int],
+              user: tuple[int, int, list[int]] | None) -> int:  # fmt: skip
+        """Ask for a process (fds become its stdin, stdout, stderr); the request's id."""
+        request_id = next(self.request_ids)
+        packet = msgpack.packb({"id": request_id, "argv": argv, "env": env, "user": user})
+        while True:
+            try:
+                socket.send_fds(self.sock, [packet], fds)
+                return request_id
+            except BlockingIOError:
+                # The spawner may itself wait for us to read its answers: read while waiting.
+                select.select([self.sock], [self.sock], [], 1.0)
+                self.unread += self._receive()
+            except OSError as exc:
+                raise SpawnerGone(f"spawner unreachable: {exc}") from None
+
+    def replies(self) -> list[dict]:
+        """Every answer so far; raise SpawnerGone if the spawner has exited."""
+        out, self.unread = self.unread + self._receive(), []
+        return out
+
+    def _receive(self) -> list[dict]:
+        out = []
+        while True:
+            try:
+                packet = self.sock.recv(MAX_PACKET)
+            except BlockingIOError:
+                return out
+            if not packet:
+                raise SpawnerGone(f"spawner exited ({self.proc.poll()})")
+            out.append(msgpack.unpackb(packet))
+
+    def close(self) -> None:
+        """Let the spawner exit (it sees the socket close) and wait for it."""
+        self.sock.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# -- the spawner process ----------------------------------------------------------------
+
+
+def serve(sock: socket.socket) -> None:
+    """Start what is asked, report pids and exits, until the worker's end closes."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wake-up fd is written
+    # The worker decides when to stop (it drains first): a Ctrl-C meant for it is not ours.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == wake_r:
+                _drain(wake_r)
+            elif not handle_requests(sock):
+                return
+        report_exits(sock)
+
+
+def handle_requests(sock: socket.socket) -> bool:
+    """Serve every waiting request; False once the worker's end has closed."""
+    while True:
+        try:
+            packet, fds = _receive_request(sock)
+        except BlockingIOError:
+            return True
+        if not packet:
+            return False
+        try:
+            reply = spawn_one(msgpack.unpackb(packet), fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        _send(sock, reply)
+
+
+def _receive_request(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One packet and its fds, without waiting (socket.recv_fds drops its flags in 3.11)."""
+    fd_bytes = socket.CMSG_LEN(3 * array.array("i").itemsize)
+    packet, ancillary, _, _ = sock.recvmsg(MAX_PACKET, fd_bytes, socket.MSG_DONTWAIT)
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return packet, list(fds)
+
+
+def spawn_one(request: dict, fds: list[int]) -> dict:
+    argv, env, user = request["argv"], request["env"], request["user"]
+    try:
+        if user is None:
+            pid = os.posix_spawn(
+                argv[0],
+                argv,
+                env,
+                setsid=True,
+                setsigdef=DEFAULT_SIGNALS,
+                file_actions=[(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate(fds)],
+            )
+        else:
+            pid = _fork_as(user, argv, env, fds)
+    except OSError as exc:
+        return {"id": request["id"], "error": f"cannot start {argv[0]!r}: {exc.strerror or exc}"}
+    return {"id": request["id"], "pid": pid}
+
+
+def _fork_as(user: list, argv: list[str], env: dict[str, str], fds: list[int]) -> int:
+    """fork, switch user, exec: safe here, as the spawner has a single thread."""
+    uid, gid, groups = user
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        os.setsid()
+        for n, fd in enumerate(fds):
+            os.dup2(fd, n)
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+        for signum in DEFAULT_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        os.execve(argv[0], argv, env)
+    except OSError as exc:
+        os.write(2, f"zcron: cannot start {argv[0]!r}: {exc.strerror or exc}\n".encode())
+    os._exit(127)
+
+
+def report_exits(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        _send(sock, {"pid": pid, "status": status})
+
+
+def _send(sock: socket.socket, message: dict) -> None:
+    try:
+        sock.sendall(msgpack.packb(message))
+    except OSError:
+        os._exit(0)  # the worker is gone: nobody is left to tell
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    serve(socket.socket(fileno=fd))
+
+
+if __name__ == "__main__":
+    main()
