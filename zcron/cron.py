@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import weakref
 from bisect import bisect_left, bisect_right
 from datetime import date, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from zoneinfo import ZoneInfo
 
 ALIASES = {
@@ -71,10 +72,24 @@ _SEARCH_YEARS = 400
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_ORDINAL = _EPOCH.toordinal()
 _ONE_DAY = timedelta(days=1)
+# Jobs repeat few distinct fields (benchmarks/scale.py's 100,000 have ~150): the bound is
+# against a hostile file, not for the jobs.
+_FIELD_CACHE_SIZE = 4096
 
 
 class CronSchedule:
     """A parsed cron expression bound to a timezone; `next_after` gives its fire instants."""
+
+    # Slots: a scheduler may hold 100,000s; __weakref__: for parse_schedule's cache.
+    __slots__ = (
+        "expression",
+        "timezone",
+        "fixed_time",
+        "_zone",
+        "_fixed_offset",
+        "_sets",
+        "__weakref__",
+    )
 
     def __init__(self, expression: str, timezone: str):
         fields = _six_fields(expression)
@@ -178,8 +193,21 @@ class CronSchedule:
 class _FieldSets:
     """The expanded fields; finds the next matching wall time (seconds since 1970, naive)."""
 
-    def __init__(self, fields: list[str], values: list[set[int]]):
-        self.seconds, self.minutes, self.hours = (sorted(v) for v in values[:3])
+    __slots__ = (
+        "seconds",
+        "minutes",
+        "hours",
+        "minute_set",
+        "hour_set",
+        "doms",
+        "months",
+        "dows",
+        "days_and",
+        "first_time",
+    )
+
+    def __init__(self, fields: list[str], values: list[frozenset[int]]):
+        self.seconds, self.minutes, self.hours = (_sorted_values(v) for v in values[:3])
         self.minute_set, self.hour_set = values[1], values[2]
         self.doms, self.months, self.dows = values[3], values[4], values[5]
         self.days_and = fields[3].startswith("*") or fields[5].startswith("*")
@@ -239,9 +267,22 @@ class _FieldSets:
         return None
 
 
+# Jobs share few expressions: one schedule per (expression, timezone) while a job holds it.
+_schedules: weakref.WeakValueDictionary[tuple[str, str], CronSchedule] = (
+    weakref.WeakValueDictionary()
+)
+
+
 def parse_schedule(expression: str, timezone: str) -> CronSchedule:
-    """Parse a cron expression for a timezone; raise ValueError saying what is wrong."""
-    return CronSchedule(expression, timezone)
+    """Parse a cron expression for a timezone; raise ValueError saying what is wrong.
+
+    Equal arguments give the same (immutable) schedule while any job holds it.
+    """
+    key = (expression, timezone)
+    schedule = _schedules.get(key)
+    if schedule is None:
+        schedule = _schedules[key] = CronSchedule(expression, timezone)
+    return schedule
 
 
 def is_cron_fields(tokens: list[str]) -> bool:
@@ -250,11 +291,9 @@ def is_cron_fields(tokens: list[str]) -> bool:
         return False
     try:
         fields = _six_fields(" ".join(tokens))
-        for index, field in enumerate(fields):
-            _parse_field(index, field)
     except ValueError:
         return False
-    return True
+    return all(_is_field(index, field) for index, field in enumerate(fields))
 
 
 def local_timezone_name() -> str:
@@ -309,12 +348,31 @@ def _expand_alias(text: str) -> str:
     return ALIASES[alias]
 
 
-def _parse_field(index: int, field: str) -> set[int]:
-    """The values one field allows (day-of-week 7 is Sunday, 0); ValueError naming the field."""
+@lru_cache(maxsize=_FIELD_CACHE_SIZE)
+def _parse_field(index: int, field: str) -> frozenset[int]:
+    """The values one field allows (day-of-week 7 is Sunday, 0); ValueError naming the field.
+
+    Cached and shared by every schedule with the same field.
+    """
     values: set[int] = set()
     for item in field.split(","):
         values |= _parse_item(index, field, item)
-    return {v % 7 for v in values} if index == 5 else values
+    return frozenset(v % 7 for v in values) if index == 5 else frozenset(values)
+
+
+@lru_cache(maxsize=_FIELD_CACHE_SIZE)
+def _is_field(index: int, field: str) -> bool:
+    """Whether a field parses; cached, as every 5-field cron.d line asks it of its user."""
+    try:
+        _parse_field(index, field)
+    except ValueError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=_FIELD_CACHE_SIZE)
+def _sorted_values(values: frozenset[int]) -> tuple[int, ...]:
+    return tuple(sorted(values))
 
 
 def _parse_item(index: int, field: str, item: str) -> set[int]:

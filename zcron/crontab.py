@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import pwd
 import re
+import sys
 from pathlib import Path
 
 from zcron.cron import is_cron_fields, parse_schedule, zone
@@ -45,6 +46,7 @@ class _CronDReader:
         self.path = path
         self.stem = re.sub(r"[^A-Za-z0-9_.:@-]", "_", Path(path).stem)[:180] or "job"
         self.env: dict[str, str] = {}
+        self.job_env: tuple[tuple[str, str], ...] = ()  # env as jobs hold it, shared by them
         self.shell = "/bin/sh"
         self.timezone = default_tz
         self.jobs: list[Job] = []
@@ -86,6 +88,7 @@ class _CronDReader:
                 raise self.error(number, "SHELL: expected the path of a shell, e.g. /bin/bash")
             self.shell = value
         self.env[key] = value
+        self.job_env = tuple(sorted(self.env.items()))
 
     def warn_variable(self, number: int, key: str, value: str) -> None:
         if key == "MAILTO" and value:
@@ -113,13 +116,13 @@ class _CronDReader:
         self.warn_job(number, schedule.split(), user, command)
         return Job(
             name=name or self.auto_name(schedule, user, command),
-            schedule=schedule,
+            schedule=cron.expression,  # the shared schedule's copy of the same text
             timezone=self.timezone,
             command=command,
             source=f"{self.path}:{number}",
             shell=self.shell,
-            user=None if user == OWN_USER else user,
-            env=tuple(sorted(self.env.items())),
+            user=None if user == OWN_USER else sys.intern(user),
+            env=self.job_env,
             cron=cron,
         )
 

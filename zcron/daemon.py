@@ -59,6 +59,12 @@ class Signals:
         self.wake()
 
 
+def poll_timeout_ms(deadline: float, now: float) -> int:
+    """Whole milliseconds for a poll to wait until `deadline`, rounded up: rounded down, a
+    loop woke before its deadline and spun on poll(0) until it came (~70 wake-ups/s idle)."""
+    return max(0, math.ceil((deadline - now) * 1000))
+
+
 def notify(state: str) -> None:
     """Send one sd_notify datagram (READY=1, STOPPING=1, ...) when run under systemd."""
     Notifier().send(state)

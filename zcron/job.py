@@ -26,7 +26,7 @@ CHOICES = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a scheduler holds 100,000s of jobs
 class Job:
     """One scheduled job as its file defines it; `next_after` gives its fire instants."""
 
@@ -51,7 +51,8 @@ class Job:
     env: tuple[tuple[str, str], ...] = ()  # sorted, hashable
     enabled: bool = True
     memory_max: int | None = None  # bytes of address space (RLIMIT_AS); None: no limit
-    # Parsed from schedule and timezone when not given; raises ValueError if they are bad.
+    # Parsed from schedule and timezone when not given (shared by jobs with the same
+    # schedule and timezone); raises ValueError if they are bad.
     cron: CronSchedule = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:

@@ -40,6 +40,8 @@ class OwnerCache:
         self.owners: dict[str, str | None] = {}
 
     def owner(self, job: str, peers: frozenset[str]) -> str | None:
+        if len(peers) < 2:  # nothing to choose: no hashing, and no entry for every job
+            return next(iter(peers), None)
         if peers != self.peers:
             self.peers, self.owners = peers, {}
         if job not in self.owners:

@@ -29,7 +29,8 @@ _IGNORED = re.compile(r"^\.|~$|\.swp$|\.bak$|\.dpkg-[^.]*$|\.rpm[^.]*$")
 
 @dataclass
 class LoadResult:
-    """Jobs by name, every error found, and whether the job set changed since the last load.
+    """Jobs by name, every error found, whether the job set changed since the last load,
+    and its digest.
 
     `warnings` name lines that load but that zcron reads differently from cron.
     """
@@ -37,6 +38,7 @@ class LoadResult:
     jobs: dict[str, Job]
     errors: list[ScheduleError]
     changed: bool
+    digest: str
     warnings: list[ScheduleError] = field(default_factory=list)
 
 
@@ -55,7 +57,7 @@ class ScheduleDir:
             paths = schedule_files(self.directory)
         except OSError as exc:
             error = ScheduleError(self.directory, 0, f"cannot read directory: {exc.strerror}")
-            return LoadResult(dict(self.jobs), [error], False)
+            return LoadResult(dict(self.jobs), [error], False, digest(self.jobs))
         parsed, warnings = _parse_files_warning(paths)
         self._good = {
             path: jobs if not errors else self._good[path]
@@ -66,7 +68,7 @@ class ScheduleDir:
         new_digest = digest(self.jobs)
         changed, self._digest = new_digest != self._digest, new_digest
         errors = [e for _, file_errors in parsed.values() for e in file_errors]
-        return LoadResult(dict(self.jobs), errors + duplicates, changed, warnings)
+        return LoadResult(dict(self.jobs), errors + duplicates, changed, new_digest, warnings)
 
 
 def load_paths(paths: list[str]) -> LoadResult:
@@ -82,7 +84,7 @@ def load_paths(paths: list[str]) -> LoadResult:
     good = [(path, jobs) for path, (jobs, file_errors) in parsed.items() if not file_errors]
     jobs, duplicates = merge_jobs(good)
     errors += [e for _, file_errors in parsed.values() for e in file_errors]
-    return LoadResult(jobs, errors + duplicates, True, warnings)
+    return LoadResult(jobs, errors + duplicates, True, digest(jobs), warnings)
 
 
 def schedule_files(directory: str) -> list[str]:
@@ -153,13 +155,23 @@ def merge_jobs(
 
 
 def digest(jobs: dict[str, Job]) -> str:
-    """A short stable digest of what the jobs do (where they are written does not count)."""
-    canonical = [
-        [[f.name, getattr(job, f.name)] for f in fields(Job) if f.compare and f.name != "source"]
-        for job in sorted(jobs.values(), key=lambda j: j.name)
-    ]
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """A short stable digest of what the jobs do (where they are written does not count).
+
+    The SHA-256 of one JSON list of [[field, value], ...] per job, by name; it is fed one
+    job at a time, as the whole list of 100,000 jobs would take ~200 MB at once.
+    """
+    sha = hashlib.sha256()
+    separator = b"["
+    for job in sorted(jobs.values(), key=lambda j: j.name):
+        row = [[name, getattr(job, name)] for name in _DIGEST_FIELDS]
+        sha.update(separator + _CANONICAL_JSON.encode(row).encode())
+        separator = b","
+    sha.update(b"[]" if not jobs else b"]")
+    return sha.hexdigest()[:16]
+
+
+_DIGEST_FIELDS = tuple(f.name for f in fields(Job) if f.compare and f.name != "source")
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 def to_wire(job: Job) -> dict:

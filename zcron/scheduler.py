@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from functools import cache
 
 import zmq
 
@@ -24,7 +25,7 @@ from zcron import protocol
 from zcron.auth import Security
 from zcron.config import Config, load_daemon_config
 from zcron.control import ClientRequests
-from zcron.daemon import Notifier, Signals
+from zcron.daemon import Notifier, Signals, poll_timeout_ms
 from zcron.errors import ProtocolError
 from zcron.job import Job
 from zcron.ledger import TickLedger
@@ -34,7 +35,7 @@ from zcron.net import bind, make_socket, send_nowait
 from zcron.peers import Membership
 from zcron.process import run_record
 from zcron.ring import OwnerCache, has_quorum, owner_of
-from zcron.schedule import ScheduleDir, digest, to_wire
+from zcron.schedule import ScheduleDir, to_wire
 from zcron.slots import WorkerTable
 from zcron.spool import Spool
 from zcron.takeover import LEAD_S, Takeover
@@ -189,7 +190,7 @@ class Scheduler(Takeover, ClientRequests):
         expiry = self.members.next_expiry(now_mono)
         if expiry is not None:
             deadlines.append(now + expiry - now_mono + 0.001)
-        return max(0, int((min(deadlines) - now) * 1000))
+        return poll_timeout_ms(min(deadlines), now)
 
     def handle_events(self, ready: dict) -> None:
         if self.signals.fd in ready:
@@ -233,26 +234,28 @@ class Scheduler(Takeover, ClientRequests):
         self.errors = result.errors
         for error in result.errors:
             log.error("%s (the file's last good version stays in force)", error)
+        # Jobs share few schedules: each schedule's next instant is found once.
+        next_after_now = cache(lambda cron: cron.next_after(now))
         for name, job in result.jobs.items():
             if self.jobs.get(name) != job:
-                self.plan(job, now)
+                self.plan(job, next_after_now(job.cron) if job.enabled else None)
         for name in set(self.jobs) - set(result.jobs):
             self.generation.pop(name, None)
             self.next_instant.pop(name, None)
         self.jobs = result.jobs
         self.ledger.forget(set(self.jobs))
-        new_digest = digest(self.jobs)
+        new_digest = result.digest
         if new_digest != self.members.my_digest:
             log.info("%d jobs loaded, digest %s", len(self.jobs), new_digest)
             self.members.my_digest = new_digest
             self.next_heartbeat = 0.0
         self.next_report = self.next_job_table = now
 
-    def plan(self, job: Job, after: float) -> None:
-        """Put the job's next instant after `after` on the heap (invalidating older entries)."""
+    def plan(self, job: Job, instant: float | None) -> None:
+        """Put the job's next instant on the heap (invalidating older entries)."""
         generation = self.generation.get(job.name, 0) + 1
         self.generation[job.name] = generation
-        self.push(job, job.next_after(after) if job.enabled else None, generation)
+        self.push(job, instant, generation)
 
     def push(self, job: Job, instant: float | None, generation: int) -> None:
         if instant is None:

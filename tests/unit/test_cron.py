@@ -184,6 +184,11 @@ def test_schedules_compare_by_expression_and_zone():
     assert "@daily" in repr(parse_schedule("@daily", "UTC"))
 
 
+def test_jobs_with_one_expression_and_zone_share_one_schedule():
+    assert parse_schedule("0 3 * * 1-5", "UTC") is parse_schedule("0 3 * * 1-5", "UTC")
+    assert parse_schedule("0 3 * * 1-5", "UTC") is not parse_schedule("0 3 * * 1-5", "Etc/UTC")
+
+
 def test_far_future_ends_quietly():
     assert parse_schedule("* * * * * *", "Europe/Berlin").next_after(253402300799.0) is None
     assert parse_schedule("0 0 1 1 *", "UTC").next_after(at("9999-06-01T00:00:00+00:00")) is None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import msgpack
@@ -546,6 +549,16 @@ def test_digest_is_short_stable_and_order_free():
     (edited,) = crond("# name: a\n@daily root x --new\n")
     assert digest({"a": edited}) != digest({"a": a})
     assert digest({}) != digest({"a": a})
+
+
+def test_digest_is_that_of_one_json_list_of_the_jobs_fields():
+    # Peers compare digests: fed job by job, it must equal the one-document form.
+    a, b = crond("# name: a\n@daily root x\nA=1\n# name: b\n@hourly - y\n")
+    names = [f.name for f in fields(Job) if f.compare and f.name != "source"]
+    canonical = [[[name, getattr(job, name)] for name in names] for job in (a, b)]
+    text = json.dumps(canonical, separators=(",", ":"))
+    assert digest({"b": b, "a": a}) == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert digest({}) == hashlib.sha256(b"[]").hexdigest()[:16]
 
 
 def test_to_wire_is_a_small_msgpack_summary():
