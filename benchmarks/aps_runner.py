@@ -1,25 +1,36 @@
-"""APScheduler 3 on the benchmark's workload: N jobs with CronTrigger(second="*").
+"""APScheduler 3 on the benchmarks' workloads: $BENCH_JOBS jobs, chosen by $BENCH_MODE.
 
-Each job runs the same `bash -c` line by subprocess.run in APScheduler's default thread pool
-(20 threads), with ZCRON_TICK set to the run time APScheduler scheduled. Defaults otherwise
-(misfire_grace_time 1 s, max_instances 1, coalesce off).
+second  CronTrigger(second="*") per job, running the latency line with ZCRON_TICK = the run
+        time APScheduler scheduled (also the failover workload)
+burst   DateTrigger at $BENCH_TICK per job, running the timed no-op
+scale   CronTriggers of scale.mixed_schedule, nothing due for hours
+push    a BackgroundScheduler, then add_job(trigger=None) (run now) of the timed no-op per
+        job from this process, as an application does; marks "pushed"
 
-    python3 -m benchmarks.aps_runner JOBS OUT
+Jobs run in APScheduler's thread pool (20 threads), defaults otherwise (max_instances 1,
+coalesce off) except misfire_grace_time=None: a job that waits for a thread runs however late
+instead of being dropped after 1 s. Marks "scheduler-ready" once started (common.mark).
+
+    BENCH_MODE=second BENCH_JOBS=100 BENCH_OUT=FILE BENCH_MARKS=DIR python3 -m benchmarks.aps_runner
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import os
+import threading
+import time
+from datetime import UTC, datetime
 
 import apscheduler.executors.pool as pool
+from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
 
-from benchmarks.common import SHELL_LINE
-
-LINE = ""
+from benchmarks.scale import mixed_schedule
+from benchmarks.workload import mark, push_timed_noops, run_tick_line, run_timed_noop
 
 
 def run_job(job, jobstore_alias, run_times, logger_name):
@@ -29,21 +40,49 @@ def run_job(job, jobstore_alias, run_times, logger_name):
     return []
 
 
-def shell(name: str, tick: float = 0.0) -> None:
-    env = {"PATH": "/usr/bin:/bin", "ZCRON_JOB": name, "ZCRON_TICK": f"{tick:.6f}"}
-    subprocess.run(["/bin/bash", "-c", LINE], env=env, check=False)
+def cron_trigger(expression: str) -> CronTrigger:
+    """A 5-field or (seconds first) 6-field cron expression as a CronTrigger in UTC.
+
+    APScheduler counts day_of_week from Monday = 0, cron from Sunday: the days differ, the
+    cost of holding the trigger does not.
+    """
+    fields = expression.split()
+    second, minute, hour, day, month, day_of_week = ["0", *fields] if len(fields) == 5 else fields
+    return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
+                       day_of_week=day_of_week, timezone="UTC")  # fmt: skip
 
 
-def main(jobs: int, out: str) -> None:
-    global LINE
-    LINE = SHELL_LINE.format(out=out)
-    pool.run_job = run_job
-    scheduler = BlockingScheduler(executors={"default": ThreadPoolExecutor(20)}, timezone="UTC")
-    for i in range(jobs):
-        name = f"bench-{i:04d}"
-        scheduler.add_job(shell, CronTrigger(second="*", timezone="UTC"), args=[name], id=name)
-    scheduler.start()
+def burst_trigger(i: int) -> DateTrigger:
+    return DateTrigger(datetime.fromtimestamp(float(os.environ["BENCH_TICK"]), UTC))
+
+
+HOUR = time.gmtime().tm_hour
+# mode → (what job i runs, its trigger)
+SCHEDULES = {
+    "second": (run_tick_line, lambda i: CronTrigger(second="*", timezone="UTC")),
+    "burst": (run_timed_noop, burst_trigger),
+    "scale": (run_timed_noop, lambda i: cron_trigger(mixed_schedule(i, HOUR))),
+}
+
+
+def main(mode: str, jobs: int) -> None:
+    if mode == "second":
+        pool.run_job = run_job
+    kind = BackgroundScheduler if mode == "push" else BlockingScheduler
+    scheduler = kind(executors={"default": ThreadPoolExecutor(20)}, timezone="UTC",
+                     job_defaults={"misfire_grace_time": None})  # fmt: skip
+    ready = lambda event: mark("scheduler-ready", jobs=len(scheduler.get_jobs()))  # noqa: E731
+    scheduler.add_listener(ready, EVENT_SCHEDULER_STARTED)
+    if mode in SCHEDULES:
+        func, trigger = SCHEDULES[mode]
+        for i in range(jobs):
+            name = f"bench-{i:05d}"
+            scheduler.add_job(func, trigger(i), args=[name], id=name)
+    scheduler.start()  # a BlockingScheduler runs here until SIGTERM
+    if mode == "push":
+        push_timed_noops(lambda name: scheduler.add_job(run_timed_noop, args=[name]), jobs)
+        threading.Event().wait()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2])
+    main(os.environ["BENCH_MODE"], int(os.environ["BENCH_JOBS"]))

@@ -4,7 +4,9 @@ zcron: one cron.d file with N jobs `S M * * * *  -  true` due at one chosen seco
 sink, a scheduler and two workers; from the sink's records: the time from the tick until
 every run had started and until every run had finished, and jobs/s (N / all finished).
 Bare loops on the same machine: N × `/bin/sh -c true` by subprocess.Popen and by
-os.posix_spawn, started one after another, then all waited for.
+os.posix_spawn, started one after another, then all waited for. The peers (measure_peer):
+N APScheduler DateTriggers / N celery beat entries due at the second, each running
+`/bin/sh -c true` in the scheduler's pool (20 threads / prefork -c 8), timed around it.
 
     python3 benchmarks/burst.py [--jobs 5000] [--workers 2] [--out FILE]
 """
@@ -22,14 +24,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import REPO, free_port, write_config, write_crond  # noqa: E402
-
-COMMAND = ["/bin/sh", "-c", "true"]
+from benchmarks.common import (  # noqa: E402
+    NOOP_COMMAND,
+    REPO,
+    Processes,
+    free_port,
+    sink_runs,
+    wait_until,
+    write_config,
+    write_crond,
+)
+from benchmarks.systems import READY_MARKS, STARTERS, peer  # noqa: E402
+from benchmarks.workload import read_timed_runs  # noqa: E402
 
 
 def write_setup(root: Path, jobs: int, slots: int, tick: int) -> tuple[Path, int]:
@@ -42,12 +52,7 @@ def write_setup(root: Path, jobs: int, slots: int, tick: int) -> tuple[Path, int
 
 
 def records(http: int, tick: int) -> list[dict]:
-    url = f"http://127.0.0.1:{http}/api/runs?since={tick - 1}&limit=10000"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return [r for r in json.loads(response.read()) if r["tick"] == tick]
-    except OSError:
-        return []
+    return [r for r in sink_runs(http, tick - 1) if r["tick"] == tick]
 
 
 def start(root: Path, config: Path, name: str, *args: str) -> subprocess.Popen:
@@ -94,22 +99,51 @@ def measure_zcron(jobs: int, workers: int, lead_s: float, timeout_s: float, keep
     started = [r["started"] for r in done if r["started"]]
     finished = [r["finished"] for r in done if r["finished"]]
     result = {
-        "jobs": jobs,
         "workers": workers,
         "recorded": len(done),
         "statuses": statuses,
-        "all_started_s": max(started) - tick if started else None,
-        "all_finished_s": max(finished) - tick if finished else None,
-        "first_started_s": min(started) - tick if started else None,
         "per_worker": {w: sum(1 for r in done if r["worker"] == w) for w in sorted(
             {r["worker"] for r in done if r["worker"]})},
+        **timeline(jobs, tick, started, finished),
     }  # fmt: skip
-    result["started_offsets_s"] = sorted(s - tick for s in started)
-    result["finished_offsets_s"] = sorted(f - tick for f in finished)
-    if finished:
-        result["jobs_per_s"] = len(done) / result["all_finished_s"]
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def timeline(jobs: int, origin: float, started: list[float], finished: list[float]) -> dict:
+    """Seconds from `origin` until the first run started, every run started and finished."""
+    result: dict = {
+        "jobs": jobs,
+        "ran": len(finished),
+        "first_started_s": min(started) - origin if started else None,
+        "all_started_s": max(started) - origin if started else None,
+        "all_finished_s": max(finished) - origin if finished else None,
+        "started_offsets_s": sorted(s - origin for s in started),
+        "finished_offsets_s": sorted(f - origin for f in finished),
+    }
+    if finished:
+        result["jobs_per_s"] = len(finished) / result["all_finished_s"]
+    return result
+
+
+def timed_runs_timeline(run: Processes, jobs: int, origin: float, timeout_s: float) -> dict:
+    """Wait until `jobs` timed no-ops have run (or `timeout_s`); their timeline from `origin`."""
+    wait_until(lambda: len(read_timed_runs(run.out)) >= jobs, timeout_s)
+    runs = read_timed_runs(run.out)
+    return timeline(jobs, origin, [r[0] for r in runs], [r[1] for r in runs])
+
+
+def measure_peer(system: str, jobs: int, lead_s: float, timeout_s: float) -> dict:
+    """The burst on APScheduler 3 or Celery beat + worker: `jobs` no-ops due `lead_s` from now."""
+    tick = int(time.time() + lead_s)
+    with peer(system, "burst", jobs, BENCH_TICK=str(tick)) as run:
+        STARTERS[system](run)
+        ready = [run.wait_mark(name, tick - time.time()) for name in READY_MARKS[system]]
+        result = timed_runs_timeline(run, jobs, tick, tick + timeout_s - time.time())
+        result["ready_before_tick"] = all(mark and mark["at"] < tick for mark in ready)
+        if not run.alive():
+            result["log"] = run.log_tails()
     return result
 
 
@@ -118,12 +152,12 @@ def measure_loop(jobs: int, spawn: str) -> dict:
     env = {"PATH": "/usr/bin:/bin"}
     t0 = time.monotonic()
     if spawn == "popen":
-        children = [subprocess.Popen(COMMAND, env=env) for _ in range(jobs)]
+        children = [subprocess.Popen(NOOP_COMMAND, env=env) for _ in range(jobs)]
         all_started = time.monotonic() - t0
         for child in children:
             child.wait()
     else:
-        pids = [os.posix_spawn(COMMAND[0], COMMAND, env) for _ in range(jobs)]
+        pids = [os.posix_spawn(NOOP_COMMAND[0], NOOP_COMMAND, env) for _ in range(jobs)]
         all_started = time.monotonic() - t0
         for pid in pids:
             os.waitpid(pid, 0)

@@ -1,18 +1,27 @@
-"""Shared by the benchmarks: ports, percentiles, lateness from the jobs' own lines, /proc."""
+"""Shared by the benchmarks: ports, percentiles, lateness from the jobs' own lines, /proc,
+the processes of one measurement."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Iterable
+import traceback
+import urllib.request
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # What every system under test runs for a tick: the job's own clock at its start.
 SHELL_LINE = 'echo "$ZCRON_JOB $ZCRON_TICK $EPOCHREALTIME" >> {out}'
+# What every system runs in the burst and push parts.
+NOOP_COMMAND = ["/bin/sh", "-c", "true"]
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
@@ -57,6 +66,16 @@ http = "127.0.0.1:{http or free_port()}"
 data = "{root}/sink"
 """)
     return config
+
+
+def sink_runs(http: int, since: float) -> list[dict]:
+    """The sink's records (/api/runs) since `since`, up to 10,000; [] while it does not answer."""
+    url = f"http://127.0.0.1:{http}/api/runs?since={since}&limit=10000"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())
+    except OSError:
+        return []
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -150,3 +169,110 @@ def stop(proc: subprocess.Popen, timeout_s: float = 30) -> None:
 def sleep_until(instant: float) -> None:
     while (left := instant - time.time()) > 0:
         time.sleep(min(left, 0.5))
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, every_s: float = 0.5) -> bool:
+    """Poll `condition` until it is true (True) or `timeout_s` has passed (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every_s)
+    return True
+
+
+def attempt(measure: Callable[..., dict], *args: object) -> dict:
+    """A peer's measurement, or {"error": why} when it fails: a peer that cannot run here
+    (no Redis, a broken install) is a result, not the end of the run. Prints the traceback."""
+    try:
+        return measure(*args)
+    except Exception as exc:
+        traceback.print_exc()
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def ensure_tool(binary: str, package: str) -> str:
+    """The path of `binary`; apt-get installs Debian's `package` first when missing and root."""
+    if path := shutil.which(binary):
+        return path
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise RuntimeError(f"{binary} not found; install {package} (apt-get install {package})")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    result = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
+    if path := shutil.which(binary):
+        return path
+    raise RuntimeError(f"installing {package} for {binary} failed:\n{result.stderr[-2000:]}")
+
+
+class Processes:
+    """The processes of one measurement, under one temporary directory.
+
+    Each runs in its own session with a log `<name>.log`, can be SIGKILLed and restarted by
+    name, and is stopped by pid in close() (use it as a context manager). `out` is the file
+    the jobs append their lines to; `env` also tells the peers' runners where to leave marks.
+    """
+
+    def __init__(self, label: str, **env: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=f"zcron-bench-{label}-"))
+        self.out = self.root / "runs.txt"
+        self.marks = self.root / "marks"
+        self.marks.mkdir()
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_OUT": str(self.out),
+                    "BENCH_MARKS": str(self.marks), **env}  # fmt: skip
+        self.argv: dict[str, list[str]] = {}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        self.argv[name] = argv
+        with open(self.root / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        return self.procs[name]
+
+    def python(self, name: str, *args: str) -> subprocess.Popen:
+        return self.spawn(name, [sys.executable, *args])
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait()
+
+    def restart(self, name: str) -> subprocess.Popen:
+        return self.spawn(name, self.argv[name])
+
+    def mark(self, name: str) -> dict | None:
+        """What a runner wrote with `mark(name)`, or None before it has."""
+        try:
+            return json.loads((self.marks / f"{name}.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def wait_mark(self, name: str, timeout_s: float) -> dict | None:
+        """The mark, once written; None after `timeout_s` or when a process has exited."""
+        wait_until(lambda: self.mark(name) or not self.alive(), timeout_s, 0.1)
+        return self.mark(name)
+
+    def alive(self) -> bool:
+        return all(proc.poll() is None for proc in self.procs.values())
+
+    def log_tails(self) -> dict[str, str]:
+        logs = self.root.glob("*.log")
+        return {log.stem: log.read_text(errors="replace")[-2000:] for log in logs}
+
+    def stop_all(self) -> None:
+        """Stop every process by pid, the last started first."""
+        for proc in reversed(list(self.procs.values())):
+            stop(proc, 20)
+
+    def close(self) -> None:
+        self.stop_all()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

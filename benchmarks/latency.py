@@ -41,12 +41,15 @@ def write_setup(root: Path, jobs: int, out: Path) -> Path:
 
 
 def role_cpu(up: int) -> dict[str, float]:
-    """CPU seconds so far of each of `zcron up`'s children, by role (scheduler, worker, sink)."""
+    """CPU seconds so far of each of `zcron up`'s children, by role (scheduler, worker, sink),
+    and of the worker's spawners (not the jobs: their processes have exited)."""
     usage = {"up": cpu_s(up)}
     for pid in children(up):
         args = cmdline(pid)
         role = next((a for a in args if a in ("scheduler", "worker", "sink")), str(pid))
         usage[role] = usage.get(role, 0.0) + cpu_s(pid)
+        for spawner in (p for p in children(pid) if "zcron.spawner" in cmdline(p)):
+            usage["spawners"] = usage.get("spawners", 0.0) + cpu_s(spawner)
     return usage
 
 

@@ -1,82 +1,99 @@
-"""The same per-second workload on the floor, APScheduler 3 and Celery beat + worker on Redis.
+"""The peers on the benchmarks' workloads: the floor, APScheduler 3, Celery beat + worker on Redis.
 
-Each `start_*` starts its processes in their own sessions and returns them; `measure` runs
-the window and stops them by pid, even on failure. zcron itself is benchmarks/latency.py.
+`peer(system, mode, jobs)` is the Processes of one measurement, with what the runners read:
+BENCH_MODE (second, burst, push, scale: see aps_runner and celery_app), BENCH_JOBS, BENCH_OUT.
+The `start_*` functions start a system's processes in it, its scheduler process under the
+name "scheduler". `measure` is the latency part for the peers; zcron's own is latency.py.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
+import socket
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from benchmarks.common import REPO, free_port, sleep_until, stop, summarize
+from benchmarks.common import (
+    Processes,
+    ensure_tool,
+    free_port,
+    sleep_until,
+    summarize,
+    wait_until,
+)
 
-WARMUP_S = {"floor": 1.0, "apscheduler": 3.0, "celery": 8.0}
-
-
-def spawn(root: Path, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        argv,
-        cwd=REPO,
-        stdout=open(root / f"{name}.log", "wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-    )
-
-
-def start_floor(root: Path, jobs: int, out: Path) -> list[subprocess.Popen]:
-    return [spawn(root, "floor", [sys.executable, "-m", "benchmarks.floor", str(jobs), str(out)])]
+WARMUP_S = {"floor": 1.0, "floor_parked": 1.0, "apscheduler": 3.0, "celery": 8.0}
+# What the runners mark once they can take jobs (common.mark)
+READY_MARKS = {"apscheduler": ("scheduler-ready",), "celery": ("worker-ready", "scheduler-ready")}
+CELERY = [sys.executable, "-m", "celery", "-A", "benchmarks.celery_app"]
+CELERY_WORKERS = 8  # prefork processes
 
 
-def start_apscheduler(root: Path, jobs: int, out: Path) -> list[subprocess.Popen]:
-    argv = [sys.executable, "-m", "benchmarks.aps_runner", str(jobs), str(out)]
-    return [spawn(root, "apscheduler", argv)]
+def peer(system: str, mode: str, jobs: int, **env: str) -> Processes:
+    return Processes(f"{system}-{mode}", BENCH_MODE=mode, BENCH_JOBS=str(jobs), **env)
 
 
-def start_celery(root: Path, jobs: int, out: Path) -> list[subprocess.Popen]:
-    """redis-server on a free loopback port, a celery worker (prefork, 8) and celery beat."""
+def start_floor(run: Processes) -> None:
+    run.python("scheduler", "-m", "benchmarks.floor", run.env["BENCH_JOBS"], str(run.out))
+
+
+def start_floor_parked(run: Processes) -> None:
+    floor = ["-m", "benchmarks.floor", run.env["BENCH_JOBS"], str(run.out), "parked"]
+    run.python("scheduler", *floor)
+
+
+def start_apscheduler(run: Processes) -> None:
+    run.python("scheduler", "-m", "benchmarks.aps_runner")
+
+
+def accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_redis(run: Processes) -> None:
+    """Debian's redis-server on a free loopback port, no persistence; BENCH_BROKER for the rest.
+
+    Returns once it accepts connections, so that what starts next does not wait for it.
+    """
     port = free_port()
-    server = ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-              "--save", "", "--appendonly", "no", "--dir", str(root)]  # fmt: skip
-    redis = spawn(root, "redis", server)
-    env = {"BENCH_JOBS": str(jobs), "BENCH_OUT": str(out),
-           "BENCH_BROKER": f"redis://127.0.0.1:{port}/0"}  # fmt: skip
-    celery = [sys.executable, "-m", "celery", "-A", "benchmarks.celery_app"]
-    work = ["worker", "-c", "8", "--without-gossip", "--without-mingle", "-l", "warning"]
-    worker = spawn(root, "celery-worker", [*celery, *work], env)
-    beat_args = ["beat", "-S", "benchmarks.celery_app:SecondScheduler",
-                 "-s", str(root / "beat-schedule"), "-l", "warning"]  # fmt: skip
-    beat = spawn(root, "celery-beat", [*celery, *beat_args], env)
-    return [beat, worker, redis]
+    server = ensure_tool("redis-server", "redis-server")
+    run.spawn("redis", [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no", "--dir", str(run.root)])  # fmt: skip
+    run.env["BENCH_BROKER"] = f"redis://127.0.0.1:{port}/0"
+    if not wait_until(lambda: accepts(port), 10, 0.05):
+        raise RuntimeError(f"redis-server did not listen on {port}: {run.log_tails()}")
 
 
-STARTERS = {"floor": start_floor, "apscheduler": start_apscheduler, "celery": start_celery}
+def start_celery(run: Processes, roles: tuple[str, ...] = ("redis", "worker", "scheduler")) -> None:
+    """redis-server, a celery worker (prefork) and celery beat (the "scheduler"), or some."""
+    if "redis" in roles:
+        start_redis(run)
+    if "worker" in roles:
+        worker = ["worker", "-c", str(CELERY_WORKERS), "--without-gossip", "--without-mingle",
+                  "-l", "warning"]  # fmt: skip
+        run.spawn("worker", [*CELERY, *worker])
+    if "scheduler" in roles:
+        beat = ["beat", "-S", "benchmarks.celery_app:BenchScheduler",
+                "-s", str(run.root / "beat-schedule"), "-l", "warning"]  # fmt: skip
+        run.spawn("scheduler", [*CELERY, *beat])
+
+
+STARTERS = {"floor": start_floor, "floor_parked": start_floor_parked,
+            "apscheduler": start_apscheduler, "celery": start_celery}  # fmt: skip
 
 
 def measure(system: str, jobs: int, seconds: int) -> dict:
     """N per-second jobs on `system` for `seconds` after its warm-up; as latency.measure."""
-    root = Path(tempfile.mkdtemp(prefix=f"zcron-bench-{system}-"))
-    out = root / "starts.txt"
-    procs: list[subprocess.Popen] = []
-    try:
-        procs = STARTERS[system](root, jobs, out)
+    with peer(system, "second", jobs) as run:
+        STARTERS[system](run)
         time.sleep(WARMUP_S[system])
         first = int(time.time()) + 1
         sleep_until(first + seconds)
         time.sleep(1.5)  # as for zcron: the last ticks' commands may still be starting
-        alive = all(p.poll() is None for p in procs)
-    finally:
-        for proc in procs:
-            stop(proc, 20)
-    result = summarize(out, jobs, first, seconds)
-    result["alive"] = alive
-    if not alive:
-        result["log"] = {p.name: p.read_text()[-2000:] for p in root.glob("*.log")}
-    shutil.rmtree(root, ignore_errors=True)
+        alive = run.alive()
+        run.stop_all()
+        result = summarize(run.out, jobs, first, seconds)
+        result["alive"] = alive
+        if not alive:
+            result["log"] = run.log_tails()
     return result
