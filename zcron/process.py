@@ -56,7 +56,23 @@ class Tail:
 
 
 def resolve_user(wanted: str | None) -> pwd.struct_passwd:
-    """The account a job runs as (spec §7): anyone when we are root, else only ourselves."""
+    """The account a job runs as (spec §7): anyone when we are root, else only ourselves.
+
+    Answers are kept ACCOUNT_TTL_S: each lookup reads /etc/passwd (NSS), once per job."""
+    key = (os.getuid(), wanted)
+    known = _accounts.get(key)
+    if known is not None and time.monotonic() < known[0]:
+        return known[1]
+    account = _lookup_user(wanted)
+    _accounts[key] = (time.monotonic() + ACCOUNT_TTL_S, account)
+    return account
+
+
+ACCOUNT_TTL_S = 10.0
+_accounts: dict[tuple[int, str | None], tuple[float, pwd.struct_passwd]] = {}
+
+
+def _lookup_user(wanted: str | None) -> pwd.struct_passwd:
     me = pwd.getpwuid(os.getuid())
     if wanted is None or wanted == me.pw_name:
         return me
