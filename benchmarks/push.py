@@ -3,8 +3,8 @@
 zcron, one node (a scheduler, one worker with 8 slots, a sink):
 - cli: `zcron push -- /bin/sh -c true`, N times one after another as a shell script would:
   each is a Python start-up, so this is the command line's cost more than the scheduler's;
-- client: one process sending N push requests one after another over the command line's own
-  request (zcron.commands.ask_any);
+- client: one process sending N push requests one after another over one connection, with
+  the command line's own client (zcron.commands.SchedulerClient);
 both until all N are recorded in the sink (/api/runs, polled every 0.5 s).
 Peers: Celery .delay() of the same no-op task from one client process (a prefork worker, -c 8,
 on Redis); APScheduler 3 add_job(trigger=None) into its running BackgroundScheduler (20
@@ -36,7 +36,7 @@ from benchmarks.common import (
     write_crond,
 )
 from benchmarks.systems import peer, start_apscheduler, start_celery
-from zcron.commands import ask_any
+from zcron.commands import SchedulerClient, ask_any
 from zcron.config import Config, load_config
 from zcron.errors import ZcronError
 
@@ -77,8 +77,11 @@ def push_by_cli(config: Path, http: int, jobs: int, timeout_s: float) -> dict:
 def push_by_client(config: Config, http: int, jobs: int, timeout_s: float) -> dict:
     request = {"command": NOOP_COMMAND, "pool": "default", "timeout": None}
     first = time.time()
-    for _ in range(jobs):
-        ask_any(config, "push", {**request, "at": time.time()})
+    with SchedulerClient(config, next(iter(config.cluster.schedulers))) as client:
+        for _ in range(jobs):
+            reply = client.ask("push", {**request, "at": time.time()})
+            if not reply["ok"]:
+                raise ZcronError(f"push refused: {reply['error']}")
     return until_recorded(http, jobs, first, time.time(), timeout_s)
 
 

@@ -49,7 +49,7 @@ LABELS = {
     "celery": "Celery beat + prefork worker (-c 8), Redis",
 }
 PART_LABELS = {
-    "push": {"zcron": "zcron, one client (the command line's request per push)",
+    "push": {"zcron": "zcron, one client, one connection (each push in LMDB before its reply)",
              "zcron_cli": "zcron, `zcron push` per job (a Python start-up each)",
              "apscheduler": "APScheduler 3, add_job(trigger=None) in its process, 20 threads",
              "celery": "Celery, .delay() from one client, prefork worker (-c 8), Redis"},

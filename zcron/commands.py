@@ -80,28 +80,50 @@ def _positive_int(text: str, option: str) -> int:
     return value
 
 
+class SchedulerClient:
+    """One connection to one scheduler for a series of requests, each answered before the
+    next: the command line makes one; a program pushing many keeps it (a connection per
+    request cost ~3 ms, most of a push)."""
+
+    def __init__(self, config: Config, scheduler_id: str):
+        self.scheduler_id = scheduler_id
+        self.address = config.scheduler_address(scheduler_id)
+        self.security = Security.for_client(config.cluster)
+        self.sock = make_socket(zmq.Context.instance(), zmq.DEALER)
+        self.security.client(self.sock, scheduler_id)
+        self.sock.connect(self.address)
+
+    def ask(self, op: str, args: dict) -> dict:
+        """Send one request and return the reply (ZcronError when none comes in time)."""
+        where = f"scheduler {self.scheduler_id} at {self.address}"
+        self.sock.send(protocol.encode("request", op=op, args=args))
+        if not self.sock.poll(REQUEST_TIMEOUT_MS):
+            self.close()  # a late reply must not be taken for the next request's
+            raise ZcronError(f"{where} did not answer{_why(self.security)}")
+        try:
+            kind, reply = protocol.decode(self.sock.recv())
+        except ProtocolError as exc:
+            raise ZcronError(f"{where}: bad reply: {exc}") from None
+        if kind != "reply":
+            raise ZcronError(f"{where}: unexpected {kind!r}")
+        return reply
+
+    def close(self) -> None:
+        if not self.sock.closed:
+            self.sock.close(linger=0)
+            self.security.close()
+
+    def __enter__(self) -> SchedulerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def request(config: Config, op: str, args: dict, scheduler_id: str) -> dict:
     """Send one request to one scheduler and return its reply (ZcronError when none)."""
-    address = config.scheduler_address(scheduler_id)
-    security = Security.for_client(config.cluster)
-    sock = make_socket(zmq.Context.instance(), zmq.DEALER)
-    try:
-        security.client(sock, scheduler_id)
-        sock.connect(address)
-        sock.send(protocol.encode("request", op=op, args=args))
-        if not sock.poll(REQUEST_TIMEOUT_MS):
-            raise ZcronError(
-                f"scheduler {scheduler_id} at {address} did not answer{_why(security)}"
-            )
-        kind, reply = protocol.decode(sock.recv())
-    except ProtocolError as exc:
-        raise ZcronError(f"scheduler {scheduler_id} at {address}: bad reply: {exc}") from None
-    finally:
-        sock.close(linger=0)
-        security.close()
-    if kind != "reply":
-        raise ZcronError(f"scheduler {scheduler_id} at {address}: unexpected {kind!r}")
-    return reply
+    with SchedulerClient(config, scheduler_id) as client:
+        return client.ask(op, args)
 
 
 def _why(security: Security) -> str:
