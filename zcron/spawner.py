@@ -11,7 +11,8 @@ processes are its children, so it is the one that can wait for them).
 
 Messages on the socketpair (SOCK_SEQPACKET, one msgpack map per packet):
   worker → spawner  {"id", "argv", "env", "user": [uid, gid, groups] | None} + 3 fds
-  spawner → worker  {"id", "pid"} or {"id", "error"};  later {"pid", "status"} (a wait status)
+  spawner → worker  a list of answers: {"id", "pid"} or {"id", "error"} for a request, and
+                    later {"pid", "status"} (a wait status) once the process has exited
 The spawner exits when the worker's end closes; processes still running are left to init.
 """
 
@@ -29,6 +30,10 @@ from collections.abc import Iterator
 import msgpack
 
 MAX_PACKET = 1 << 20  # a request holds the job's command and environment (each capped)
+# Answers go back a turn's worth to a packet: a send and a wake-up of the worker per turn,
+# not per spawn and per exit (~40 bytes each, so a packet stays well inside the buffer).
+REQUESTS_PER_TURN = 64
+ANSWERS_PER_PACKET = 1024
 # Ignored signals survive exec, and a shell cannot trap what it found ignored: Python
 # ignores SIGPIPE and SIGXFSZ, the spawner INT and TERM. Jobs get cron's defaults.
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
@@ -87,7 +92,7 @@ class Spawner:
                 return out
             if not packet:
                 raise SpawnerGone(f"spawner exited ({self.proc.poll()})")
-            out.append(msgpack.unpackb(packet))
+            out += msgpack.unpackb(packet)
 
     def close(self) -> None:
         """Let the spawner exit (it sees the socket close) and wait for it."""
@@ -114,17 +119,20 @@ def serve(sock: socket.socket) -> None:
     poller.register(sock, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     while True:
+        answers: list[dict] = []
         for fd, _ in poller.poll():
             if fd == wake_r:
                 _drain(wake_r)
-            elif not handle_requests(sock):
+            elif not handle_requests(sock, answers):
                 return
-        report_exits(sock)
+        report_exits(answers)
+        _send(sock, answers)
 
 
-def handle_requests(sock: socket.socket) -> bool:
-    """Serve every waiting request; False once the worker's end has closed."""
-    while True:
+def handle_requests(sock: socket.socket, answers: list[dict]) -> bool:
+    """Serve the waiting requests (at most a turn's worth, so exits are reported meanwhile);
+    False once the worker's end has closed."""
+    for _ in range(REQUESTS_PER_TURN):
         try:
             packet, fds = _receive_request(sock)
         except BlockingIOError:
@@ -132,11 +140,11 @@ def handle_requests(sock: socket.socket) -> bool:
         if not packet:
             return False
         try:
-            reply = spawn_one(msgpack.unpackb(packet), fds)
+            answers.append(spawn_one(msgpack.unpackb(packet), fds))
         finally:
             for fd in fds:
                 os.close(fd)
-        _send(sock, reply)
+    return True
 
 
 def _receive_request(sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -191,7 +199,8 @@ def _fork_as(user: list, argv: list[str], env: dict[str, str], fds: list[int]) -
     os._exit(127)
 
 
-def report_exits(sock: socket.socket) -> None:
+def report_exits(answers: list[dict]) -> None:
+    """Reap every child that has exited (one SIGCHLD may stand for many)."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -199,12 +208,14 @@ def report_exits(sock: socket.socket) -> None:
             return
         if pid == 0:
             return
-        _send(sock, {"pid": pid, "status": status})
+        answers.append({"pid": pid, "status": status})
 
 
-def _send(sock: socket.socket, message: dict) -> None:
+def _send(sock: socket.socket, answers: list[dict]) -> None:
+    """A turn's answers in as few packets as fit the socket's buffer."""
     try:
-        sock.sendall(msgpack.packb(message))
+        for start in range(0, len(answers), ANSWERS_PER_PACKET):
+            sock.sendall(msgpack.packb(answers[start : start + ANSWERS_PER_PACKET]))
     except OSError:
         os._exit(0)  # the worker is gone: nobody is left to tell
 
