@@ -205,9 +205,12 @@ class Run:
         del self.streams[fd]
         os.close(fd)
 
-    def spawned(self, pid: int) -> None:
-        """The spawner started the process: send a signal asked for meanwhile."""
+    def spawned(self, pid: int, at: float) -> None:
+        """The spawner started the process at `at`: a run released before that started
+        then; a signal asked for meanwhile is sent now."""
         self.pid = pid
+        if self.started is not None and at > self.started:
+            self.started = at
         if self.pending_signal is not None:
             self.signal_group(self.pending_signal)
 

@@ -38,7 +38,7 @@ from zcron.ring import OwnerCache, has_quorum, owner_of
 from zcron.schedule import ScheduleDir, to_wire
 from zcron.slots import WorkerTable
 from zcron.spool import Spool
-from zcron.takeover import LEAD_S, Takeover
+from zcron.takeover import ARM_RATE_PER_S, LEAD_S, MAX_EXTRA_LEAD_S, Takeover
 from zcron.watch import POLL_INTERVAL_S, DirectoryWatch
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class Scheduler(Takeover, ClientRequests):
         self.generation: dict[str, int] = {}
         self.next_instant: dict[str, float] = {}
         self.due: list[tuple[float, float, int, str]] = []  # (dispatch at, tick, generation, job)
+        self.due_at: dict[float, int] = {}  # instant -> entries on the heap for it (burst lead)
         self.waiting: dict[str, deque[Waiting]] = {}
         self.pushed: dict[str, dict] = {}  # one-off jobs from `zcron push`, by name
         self.workers = WorkerTable(cluster.peer_timeout)
@@ -262,7 +263,12 @@ class Scheduler(Takeover, ClientRequests):
             self.next_instant.pop(job.name, None)
             return
         self.next_instant[job.name] = instant
-        lead = LEAD_S if job.overlap == "allow" else 0.0
+        ahead = self.due_at.get(instant, 0)  # jobs already due at that instant
+        self.due_at[instant] = ahead + 1
+        # The more there are, the earlier this one goes (see takeover.MAX_EXTRA_LEAD_S).
+        lead = LEAD_S + min(MAX_EXTRA_LEAD_S, ahead / ARM_RATE_PER_S)
+        if job.overlap != "allow":
+            lead = 0.0
         heapq.heappush(self.due, (instant - lead, instant, generation, job.name))
 
     # -- firing -------------------------------------------------------------------------
@@ -277,12 +283,21 @@ class Scheduler(Takeover, ClientRequests):
             if name in self.pushed:
                 self.fire_message(self.pushed.pop(name), tick, claim=False)
                 self.ledger.drop_push(name)
-            elif self.generation.get(name) == generation:  # else changed or gone since
+                continue
+            self.forget_due(tick)
+            if self.generation.get(name) == generation:  # else changed or gone since
                 job = self.jobs[name]
                 if self.may_fire(job, tick, now_mono):
                     self.catch_up(job, time.time(), now_mono, before=tick, as_of=tick)
                     self.fire(job, tick)
                 self.push(job, job.next_after(tick), generation)
+
+    def forget_due(self, tick: float) -> None:
+        left = self.due_at.get(tick, 0) - 1
+        if left > 0:
+            self.due_at[tick] = left
+        else:
+            self.due_at.pop(tick, None)
 
     def may_fire(self, job: Job, tick: float, now_mono: float, as_of: float = 0.0) -> bool:
         """Ours to fire: unfired anywhere, we own it, and a quorum job sees a majority."""

@@ -11,7 +11,7 @@ processes are its children, so it is the one that can wait for them).
 
 Messages on the socketpair (SOCK_SEQPACKET, one msgpack map per packet):
   worker → spawner  {"id", "argv", "env", "user": [uid, gid, groups] | None} + 3 fds
-  spawner → worker  a list of answers: {"id", "pid"} or {"id", "error"} for a request, and
+  spawner → worker  a list of answers: {"id", "pid", "at"} or {"id", "error"} for a request, and
                     later {"pid", "status"} (a wait status) once the process has exited
 The spawner exits when the worker's end closes; processes still running are left to init.
 """
@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import msgpack
@@ -174,7 +175,7 @@ def spawn_one(request: dict, fds: list[int]) -> dict:
             pid = _fork_as(user, argv, env, fds)
     except OSError as exc:
         return {"id": request["id"], "error": f"cannot start {argv[0]!r}: {exc.strerror or exc}"}
-    return {"id": request["id"], "pid": pid}
+    return {"id": request["id"], "pid": pid, "at": time.time()}
 
 
 def _fork_as(user: list, argv: list[str], env: dict[str, str], fds: list[int]) -> int:

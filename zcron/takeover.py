@@ -22,6 +22,13 @@ log = logging.getLogger("zcron.scheduler")
 # releases it at the instant (see process.py). Jobs whose overlap policy must be decided at
 # the instant (forbid, replace) are dispatched at the instant instead.
 LEAD_S = 0.5
+# Many jobs due at one instant are dispatched earlier still, up to this much more: the one
+# pushed k-th for an instant goes k / ARM_RATE_PER_S earlier, so a burst's processes are
+# spawned over the seconds before its instant rather than after it (measured: two workers
+# on two cores arm ~2,000 jobs/s).
+MAX_EXTRA_LEAD_S = 2.5
+ARM_RATE_PER_S = 2000.0
+MAX_LEAD_S = LEAD_S + MAX_EXTRA_LEAD_S
 MAX_CATCH_UP = 10_000  # ticks of one job fired by one catch-up, at most
 
 
@@ -166,8 +173,8 @@ class Takeover:
 
     def warm_up(self: Scheduler) -> float:
         """How long after start we begin firing: every live peer has heard us (and we them)
-        before it dispatches, LEAD_S ahead, a tick that becomes ours."""
+        before it dispatches, up to MAX_LEAD_S ahead, a tick that becomes ours."""
         cluster = self.config.cluster
         if len(cluster.schedulers) == 1:
             return 0.0
-        return cluster.peer_timeout + 2 * cluster.heartbeat + LEAD_S
+        return cluster.peer_timeout + 2 * cluster.heartbeat + MAX_LEAD_S

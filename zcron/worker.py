@@ -286,7 +286,7 @@ class Worker:
                 if "error" in answer:
                     self.spawn_failed(run, answer["error"])
                 else:
-                    run.spawned(answer["pid"])
+                    run.spawned(answer["pid"], answer["at"])
                     self.by_pid[answer["pid"]] = run
             elif (run := self.by_pid.pop(answer["pid"], None)) is not None:
                 run.exited(answer["status"])
