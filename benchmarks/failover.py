@@ -25,6 +25,7 @@ from benchmarks.common import (
     read_starts,
     shell_jobs,
     sleep_until,
+    wait_until,
     write_crond,
 )
 from benchmarks.systems import STARTERS, WARMUP_S, peer
@@ -112,7 +113,10 @@ def measure(jobs: int = 30) -> dict:
             run.python(role, "-m", "zcron", role, "-c", str(configs["a"]))
         for sid in IDS:
             run.python(sid, "-m", "zcron", "scheduler", "-c", str(configs[sid]))
-        time.sleep(4.0)
+        # Warm-up: every scheduler live and the jobs divided (the warm-up covers the
+        # longest dispatch lead, ~4 s here), then a few settled ticks.
+        wait_until(lambda: sum(owned(configs["a"]).values()) == jobs, 30)
+        time.sleep(2.0)
         shares = owned(configs["a"])
         victim = max(shares, key=shares.get)
         killed_at, restarted_at = kill_and_restart(run, victim)

@@ -40,6 +40,10 @@ ANSWERS_PER_PACKET = 1024
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
 
 
+class SpawnerBusy(Exception):
+    """The spawner has a socket's worth of requests to serve: ask again later."""
+
+
 class SpawnerGone(Exception):
     """The spawner process has exited: no run can be started or reaped any more."""
 
@@ -58,33 +62,27 @@ class Spawner:
         theirs.close()
         self.sock.setblocking(False)
         self.request_ids = request_ids  # shared by the worker's spawners: ids are unique
-        self.unread: list[dict] = []  # answers read while a request waited for room
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def spawn(self, argv: list[str], env: dict[str, str], fds: list[int],
               user: tuple[int, int, list[int]] | None) -> int:  # fmt: skip
-        """Ask for a process (fds become its stdin, stdout, stderr); the request's id."""
+        """Ask for a process (fds become its stdin, stdout, stderr); the request's id. Raise
+        SpawnerBusy when the socket is full: the worker must not stand still meanwhile (a
+        worker that stops announcing itself is taken for dead, its runs for lost)."""
         request_id = next(self.request_ids)
         packet = msgpack.packb({"id": request_id, "argv": argv, "env": env, "user": user})
-        while True:
-            try:
-                socket.send_fds(self.sock, [packet], fds)
-                return request_id
-            except BlockingIOError:
-                # The spawner may itself wait for us to read its answers: read while waiting.
-                select.select([self.sock], [self.sock], [], 1.0)
-                self.unread += self._receive()
-            except OSError as exc:
-                raise SpawnerGone(f"spawner unreachable: {exc}") from None
+        try:
+            socket.send_fds(self.sock, [packet], fds)
+        except BlockingIOError:
+            raise SpawnerBusy from None
+        except OSError as exc:
+            raise SpawnerGone(f"spawner unreachable: {exc}") from None
+        return request_id
 
     def replies(self) -> list[dict]:
-        """Every answer so far; raise SpawnerGone if the spawner has exited."""
-        out, self.unread = self.unread + self._receive(), []
-        return out
-
-    def _receive(self) -> list[dict]:
+        """Every answer waiting on the socket; raise SpawnerGone if the spawner has exited."""
         out = []
         while True:
             try:

@@ -27,7 +27,7 @@ from zcron.errors import ConfigError
 from zcron.log import setup_logging
 from zcron.net import make_socket, receive, send_nowait
 from zcron.process import KILL_GRACE_S, Refused, Run, arm_run, run_record
-from zcron.spawner import Spawner, SpawnerGone
+from zcron.spawner import Spawner, SpawnerBusy, SpawnerGone
 from zcron.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class Worker:
         self.timeouts: list[tuple[float, str]] = []
         self.accepted: list[list] = []  # [job, tick] received since the last `accepted`
         self.backlog: deque[dict] = deque()  # jobs received, not yet armed
+        self.spawners_full = False  # no spawner had room for the next job in the backlog
         self.armed: list[tuple[float, str]] = []  # (tick, run_id): parked until their instant
         self.spool = Spool(config.worker.spool)
         self.poller = zmq.Poller()
@@ -159,8 +160,10 @@ class Worker:
         deadlines.append(self.notifier.watchdog_due(now))
         if self.timeouts:
             deadlines.append(self.timeouts[0][0])
-        if self.backlog:
+        if self.backlog and not self.spawners_full:
             return 0
+        if self.backlog:  # the spawners' answers (polled) or a millisecond make room
+            deadlines.append(now + 0.001)
         if self.armed:  # tick instants are wall clock; wake just before, then spin
             deadlines.append(now + self.armed[0][0] - time.time() - SPIN_S)
         return poll_timeout_ms(min(deadlines), now)
@@ -227,27 +230,45 @@ class Worker:
         self.accepted = []
 
     def arm_backlog(self) -> None:
-        """Arm received jobs for at most ARM_BUDGET_S, releasing runs as their ticks come."""
+        """Arm received jobs for at most ARM_BUDGET_S, releasing runs as their ticks come;
+        stop for this turn when every spawner has a socket's worth to do."""
         until = time.monotonic() + ARM_BUDGET_S
+        self.spawners_full = False
         while self.backlog and time.monotonic() < until:
-            self.start(self.backlog.popleft())
+            if not self.start(self.backlog[0]):
+                self.spawners_full = True
+                return
+            self.backlog.popleft()
             self.release_due_runs()
 
-    def start(self, msg: dict) -> None:
-        """Arm the run now; release it at its tick (at once when the tick has come)."""
+    def start(self, msg: dict) -> bool:
+        """Arm the run now; release it at its tick (at once when the tick has come). False
+        when no spawner can take it now (it stays where it is, to be armed later)."""
         if self.signals.stopping:
             self.refuse(msg, "worker draining: it takes no new jobs")
-            return
+            return True
         try:
-            run = arm_run(msg, self.id, next(self.next_spawner))
+            run = self.arm(msg)
         except Refused as exc:
             log.warning("run %s of %s refused: %s", msg["run_id"], msg["job"], exc)
             self.refuse(msg, str(exc))
-            return
+            return True
+        if run is None:
+            return False
         self.running[run.run_id] = run
         self.by_request[run.request] = run
         self.watch(run)
         heapq.heappush(self.armed, (msg["tick"], run.run_id))
+        return True
+
+    def arm(self, msg: dict) -> Run | None:
+        """The run, its process asked of the next spawner that has room; None if none has."""
+        for _ in self.spawners:
+            try:
+                return arm_run(msg, self.id, next(self.next_spawner))
+            except SpawnerBusy:
+                continue
+        return None
 
     def refuse(self, msg: dict, reason: str) -> None:
         rec = run_record(msg, self.id, status="refused", stderr_tail=reason)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import calendar
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -133,6 +134,28 @@ def test_unknown_user_is_refused_with_the_reason(cluster: tuple[Cluster, int]) -
     rec = run_once(cluster[0], "ghost", 'command = "true"\nuser = "zcron-no-such-user"\n')
     assert rec["status"] == "refused", rec
     assert "unknown user 'zcron-no-such-user'" in rec["stderr_tail"]
+
+
+def spawner_pids(pid: int) -> list[int]:
+    """The worker's spawner processes (python3 -m zcron.spawner), from /proc."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children += [int(c) for c in (task / "children").read_text().split()]
+    cmdline = lambda c: Path(f"/proc/{c}/cmdline").read_bytes()  # noqa: E731
+    return [c for c in children if b"zcron.spawner" in cmdline(c)]
+
+
+def test_a_dead_spawner_stops_the_worker_with_exit_1_and_says_why(
+    procs: Processes, tmp_path: Path
+) -> None:
+    config = make_cluster(tmp_path).config_path
+    worker = procs.start("worker", "-c", str(config), "--id", "w-spawner")
+    spawners = wait_until(lambda: len(spawner_pids(worker.pid)) == 2 and spawner_pids(
+        worker.pid), 15, "the worker's two spawners")  # fmt: skip
+    os.kill(spawners[0], signal.SIGKILL)
+    assert worker.wait(15) == 1
+    assert "spawner exited" in procs.log(worker)
+    wait_until(lambda: not Path(f"/proc/{spawners[1]}").exists(), 15, "the other spawner's exit")
 
 
 def test_worker_not_root_refuses_another_user(monkeypatch: pytest.MonkeyPatch) -> None:
