@@ -9,7 +9,8 @@ worker passes each run's three pipe ends with the request (SCM_RIGHTS) and goes 
 spawner answers with the pid, and with the exit status once the process has ended (the
 processes are its children, so it is the one that can wait for them).
 
-Messages on the socketpair (SOCK_SEQPACKET, one msgpack map per packet):
+Messages on the socketpair (SOCK_SEQPACKET, one msgpack value per packet; a private pipe
+between the worker and its own child, not the network, so not in protocol.py):
   worker → spawner  {"id", "argv", "env", "user": [uid, gid, groups] | None} + 3 fds
   spawner → worker  a list of answers: {"id", "pid", "at"} or {"id", "error"} for a request, and
                     later {"pid", "status"} (a wait status) once the process has exited

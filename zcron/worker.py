@@ -32,8 +32,9 @@ from zcron.spool import Spool
 
 log = logging.getLogger(__name__)
 SPIN_S = 0.002  # poll wakes in whole milliseconds: the last stretch to a tick is spun
-# Arming (a spawn) costs ~1 ms: a burst of thousands of jobs is armed this much per turn of
-# the loop, so releases, results and heartbeats go on meanwhile (a silent worker is dead).
+# Arming (three pipes and a request to a spawner) costs ~0.1 ms: a burst of thousands of
+# jobs is armed this much per turn of the loop, so releases, results and heartbeats go on
+# meanwhile (a silent worker is taken for dead).
 ARM_BUDGET_S = 0.02
 FDS_PER_RUN = 3  # stdout, stderr, and the parked process's stdin until released
 SPAWNERS = 2
