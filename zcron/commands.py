@@ -90,8 +90,12 @@ class SchedulerClient:
         self.address = config.scheduler_address(scheduler_id)
         self.security = Security.for_client(config.cluster)
         self.sock = make_socket(zmq.Context.instance(), zmq.DEALER)
-        self.security.client(self.sock, scheduler_id)
-        self.sock.connect(self.address)
+        try:
+            self.security.client(self.sock, scheduler_id)
+            self.sock.connect(self.address)
+        except BaseException:
+            self.close()
+            raise
 
     def ask(self, op: str, args: dict) -> dict:
         """Send one request and return the reply (ZcronError when none comes in time)."""

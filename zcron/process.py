@@ -14,10 +14,11 @@ import os
 import pwd
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from zcron.protocol import record
-from zcron.spawner import Spawner
+from zcron.spawner import Spawner, SpawnerBusy
 
 SH_FAMILY = {"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh"}
 # $1 = the address-space limit in KiB (0: none), $2 = working directory, $3 = the command
@@ -289,22 +290,30 @@ def run_record(msg: dict, worker_id: str | None, **values: object) -> dict:
     )
 
 
-def arm_run(msg: dict, worker_id: str, spawner: Spawner) -> Run:
-    """Have the attempt spawned, parked until `release`; raise Refused when it cannot be
-    started here (the spawner may still refuse it later: see the worker)."""
+def arm_run(msg: dict, worker_id: str, spawners: Iterable[Spawner]) -> Run | None:
+    """Have the attempt spawned by the first of `spawners` with room, parked until `release`;
+    None when none has room now. Raise Refused when it cannot be started here (a spawner
+    may still refuse it later: see the worker)."""
     argv, env, user = spawn_request(msg, worker_id)
     go_r, go_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
+    request = None
     try:
-        request = spawner.spawn(argv, env, [go_r, out_w, err_w], user)
-    except BaseException:
-        for fd in (go_w, out_r, err_r):
-            os.close(fd)
-        raise
-    finally:
+        for spawner in spawners:
+            try:
+                request = spawner.spawn(argv, env, [go_r, out_w, err_w], user)
+                break
+            except SpawnerBusy:
+                continue
+    finally:  # the child's ends go with the request; ours too when there was none
         for fd in (go_r, out_w, err_w):
             os.close(fd)
+        if request is None:
+            for fd in (go_w, out_r, err_r):
+                os.close(fd)
+    if request is None:
+        return None
     for fd in (out_r, err_r):
         os.set_blocking(fd, False)
     out, err = Tail(), Tail()

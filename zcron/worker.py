@@ -27,7 +27,7 @@ from zcron.errors import ConfigError
 from zcron.log import setup_logging
 from zcron.net import make_socket, receive, send_nowait
 from zcron.process import KILL_GRACE_S, Refused, Run, arm_run, run_record
-from zcron.spawner import Spawner, SpawnerBusy, SpawnerGone
+from zcron.spawner import Spawner, SpawnerGone
 from zcron.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,8 @@ class Worker:
             self.refuse(msg, "worker draining: it takes no new jobs")
             return True
         try:
-            run = self.arm(msg)
+            # Round the spawners from the next one, each tried once.
+            run = arm_run(msg, self.id, itertools.islice(self.next_spawner, len(self.spawners)))
         except Refused as exc:
             log.warning("run %s of %s refused: %s", msg["run_id"], msg["job"], exc)
             self.refuse(msg, str(exc))
@@ -261,15 +262,6 @@ class Worker:
         self.watch(run)
         heapq.heappush(self.armed, (msg["tick"], run.run_id))
         return True
-
-    def arm(self, msg: dict) -> Run | None:
-        """The run, its process asked of the next spawner that has room; None if none has."""
-        for _ in self.spawners:
-            try:
-                return arm_run(msg, self.id, next(self.next_spawner))
-            except SpawnerBusy:
-                continue
-        return None
 
     def refuse(self, msg: dict, reason: str) -> None:
         rec = run_record(msg, self.id, status="refused", stderr_tail=reason)
