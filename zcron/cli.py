@@ -2,9 +2,10 @@
 
 Usage:
   zcron up        [-c FILE] [--schedules DIR] [--data DIR] [--http ADDR] [--slots N] [--insecure]
-  zcron scheduler [-c FILE] [--id NAME] [--insecure]
-  zcron worker    [-c FILE] [--id NAME] [--pool NAME] [--slots N] [--insecure]
-  zcron sink      [-c FILE] [--insecure]
+                  [--log-level LEVEL]
+  zcron scheduler [-c FILE] [--id NAME] [--insecure] [--log-level LEVEL]
+  zcron worker    [-c FILE] [--id NAME] [--pool NAME] [--slots N] [--insecure] [--log-level LEVEL]
+  zcron sink      [-c FILE] [--insecure] [--log-level LEVEL]
   zcron check     [-c FILE] [PATH...]
   zcron next      [-c FILE] [-n N] [JOB]
   zcron run       [-c FILE] JOB
@@ -31,6 +32,8 @@ Options:
   --json                  One JSON object per line.
   --insecure              Allow binding non-loopback addresses without CURVE keys (anyone
                           who reaches the ports can then run commands on the workers).
+  --log-level LEVEL       debug, info, warning or error [default: info]; under systemd
+                          each line carries its journal priority.
   --version               Print the version.
 """
 
@@ -44,6 +47,7 @@ from docopt import DocoptExit, docopt
 
 from zcron import __version__
 from zcron.errors import ConfigError, ScheduleError, ZcronError
+from zcron.log import print_error, set_level
 
 COMMANDS = {
     "up": "zcron.up",
@@ -70,12 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     command = next(name for name in COMMANDS if args.get(name))
     module = importlib.import_module(COMMANDS[command])
     try:
+        set_level(args.get("--log-level") or "info")
         return int(getattr(module, f"cmd_{command}")(args) or 0)
     except (ConfigError, ScheduleError) as exc:
-        print(f"zcron {command}: {exc}", file=sys.stderr)
+        print_error(f"zcron {command}: {exc}")
         return 2
     except ZcronError as exc:
-        print(f"zcron {command}: {exc}", file=sys.stderr)
+        print_error(f"zcron {command}: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130

@@ -19,7 +19,7 @@ from pathlib import Path
 from zcron.config import Config, dump_config, load_daemon_config
 from zcron.daemon import Signals, notify
 from zcron.errors import ConfigError
-from zcron.log import setup_logging
+from zcron.log import level_name, setup_logging
 
 log = logging.getLogger(__name__)
 ROLES = ("sink", "worker", "scheduler")  # start order; stopped in reverse
@@ -66,8 +66,9 @@ class Supervisor:
 
     def start(self) -> None:
         for role in ROLES:
+            argv = [sys.executable, "-m", "zcron", role, "-c", str(self.config_path)]
             self.children[role] = subprocess.Popen(
-                [sys.executable, "-m", "zcron", role, "-c", str(self.config_path)],
+                [*argv, "--log-level", level_name()],
                 process_group=0,  # Ctrl-C reaches only `up`, which stops them in order
                 env=child_environment(),
                 preexec_fn=_die_with_parent,
