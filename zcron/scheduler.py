@@ -251,6 +251,7 @@ class Scheduler(Takeover, ClientRequests):
             self.members.my_digest = new_digest
             self.next_heartbeat = 0.0
         self.next_report = self.next_job_table = now
+        self.notifier.status(self.status_line())  # also after a change seen without SIGHUP
 
     def plan(self, job: Job, instant: float | None) -> None:
         """Put the job's next instant on the heap (invalidating older entries)."""

@@ -153,6 +153,7 @@ class Worker:
         if not hasattr(self, "_drain_until"):
             self._drain_until = time.monotonic() + self.config.worker.drain_timeout
             log.info("draining: no new jobs; waiting for %d runs", len(self.running))
+            self.notifier.status(self.status_line())
             self.announce()
         return self._drain_until
 
@@ -398,6 +399,8 @@ class Worker:
         self.notifier.ready(self.status_line())
 
     def status_line(self) -> str:
+        if self.signals.stopping:
+            return f"draining {self.busy()} run{'' if self.busy() == 1 else 's'}"
         return f"pools {','.join(self.pools)}, {self.slots} slots"
 
     def announce_if_freed(self) -> None:
@@ -405,6 +408,8 @@ class Worker:
         of results must not cost thousands of announcements."""
         if self.freed:
             self.announce()
+            if self.signals.stopping:
+                self.notifier.status(self.status_line())
 
     def busy(self) -> int:
         """Slots in use: runs armed or running, and jobs received but not yet armed."""
