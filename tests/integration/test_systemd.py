@@ -73,6 +73,8 @@ def test_service_is_notify_type_and_does_not_restart_on_config_errors(role: str)
     assert keys["RestartPreventExitStatus"] == ["2"]
     assert keys["StateDirectory"] and keys["RuntimeDirectory"]
     assert keys["WantedBy"] == ["zcron.target"] and keys["PartOf"] == ["zcron.target"]
+    # ordered after the target, so that stopping the target waits for this unit's stop
+    assert "zcron.target" in keys["After"]
 
 
 def test_worker_unit_lets_the_drain_finish() -> None:
