@@ -168,6 +168,24 @@ def test_a_config_error_exits_2_is_not_restarted_and_logs_at_err(node: Machine) 
     wait_until(lambda: node.show(SCHEDULER)["SubState"] == "running", 10, "the scheduler back")
 
 
+def test_log_level_option_leaves_info_lines_out(node: Machine) -> None:
+    node.sh(f"mkdir -p {DROPIN}", check=True)
+    node.write(
+        f"{DROPIN}/quiet.conf",
+        "[Service]\nExecStart=\n"
+        "ExecStart=/usr/local/bin/zcron scheduler -c /etc/zcron/zcron.conf --log-level warning\n",
+    )
+    since = node.sh("date +%s", check=True).stdout.strip()
+    node.sh(f"systemctl daemon-reload && systemctl restart {SCHEDULER}", check=True)
+    assert node.show(SCHEDULER)["SubState"] == "running"
+    node.sh(f"rm {DROPIN}/quiet.conf && systemctl daemon-reload", check=True)
+    node.sh(f"systemctl restart {SCHEDULER}", check=True)
+    # before the first restart | the run with --log-level warning | the run without
+    runs = node.journal(SCHEDULER, f"--since @{since}").split("Stopping zcron-scheduler.service")
+    assert len(runs) == 3, runs
+    assert "jobs loaded" not in runs[1] and "jobs loaded" in runs[2]
+
+
 def test_enabled_units_come_back_after_a_reboot(node: Machine) -> None:
     if isinstance(node, Host):
         pytest.skip("does not reboot the host")
