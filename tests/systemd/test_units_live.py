@@ -56,7 +56,7 @@ def test_units_start_and_report_their_status(node: Machine) -> None:
         ), (unit, props)
     assert shown[SCHEDULER]["StatusText"].endswith("jobs, 0 schedule errors")
     assert shown[WORKER]["StatusText"] == "pools default, 4 slots"
-    assert "worker n3-1 serving pools ['default'] with 4 slots" in node.journal(WORKER)
+    assert f"worker {node.name}-1 serving pools ['default'] with 4 slots" in node.journal(WORKER)
 
 
 def test_a_schedule_file_changed_by_itself_updates_the_status(node: Machine) -> None:
