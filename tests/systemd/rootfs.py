@@ -1,6 +1,6 @@
 """The Debian bookworm root file system the live-systemd tier boots, built once and cached.
 
-debootstrap takes ~80 s and ~70 MB from the archive; the tarball under CACHE is reused by
+debootstrap takes ~50 s here (~70 MB from the archive); the tarball under CACHE is reused by
 every later run (delete it to rebuild, e.g. after changing PACKAGES).
 """
 

@@ -17,7 +17,7 @@ from tests.systemd.conftest import host_runs_systemd
 from tests.systemd.deploy import PAGE_ADDRESSES, config, deploy_keys, start_units
 from tests.systemd.machine import Machine, wait_until
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(420)  # the first test also builds the rootfs when uncached
 NODES = {"n1": "a", "n2": "b", "n3": "c"}
 TICK_JOB = "# name: tick\n* * * * * * root true\n"
 

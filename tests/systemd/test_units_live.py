@@ -14,7 +14,7 @@ from tests.systemd.conftest import host_runs_systemd
 from tests.systemd.deploy import config, deploy_keys, start_units
 from tests.systemd.machine import Host, Machine, wait_until
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(420)  # the first test also builds the rootfs when uncached
 SCHEDULER, WORKER, SINK = "zcron-scheduler.service", "zcron-worker@1.service", "zcron-sink.service"
 DROPIN = "/etc/systemd/system/zcron-scheduler.service.d"
 
