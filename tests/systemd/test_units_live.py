@@ -123,7 +123,8 @@ def test_stopping_the_target_waits_for_the_drain(node: Machine) -> None:
         wait_until(lambda u=unit: node.show(u)["SubState"] == "running", 20, f"{unit} back")
 
 
-def test_a_killed_worker_is_restarted(node: Machine) -> None:
+def test_a_killed_worker_is_restarted_and_its_run_recorded_lost(node: Machine) -> None:
+    push_sleep(node, 30)
     before = node.show(WORKER)
     node.sh(f"systemctl kill -s KILL {WORKER}", check=True)
     wait_until(
@@ -131,6 +132,7 @@ def test_a_killed_worker_is_restarted(node: Machine) -> None:
     )
     wait_until(lambda: node.show(WORKER)["SubState"] == "running", 10, "the worker running")
     assert node.show(WORKER)["ExecMainPID"] != before["ExecMainPID"]
+    wait_until(lambda: any(r["status"] == "lost" for r in runs(node)), 15, "the run lost")
 
 
 def test_the_watchdog_restarts_a_stopped_scheduler(node: Machine) -> None:
