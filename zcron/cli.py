@@ -8,7 +8,7 @@ Usage:
   zcron check     [-c FILE] [PATH...]
   zcron next      [-c FILE] [-n N] [JOB]
   zcron run       [-c FILE] JOB
-  zcron push      [-c FILE] [--pool NAME] [--at TIME | --in DURATION] [--timeout DURATION] -- COMMAND...
+  zcron push      [-c FILE] [--pool NAME] [--user NAME] [--at TIME | --in DURATION] [--timeout DURATION] -- COMMAND...
   zcron status    [-c FILE] [--json]
   zcron runs      [-c FILE] [JOB] [--since TIME] [--limit N] [--json]
   zcron keygen    DIR NAME
@@ -23,6 +23,8 @@ Options:
   --id NAME               This process's id (a key of [cluster] schedulers for a scheduler).
   --pool NAME             Worker pool(s), comma-separated; for push, the pool to run in.
   -n N                    How many fire times [default: 5].
+  --user NAME             Run the pushed command as this user (one your client key may use;
+                          default: its first).
   --at TIME               Run at this time (ISO 8601, e.g. 2026-11-23T03:00:00Z).
   --in DURATION           Run after this delay (e.g. 90s, 5m).
   --timeout DURATION      Kill the command after this long.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.error
@@ -15,7 +14,7 @@ from zoneinfo import ZoneInfo
 import zmq
 
 from zcron import protocol
-from zcron.auth import Security
+from zcron.auth import Security, write_keypair
 from zcron.config import Config, load_config, parse_duration
 from zcron.errors import ConfigError, ProtocolError, ZcronError
 from zcron.job import Job
@@ -198,9 +197,11 @@ def cmd_push(args: dict) -> int:
             "pool": args.get("--pool") or "default",
             "at": at,
             "timeout": timeout,
+            "user": args.get("--user"),
         },
     )
-    print(f"pushed {body['job']} (run {body['run_id']}) for {_iso(body['tick'], 'UTC')}")
+    user = f" as {body['user']}" if body.get("user") else ""
+    print(f"pushed {body['job']} (run {body['run_id']}){user} for {_iso(body['tick'], 'UTC')}")
     return 0
 
 
@@ -292,19 +293,6 @@ def _run_line(run: dict) -> str:
 
 
 def cmd_keygen(args: dict) -> int:
-    import zmq.auth
-
-    directory, name = args["DIR"], args["NAME"]
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"keygen: NAME must be a plain file name, got {name!r}")
-    os.makedirs(directory, exist_ok=True)
-    # create_certificates writes the secret key world-readable: never let it exist so.
-    previous = os.umask(0o077)
-    try:
-        public, secret = zmq.auth.create_certificates(directory, name)
-    finally:
-        os.umask(previous)
-    os.chmod(secret, 0o600)
-    os.chmod(public, 0o644)
+    public, secret = write_keypair(args["DIR"], args["NAME"])
     print(f"wrote {public} and {secret}")
     return 0

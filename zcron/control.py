@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import heapq
+import math
 import time
 import uuid
 from typing import TYPE_CHECKING
 
 from zcron import protocol
+from zcron.errors import ProtocolError
 from zcron.takeover import LEAD_S
 
 if TYPE_CHECKING:
     from zcron.scheduler import Scheduler
 
 REQUESTS = ("run", "push", "status")
+MAX_PUSHES = 100_000  # delayed pushes waiting at once: the ledger map must not fill up
+MAX_PUSH_AHEAD_S = 366 * 86400.0
+MAX_TIMEOUT_S = 366 * 86400.0
 
 
 class ClientRequests:
@@ -25,7 +30,7 @@ class ClientRequests:
             if handler is None:
                 raise ValueError(f"unknown request {msg['op']!r}")
             reply = {"ok": True, "error": None, "body": handler(msg["args"])}
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, ProtocolError) as exc:
             reply = {"ok": False, "error": str(exc).strip("'\""), "body": None}
         self.router.send_multipart([identity, protocol.encode("reply", **reply)])
 
@@ -33,26 +38,55 @@ class ClientRequests:
         name = args["job"]
         if name not in self.jobs:
             raise KeyError(f"no job named {name!r} on scheduler {self.id}")
-        tick = time.time()
-        self.fire_message(self.job_message(self.jobs[name], tick, 1), tick, claim=False)
-        return {"job": name, "tick": tick}
+        job = self.jobs[name]
+        msg = self.job_message(job, time.time(), 1)
+        msg["user"] = self.client_user(job.user, f"run {name}")
+        self.fire_message(msg, msg["tick"], claim=False)
+        return {"job": name, "tick": msg["tick"], "run_id": msg["run_id"]}
+
+    def client_user(self: Scheduler, wanted: str | None, what: str) -> str | None:
+        """As whom the requesting client may run `what` (spec §7): a user its key lists in
+        [clients], by default the first; root only when listed. Without keys: as asked
+        (None = the worker's own user)."""
+        allowed = self.roles.users_of(self.sender.name)
+        if allowed is None:
+            return wanted
+        if not allowed:
+            raise ValueError(f"client key {self.sender.name!r} may not run commands: "
+                             "[clients] names no users for it")  # fmt: skip
+        user = wanted or allowed[0]
+        if user not in allowed:
+            raise ValueError(f"client key {self.sender.name!r} may not {what} as {user!r} "
+                             f"(allowed: {', '.join(allowed)})")  # fmt: skip
+        return user
 
     def request_push(self: Scheduler, args: dict) -> dict:
-        """An ad-hoc one-off command, now or at `at` (kept in local LMDB until it fires)."""
-        command, at = args["command"], float(args["at"])
-        if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+        """An ad-hoc one-off command, now or at `at` (kept in local LMDB until it fires).
+        Every argument is bounded before anything is stored (spec §7)."""
+        command, at, pool = args["command"], args["at"], args["pool"]
+        if not isinstance(command, list) or not command or not _strings(command):
             raise ValueError("push: command must be a non-empty list of strings")
-        if not command:
-            raise ValueError("push: command must be a non-empty list of strings")
+        now = time.time()
+        if not _number(at) or not now - 86400 <= at <= now + MAX_PUSH_AHEAD_S:
+            raise ValueError("push: at must be a time within a year from now")
+        timeout = args.get("timeout")
+        if timeout is not None and (not _number(timeout) or not 0 < timeout <= MAX_TIMEOUT_S):
+            raise ValueError("push: timeout must be a duration above 0 and within a year")
+        if not isinstance(pool, str) or not pool:
+            raise ValueError("push: pool must be a pool name")
+        if len(self.pushed) >= MAX_PUSHES:
+            raise ValueError(f"push: {MAX_PUSHES} delayed pushes are waiting already")
         run_id = uuid.uuid4().hex
         name = f"push:{run_id[:12]}"
         msg = {
-            **self.job_message_defaults(), "run_id": run_id, "job": name, "tick": at,
-            "pool": str(args["pool"]), "command": command, "timeout": args.get("timeout"),
+            **self.job_message_defaults(), "run_id": run_id, "job": name, "tick": float(at),
+            "pool": pool, "command": command, "timeout": timeout,
+            "user": self.client_user(args.get("user"), "push"),
         }  # fmt: skip
+        protocol.validate("job", msg)  # what the worker will check, before it is saved
         self.ledger.save_push(name, msg)
         self.plan_push(name, msg)
-        return {"job": name, "run_id": run_id, "tick": at}
+        return {"job": name, "run_id": run_id, "tick": msg["tick"], "user": msg["user"]}
 
     def plan_push(self: Scheduler, name: str, msg: dict) -> None:
         self.pushed[name] = msg
@@ -87,3 +121,11 @@ class ClientRequests:
         for job in self.jobs.values():
             pools.setdefault(job.pool, {"workers": 0, "slots": 0, "free": 0})
         return pools
+
+
+def _strings(values: list) -> bool:
+    return all(isinstance(v, str) for v in values)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

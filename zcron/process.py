@@ -285,7 +285,7 @@ def run_record(msg: dict, worker_id: str | None, **values: object) -> dict:
         scheduler=msg["scheduler"],
         worker=worker_id,
         pool=msg["pool"],
-        dispatched=msg["dispatched"],
+        dispatched=msg["dispatched"] or None,  # 0.0: made before any dispatch (skipped)
         **values,
     )
 

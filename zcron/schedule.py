@@ -16,11 +16,11 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 from zcron.cron import local_timezone_name
 from zcron.crontab import read_crond
 from zcron.errors import ScheduleError
+from zcron.filetrust import untrusted
 from zcron.job import Job
 from zcron.tomljobs import parse_toml
 
@@ -54,9 +54,12 @@ class ScheduleDir:
     def load(self) -> LoadResult:
         """(Re)read every file of the directory."""
         try:
-            paths = schedule_files(self.directory)
+            why = untrusted(os.stat(self.directory), "directory")
+            paths = schedule_files(self.directory) if why is None else []
         except OSError as exc:
-            error = ScheduleError(self.directory, 0, f"cannot read directory: {exc.strerror}")
+            why = f"cannot read directory: {exc.strerror}"
+        if why is not None:
+            error = ScheduleError(self.directory, 0, why)
             return LoadResult(dict(self.jobs), [error], False, digest(self.jobs))
         parsed, warnings = _parse_files_warning(paths)
         self._good = {
@@ -189,9 +192,13 @@ def to_wire(job: Job) -> dict:
 def _read_text(path: str) -> str:
     # errors about a file as a whole carry line 0
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as source:  # the checks and the read are of the same file
+            why = untrusted(os.fstat(source.fileno()))
+            data = source.read() if why is None else b""
     except OSError as exc:
         raise ScheduleError(path, 0, f"cannot read: {exc.strerror}") from None
+    if why is not None:
+        raise ScheduleError(path, 0, why)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

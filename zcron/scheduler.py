@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import time
 import uuid
 from collections import deque
@@ -23,7 +24,7 @@ import zmq
 
 from zcron import protocol
 from zcron.auth import Security
-from zcron.config import Config, load_daemon_config
+from zcron.config import Config, check_secure, load_daemon_config
 from zcron.control import ClientRequests
 from zcron.daemon import Notifier, Signals, poll_timeout_ms
 from zcron.errors import ProtocolError
@@ -31,13 +32,15 @@ from zcron.job import Job
 from zcron.ledger import TickLedger
 from zcron.log import setup_logging
 from zcron.mesh import PeerMesh
-from zcron.net import bind, make_socket, send_nowait
+from zcron.net import bind, incarnation, make_socket, send_nowait
 from zcron.peers import Membership
 from zcron.process import run_record
 from zcron.ring import OwnerCache, has_quorum, owner_of
+from zcron.roles import ANYONE, Roles, Sender
 from zcron.schedule import ScheduleDir, to_wire
 from zcron.slots import WorkerTable
 from zcron.spool import Spool
+from zcron.statedir import hold
 from zcron.takeover import ARM_RATE_PER_S, LEAD_S, MAX_EXTRA_LEAD_S, Takeover
 from zcron.watch import POLL_INTERVAL_S, DirectoryWatch
 
@@ -97,6 +100,8 @@ class Scheduler(Takeover, ClientRequests):
         self.next_reject_log = 0.0
         self.counters = dict.fromkeys(("rejected", "takeovers", "caught_up", "missed", "retries",
                                        "skipped", "replaced"), 0)  # fmt: skip
+        self.roles = Roles(config.cluster.schedulers, config.clients)
+        self.sender: Sender = ANYONE  # the key behind the message being handled
         self.handlers = {
             "ready": self.on_ready, "finished": self.on_finished, "request": self.on_request,
             "heartbeat": self.on_heartbeat, "claims": self.on_claims,
@@ -114,10 +119,10 @@ class Scheduler(Takeover, ClientRequests):
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer or worker reconnects
         self.security.server(self.router)
         bind(self.router, self.address, cluster.insecure, cluster.keys)
-        self.sink = make_socket(self.ctx, zmq.DEALER, identity=f"scheduler-{self.id}")
+        self.sink = make_socket(self.ctx, zmq.DEALER, identity=incarnation(f"scheduler-{self.id}"))
         self.security.client(self.sink, "sink")
         self.sink.connect(cluster.sink)
-        self.mesh = PeerMesh(self.ctx, self.id, cluster.schedulers, self.security)
+        self.mesh = PeerMesh(self.ctx, self.id, cluster.schedulers, self.security, cluster)
         for sock in (self.router, self.sink, self.signals.fd):
             self.poller.register(sock, zmq.POLLIN)
         if self.watch.fd is not None:
@@ -429,20 +434,24 @@ class Scheduler(Takeover, ClientRequests):
     def handle_router(self) -> None:
         while True:
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
                 if len(frames) != 2:
                     raise ProtocolError("malformed", f"{len(frames)} frames")
-                kind, msg = protocol.decode(frames[1])
+                kind, msg = protocol.decode(frames[1].bytes)
                 handler = self.handlers.get(kind)
                 if handler is None:
                     raise ProtocolError("unexpected_type", kind)
+                # Every message is authorized here, before any handler acts on it: its key
+                # must hold the role the type needs and be the id the message claims.
+                self.sender = self.roles.sender(self.security.sender(frames[1]))
+                self.roles.check(kind, msg, self.sender)
             except ProtocolError as exc:
                 self.reject(f"dropped message: {exc}")
                 continue
-            handler(frames[0], msg)
+            handler(frames[0].bytes, msg)
 
     def reject(self, why: str) -> None:
         """Count a dropped message; log at most one line per REJECT_LOG_EVERY_S (floods)."""
@@ -453,9 +462,23 @@ class Scheduler(Takeover, ClientRequests):
             log.warning("%s (%d dropped so far)", why, self.counters["rejected"])
 
     def on_ready(self, identity: bytes, msg: dict) -> None:
+        taken = self.workers.taken_by(identity, msg["worker"], time.monotonic())
+        if taken is not None:
+            self.refuse_worker(identity, msg["worker"], taken)
+            return
         for lost in self.workers.announce(identity, msg, time.monotonic()):
             self.run_lost(lost, f"worker {msg['worker']} restarted")
         self.dispatch_waiting()
+
+    def refuse_worker(self, identity: bytes, worker_id: str, live: bytes) -> None:
+        """A second process announces a live worker's id: it gets no jobs and is told so;
+        the first keeps working (spec §7, Identity)."""
+        why = (f"worker id {worker_id!r} is in use by a live worker (connection "
+               f"{live.decode(errors='replace')}); this one ({identity.decode(errors='replace')})"
+               " is refused")  # fmt: skip
+        self.counters["refused_workers"] = self.counters.get("refused_workers", 0) + 1
+        self.reject(why)
+        self.router.send_multipart([identity, protocol.encode("refused", reason=why)])
 
     def on_finished(self, identity: bytes, msg: dict) -> None:
         job_msg = self.workers.finished(identity, msg["run_id"])
@@ -560,4 +583,11 @@ def cmd_scheduler(args: dict) -> int:
     config = config.with_overrides("scheduler", id=args.get("--id"))
     config.scheduler_address()  # an unknown id is a configuration error, before anything binds
     setup_logging(f"zcron-scheduler[{config.scheduler.id}]")
-    return Scheduler(config).run()
+    check_secure(config, f"scheduler {config.scheduler.id}")
+    os.umask(0o077)  # ledger and spool owner-only (the scheduler starts no processes)
+    sid = config.scheduler.id
+    lock = hold(config.scheduler.state, f"scheduler {sid}", f"lock-{sid}")
+    try:
+        return Scheduler(config).run()
+    finally:
+        os.close(lock)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import defaultdict
@@ -20,14 +21,16 @@ import zmq
 from prometheus_client import disable_created_metrics
 
 from zcron.auth import Security
-from zcron.config import Config, load_daemon_config
+from zcron.config import Config, check_secure, load_daemon_config
 from zcron.daemon import Notifier, Signals
 from zcron.errors import ProtocolError
 from zcron.http import Api, HttpServer
 from zcron.log import setup_logging
 from zcron.metrics import Metrics
 from zcron.net import bind, make_socket
-from zcron.protocol import MAX_NAME, decode, encode
+from zcron.protocol import MAX_LEAD_S, MAX_NAME, check_window, decode, encode
+from zcron.roles import Roles, Sender
+from zcron.statedir import hold
 from zcron.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ PURGE_EVERY_S = 5.0
 PURGE_BACKLOG_S = 0.05  # a bounded purge left more behind: come back soon, between batches
 PURGE_BATCH = 1000
 REJECT_LOG_EVERY_S = 10.0
+MAX_WORKERS = 10_000  # slot reports kept at once: a flood of invented ids is bounded
+RECORD_TIMES = ("tick", "dispatched", "started", "finished")
 
 # field of a `jobs` entry -> accepted types; other fields are ignored (newer schedulers)
 JOB_ENTRY = {
@@ -65,14 +70,17 @@ class Batch:
         self.senders[sender].append(record["run_id"])
 
 
-def check_record(rec: dict) -> dict:
-    """A decoded record the store can key and JSON can carry: names set, times finite."""
+def check_record(rec: dict, now: float, retention: float, ahead: float) -> dict:
+    """A decoded record the store can key and JSON can carry: names set, times finite and
+    within [now - retention, now + ahead] (a finished of 1e300 once broke the dashboard
+    for good and silenced the no-success alert)."""
     for name in ("run_id", "job"):
         if not rec[name]:
             raise ProtocolError("bad_field", f"record.{name} is empty")
-    for name in ("tick", "dispatched", "started", "finished"):
+    for name in RECORD_TIMES:
         if rec[name] is not None and not math.isfinite(rec[name]):
             raise ProtocolError("bad_field", f"record.{name} is not finite")
+        check_window(rec[name], now, retention, ahead, f"record.{name}")
     return rec
 
 
@@ -86,7 +94,11 @@ def check_job_entry(entry: Any) -> dict:
     for name, types in JOB_ENTRY.items():
         value = entry.get(name)
         # Display-only fields: one of an unexpected type is left out, not the whole table.
-        wrong = not isinstance(value, types) or (name == "next_tick" and isinstance(value, bool))
+        wrong = not isinstance(value, types) or (
+            name == "next_tick"
+            and value is not None
+            and (isinstance(value, bool) or not math.isfinite(value))
+        )
         clean[name] = None if wrong else value
     return clean
 
@@ -105,8 +117,11 @@ class Reports:
         self.partial: dict[str, dict] = {}  # scheduler -> parts of a job table being received
 
     def note_jobs(self, fields: dict, now: float) -> None:
-        """Keep a scheduler's latest report; its job table once all parts have arrived."""
+        """Keep a scheduler's latest report; its job table once all parts have arrived.
+        Only configured schedulers report: partial tables are bounded by their number."""
         sid = fields["scheduler"]
+        if sid not in self.configured:
+            raise ProtocolError("unknown_scheduler", f"jobs from {sid!r:.40}")
         jobs = self.assemble(sid, fields)
         with self.lock:
             previous = self.schedulers.get(sid, {})
@@ -137,8 +152,10 @@ class Reports:
         return [entry for part in sorted(pending["parts"]) for entry in pending["parts"][part]]
 
     def note_worker(self, fields: dict, now: float) -> None:
-        """Keep a worker's slot report."""
+        """Keep a worker's slot report (at most MAX_WORKERS of them)."""
         with self.lock:
+            if fields["worker"] not in self.workers and len(self.workers) >= MAX_WORKERS:
+                raise ProtocolError("too_many_workers", fields["worker"][:40])
             self.workers[fields["worker"]] = {**fields, "seen": now}
 
     def worker_reports(self) -> list[dict]:
@@ -196,6 +213,9 @@ class Sink:
         self.notifier = Notifier()
         self.ctx = zmq.Context()
         self.security = Security.from_config(config.cluster, "sink")
+        self.roles = Roles(config.cluster.schedulers, config.clients)
+        # how far ahead a record's times may be: dispatch lead plus the clocks' disagreement
+        self.ahead_s = MAX_LEAD_S + config.cluster.max_clock_skew + 1.0
         metrics.watch_handshakes(lambda: self.security.handshake_failures)
         self.sock = make_socket(self.ctx, zmq.ROUTER)
         self.poller = zmq.Poller()
@@ -257,27 +277,33 @@ class Sink:
         batch = Batch()
         for _ in range(MAX_BATCH):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            self.handle_message(frames, batch, time.monotonic())
+            sender = self.roles.sender(self.security.sender(frames[-1]))
+            self.handle_message([f.bytes for f in frames], batch, time.monotonic(), sender)
         if batch.records:
             self.store_batch(batch)
 
-    def handle_message(self, frames: list[bytes], batch: Batch, now: float) -> None:
-        """Decode one [identity, payload] message; a bad one is dropped and counted."""
+    def handle_message(self, frames: list[bytes], batch: Batch, now: float, sender: Sender) -> None:
+        """Decode one [identity, payload] message, check its sender may send it; a bad or
+        unauthorized one is dropped and counted."""
         try:
             if len(frames) != 2:
                 raise ProtocolError("malformed", f"{len(frames)} frames")
             kind, fields = decode(frames[1])
+            if kind not in ("result", "jobs", "ready"):
+                raise ProtocolError("unexpected_type", kind)
+            self.roles.check(kind, fields, sender)
             if kind == "result":
-                batch.add(frames[0], check_record(fields["record"]))
+                rec = check_record(
+                    fields["record"], time.time(), self.config.sink.retention, self.ahead_s
+                )
+                batch.add(frames[0], rec)
             elif kind == "jobs":
                 self.reports.note_jobs(fields, now)
-            elif kind == "ready":
-                self.reports.note_worker(fields, now)
             else:
-                raise ProtocolError("unexpected_type", kind)
+                self.reports.note_worker(fields, now)
         except ProtocolError as exc:
             self.reject(exc, now)
 
@@ -353,6 +379,9 @@ def cmd_sink(args: dict) -> int:
     setup_logging("zcron-sink")
     disable_created_metrics()  # `_created` series would double /metrics for nothing here
     config = load_daemon_config(args)
+    check_secure(config, "sink")
+    os.umask(0o077)  # the store's files are owner-only (it starts no processes)
+    lock = hold(config.sink.data, "the sink")  # LMDB itself lets two writers share it
     metrics = Metrics(config.sink.job_labels)
     sink = Sink(config, Store(config.sink.data), metrics)
     metrics.watch_cluster(
@@ -363,4 +392,5 @@ def cmd_sink(args: dict) -> int:
         return sink.run()
     finally:
         sink.close()
+        os.close(lock)
         log.info("sink stopped")

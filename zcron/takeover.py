@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
 from zcron import protocol
+from zcron.errors import ProtocolError
 from zcron.job import Job
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ MAX_EXTRA_LEAD_S = 2.5
 ARM_RATE_PER_S = 2000.0
 MAX_LEAD_S = LEAD_S + MAX_EXTRA_LEAD_S
 MAX_CATCH_UP = 10_000  # ticks of one job fired by one catch-up, at most
+MAX_HEARTBEAT_SKEW_S = 86400.0  # a peer's clock further off than this is a forgery
 
 
 class Takeover:
@@ -65,6 +68,14 @@ class Takeover:
 
     def on_heartbeat(self: Scheduler, identity: bytes, msg: dict) -> None:
         now, now_mono = time.time(), time.monotonic()
+        if msg["scheduler"] == self.id:
+            return self.reject(f"a heartbeat under our own id {self.id}: is a second "
+                               f"scheduler {self.id} running elsewhere?")  # fmt: skip
+        # `since` may lie far back (a peer up for months), and a little ahead (its warm-up)
+        skew = MAX_HEARTBEAT_SKEW_S
+        sent, since = (msg["sent"], skew, skew), (msg["since"], math.inf, skew + self.warm_up())
+        if not self.in_window(now, sent, since, what="heartbeat"):
+            return
         if self.members.heard(msg, now_mono, now):
             log.info("peer %s is live (firing from %.3f)", msg["scheduler"], msg["since"])
             if msg["since"] > now:
@@ -142,10 +153,32 @@ class Takeover:
         return keep + [t for t in ticks if t > now]
 
     def on_claims(self: Scheduler, identity: bytes, msg: dict) -> None:
-        self.note_fired(msg["ticks"])
+        if self.ticks_in_window(msg["ticks"], "claims"):
+            self.note_fired(msg["ticks"])
 
     def on_accepted(self: Scheduler, identity: bytes, msg: dict) -> None:
-        self.note_fired(msg["ticks"])
+        if self.ticks_in_window(msg["ticks"], "accepted"):
+            self.note_fired(msg["ticks"])
+
+    def ticks_in_window(self: Scheduler, ticks: list[list], what: str) -> bool:
+        """Every tick within [now - retention, now + max lead + max_clock_skew]: one claim of
+        tick 1e300 once stopped a job for good, also after restarts (it was persisted)."""
+        ahead = protocol.MAX_LEAD_S + self.config.cluster.max_clock_skew + 1.0
+        behind = self.config.sink.retention
+        return self.in_window(time.time(), *((t, behind, ahead) for _, t in ticks), what=what)
+
+    def in_window(
+        self: Scheduler, now: float, *times: tuple[float, float, float], what: str
+    ) -> bool:
+        """Whether each (time, how far back, how far ahead it may be) is within its window;
+        else the message is dropped and counted."""
+        try:
+            for value, behind, ahead in times:
+                protocol.check_window(value, now, behind, ahead, what)
+        except ProtocolError as exc:
+            self.reject(f"dropped {what}: {exc}")
+            return False
+        return True
 
     def note_fired(self: Scheduler, ticks: list[list]) -> None:
         for job, tick in ticks:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import resource
 import select
 import time
@@ -21,14 +22,16 @@ import zmq
 
 from zcron import protocol
 from zcron.auth import Security
-from zcron.config import Config, load_daemon_config
+from zcron.config import Config, check_secure, load_daemon_config
 from zcron.daemon import Notifier, Signals, poll_timeout_ms
 from zcron.errors import ConfigError
 from zcron.log import setup_logging
-from zcron.net import make_socket, receive, send_nowait
+from zcron.net import incarnation, keepalive, make_socket, receive, send_nowait
 from zcron.process import KILL_GRACE_S, Refused, Run, arm_run, run_record
+from zcron.roles import Roles
 from zcron.spawner import Spawner, SpawnerGone
 from zcron.spool import Spool
+from zcron.statedir import hold
 
 log = logging.getLogger(__name__)
 SPIN_S = 0.002  # poll wakes in whole milliseconds: the last stretch to a tick is spun
@@ -40,6 +43,10 @@ FDS_PER_RUN = 3  # stdout, stderr, and the parked process's stdin until released
 SPAWNERS = 2
 FDS_RESERVED = 64  # sockets, spool files, logging
 MAX_RUNNING_LISTED = protocol.SCHEMAS["ready"]["running"][2]
+# A scheduler refuses a second process with a live worker's id; the refusals of a restart
+# last until the old incarnation's silence passes peer_timeout. Longer than this many
+# peer_timeouts, another live worker has our id: we stop (exit 2) and say so.
+REFUSED_FOR_TIMEOUTS = 3
 
 
 class Worker:
@@ -85,6 +92,9 @@ class Worker:
         self.next_resend = 0.0
         self.rejected = 0
         self.drain_killed = False
+        self.refused_since: float | None = None  # the first of an unbroken run of refusals
+        self.refused_last = 0.0
+        self.refusal = ""
         self.freed = False  # a slot freed since the last announcement
 
     # -- set-up -------------------------------------------------------------------------
@@ -92,15 +102,19 @@ class Worker:
     def connect(self) -> None:
 
         # CURVE when [cluster] keys is set: our key, and each server's public key pinned.
-        self.security = Security.from_config(self.config.cluster, self.id)
-        for sid, address in self.config.cluster.schedulers.items():
-            sock = make_socket(self.ctx, zmq.DEALER, identity=self.id)
+        cluster = self.config.cluster
+        self.security = Security.from_config(cluster, self.id)
+        identity = incarnation(self.id)  # one per process: a second one is told apart
+        for sid, address in cluster.schedulers.items():
+            sock = make_socket(self.ctx, zmq.DEALER, identity=identity)
+            # A scheduler that stopped answering (paused, link cut) is redialled.
+            keepalive(sock, cluster.heartbeat, 3 * cluster.peer_timeout)
             self.security.client(sock, sid)
             sock.connect(address)
             self.schedulers[sock] = sid
             self.seen[sid] = 0
             self.poller.register(sock, zmq.POLLIN)
-        self.sink = make_socket(self.ctx, zmq.DEALER, identity=self.id)
+        self.sink = make_socket(self.ctx, zmq.DEALER, identity=identity)
         self.security.client(self.sink, "sink")
         self.sink.connect(self.config.cluster.sink)
         self.poller.register(self.sink, zmq.POLLIN)
@@ -119,6 +133,10 @@ class Worker:
         except SpawnerGone as exc:
             log.error("%s: stopping (its runs can no longer be watched)", exc)
             return 1
+        except DuplicateWorker as exc:
+            log.error("%s: stopping; give each worker its own --id", exc)
+            self.shutdown()
+            return 2
         self.notifier.stopping()
         self.shutdown()
         return 0
@@ -189,14 +207,35 @@ class Worker:
     def handle_scheduler(self, sock: zmq.Socket) -> None:
         sid = self.schedulers[sock]
         dropped = f"dropped message from scheduler {sid}: "
-        for kind, msg in receive(sock, ("job", "cancel"), lambda why: self.reject(dropped + why)):
+
+        def rejected(why: str) -> None:
+            # What a scheduler sent and we cannot read was most likely a job: it used one
+            # of our slots in the scheduler's count, so count it seen (the credit comes back).
+            self.seen[sid] += 1
+            self.freed = True
+            self.reject(dropped + why)
+
+        for kind, msg in receive(sock, ("job", "cancel", "refused"), rejected):
             if kind == "cancel":
                 self.cancel(msg["run_id"], msg["reason"], time.monotonic())
+                continue
+            if kind == "refused":
+                self.refused(msg["reason"], time.monotonic())
                 continue
             self.seen[sid] += 1
             self.accepted.append([msg["job"], msg["tick"]])
             self.backlog.append(msg)
         self.tell_accepted()
+
+    def refused(self, reason: str, now: float) -> None:
+        """A scheduler says our id is a live worker's: wait out a restart's overlap, then
+        stop with the reason (exit 2 under systemd: RestartPreventExitStatus)."""
+        if self.refused_since is None or now - self.refused_last > 3 * self.heartbeat_s:
+            self.refused_since = now
+            log.warning("%s; waiting for it to go silent", reason)
+        self.refused_last, self.refusal = now, reason
+        if now - self.refused_since > REFUSED_FOR_TIMEOUTS * self.config.cluster.peer_timeout:
+            raise DuplicateWorker(reason)
 
     def cancel(self, run_id: str, reason: str, now: float) -> None:
         """The scheduler wants the run gone (overlap = replace): kill its group, record `killed`."""
@@ -454,6 +493,10 @@ class Worker:
         log.info("worker %s stopped (%d results left in spool)", self.id, len(self.spool))
 
 
+class DuplicateWorker(Exception):
+    """Another live worker has our id (spec §7, Identity)."""
+
+
 def usable_slots(slots: int) -> int:
     """`slots`, or fewer when the open-file limit cannot hold that many runs' pipes."""
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -472,10 +515,21 @@ def worker_config(args: dict) -> Config:
     slots = int(args["--slots"]) if args.get("--slots") else None
     if slots is not None and slots < 1:
         raise ConfigError("--slots: expected a whole number >= 1")
-    return config.with_overrides("worker", id=args.get("--id"), pool=pools, slots=slots)
+    config = config.with_overrides("worker", id=args.get("--id"), pool=pools, slots=slots)
+    role = Roles(config.cluster.schedulers, config.clients).role_of(config.worker.id)
+    if role != "worker":
+        raise ConfigError(f"worker id {config.worker.id!r} is the name of a {role} key: "
+                          "give the worker an id of its own (--id)")  # fmt: skip
+    return config
 
 
 def cmd_worker(args: dict) -> int:
     config = worker_config(args)
     setup_logging(f"zcron-worker[{config.worker.id}]")
-    return Worker(config, reload=lambda: worker_config(args)).run()
+    check_secure(config, f"worker {config.worker.id}")
+    # per id: workers of one host may share a spool directory, never an id
+    lock = hold(config.worker.spool, f"worker {config.worker.id}", f"lock-{config.worker.id}")
+    try:
+        return Worker(config, reload=lambda: worker_config(args)).run()
+    finally:
+        os.close(lock)

@@ -51,16 +51,15 @@ def answers(cluster: Cluster) -> bool:
     return True
 
 
-def connect(ctx: zmq.Context, cluster: Cluster, identity: str = "w1") -> zmq.Socket:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.IDENTITY, identity.encode())
-    sock.connect(f"tcp://127.0.0.1:{cluster.sink_port}")
-    return sock
+def connect(
+    ctx: zmq.Context, cluster: Cluster, identity: str = "w1", key: str | None = None
+) -> zmq.Socket:
+    """A connection to the sink as `identity`, with key `key` (default: worker `identity`)."""
+    return cluster.dealer(ctx, "sink", as_key=key or identity, identity=identity)
 
 
 def run_record(n: int, job: str = "backup", status: str = "ok", base: float = 0.0) -> dict:
-    tick = (base or time.time() - 100) + n
+    tick = (base or time.time() - 1000) + n
     return record(
         run_id=f"{job}-{n}",
         job=job,
@@ -237,7 +236,7 @@ def test_jobs_report_shows_in_api_jobs(
     procs: Processes, cluster: Cluster, ctx: zmq.Context
 ) -> None:
     start_sink(procs, cluster)
-    sock = connect(ctx, cluster, identity="scheduler-a")
+    sock = connect(ctx, cluster, identity="scheduler-a", key="a")
     next_tick = time.time() + 60
     job = {
         "name": "backup",
@@ -300,12 +299,19 @@ def test_records_past_retention_are_purged(
     procs: Processes, tmp_path: Path, ctx: zmq.Context
 ) -> None:
     cluster = make_cluster(tmp_path, extra='retention = "1h"\n')
+    store = Store(str(cluster.root / "sink"))
+    store.put_many([run_record(1, base=time.time() - 7200)])  # stored while it was young
+    store.close()
     start_sink(procs, cluster)
     sock = connect(ctx, cluster)
-    deliver(sock, [run_record(1, base=time.time() - 7200), run_record(2)])
+    deliver(sock, [run_record(2)])
     records = ("zcron_sink_records", ())
     wait_until(lambda: metric_samples(cluster)[records] == 1, 10, "the old record purged")
     assert [r["run_id"] for r in cluster.runs()] == ["backup-2"]
+    # A record already past retention is refused at the door, never stored (spec §7).
+    sock.send(encode("result", record=run_record(3, base=time.time() - 7200)))
+    assert not sock.poll(500), "a record older than retention was acked"
+    assert metric_samples(cluster)[records] == 1
 
 
 def test_retention_purges_in_steps_while_results_keep_being_acked(
@@ -387,7 +393,7 @@ def test_metrics_of_a_live_cluster_then_without_job_labels(
     # A second first attempt of a tick that ran (as a partitioned peer would fire it),
     # and a hostile frame: counted, not stored as a run twice, not fatal.
     ran = next(r for r in cluster.runs(job="fine") if r["attempt"] == 1)
-    sock = connect(ctx, cluster, identity="scheduler-b")
+    sock = connect(ctx, cluster, identity="w1-again", key="w1")
     sock.send(b"\x93garbage")
     deliver(sock, [{**ran, "run_id": "from-b", "scheduler": "b"}])
     got = metric_samples(cluster)
