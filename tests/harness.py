@@ -172,7 +172,11 @@ def keys_of(config_path: str) -> Path | None:
 
 
 def make_cluster(
-    root: Path, scheduler_ids: tuple[str, ...] = ("a",), extra: str = "", slots: int = 8
+    root: Path,
+    scheduler_ids: tuple[str, ...] = ("a",),
+    extra: str = "",
+    slots: int = 8,
+    secure: bool = True,
 ) -> Cluster:
     ports = free_ports(len(scheduler_ids) * 2 + 2)
     return Cluster(
@@ -182,6 +186,7 @@ def make_cluster(
         http_port=ports[-1],
         extra=extra,
         slots=slots,
+        secure=secure,
     )
 
 

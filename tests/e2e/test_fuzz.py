@@ -296,7 +296,7 @@ def fill(directory: Path) -> Path:
     """Write a filler file until the filesystem is full."""
     filler = directory / "filler"
     chunk = b"\0" * (64 << 10)
-    with open(filler, "wb") as out:
+    with open(filler, "wb", buffering=0) as out:  # nothing left to flush at close
         try:
             while True:
                 out.write(chunk)
