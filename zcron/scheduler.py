@@ -29,7 +29,7 @@ from zcron.daemon import Notifier, Signals, poll_timeout_ms
 from zcron.errors import ProtocolError
 from zcron.job import Job
 from zcron.ledger import TickLedger
-from zcron.log import setup_logging
+from zcron.log import iso_utc, setup_logging
 from zcron.mesh import PeerMesh
 from zcron.net import bind, make_socket, send_nowait
 from zcron.peers import Membership
@@ -135,12 +135,12 @@ class Scheduler(Takeover, ClientRequests):
         heapq.heappush(self.views_at, self.members.since)
         self.notifier.ready(self.status_line())
         log.info(
-            "scheduler %s on %s: %d jobs from %s; firing from %.3f",
+            "scheduler %s on %s: %d jobs from %s; firing from %s",
             self.id,
             self.address,
             len(self.jobs),
             self.config.scheduler.schedules,
-            self.members.since,
+            iso_utc(self.members.since),
         )
         while not self.signals.stopping:
             ready = dict(self.poller.poll(self.timeout_ms(time.time())))

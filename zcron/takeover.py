@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from zcron import protocol
 from zcron.job import Job
+from zcron.log import iso_utc
 
 if TYPE_CHECKING:
     from zcron.scheduler import Scheduler
@@ -66,7 +67,7 @@ class Takeover:
     def on_heartbeat(self: Scheduler, identity: bytes, msg: dict) -> None:
         now, now_mono = time.time(), time.monotonic()
         if self.members.heard(msg, now_mono, now):
-            log.info("peer %s is live (firing from %.3f)", msg["scheduler"], msg["since"])
+            log.info("peer %s is live (firing from %s)", msg["scheduler"], iso_utc(msg["since"]))
             if msg["since"] > now:
                 heapq.heappush(self.views_at, msg["since"])
             self.view_changed(now, now_mono, f"peer {msg['scheduler']} joined")

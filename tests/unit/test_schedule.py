@@ -371,9 +371,9 @@ def test_toml_sub_table_is_an_unknown_key():
     assert "[job] extra: unknown key" in error
 
 
-def test_toml_syntax_error_names_its_line():
+def test_toml_syntax_error_names_its_line_and_column():
     (error,) = toml_errors('[job]\nschedule = "@daily"\ncommand = \n')
-    assert error.startswith("jobs.toml:3: ")
+    assert error.startswith("jobs.toml:3:11: ")
     (error,) = toml_errors("[job]\nschedule = [\n")
     assert error.startswith("jobs.toml:")
 
