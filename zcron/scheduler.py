@@ -233,8 +233,8 @@ class Scheduler(Takeover, ClientRequests):
         """Re-read the schedule files; changed and new jobs get a fresh next instant."""
         result = self.schedules.load()
         self.errors = result.errors
-        for error in result.errors:
-            log.error("%s (the file's last good version stays in force)", error)
+        for message in result.appeared:  # each error once, when it appears
+            log.error("%s", message)
         # Jobs share few schedules: each schedule's next instant is found once.
         next_after_now = cache(lambda cron: cron.next_after(now))
         for name, job in result.jobs.items():
