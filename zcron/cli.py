@@ -103,7 +103,9 @@ def _main(argv: list[str]) -> int:
         print(command_help(argv[0]) if argv[0] in COMMANDS else USAGE.rstrip())
         return 0
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
-        print(f"zcron: unknown command {argv[0]!r}{did_you_mean(argv[0], COMMANDS)}", file=sys.stderr)
+        print(
+            f"zcron: unknown command {argv[0]!r}{did_you_mean(argv[0], COMMANDS)}", file=sys.stderr
+        )
         print(usage_lines(), file=sys.stderr)
         return 2
     try:
