@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command; return its exit code."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a reader gone is then caught below
+        return code
     except BrokenPipeError:
         # The reader went away (`zcron --help | head`): no traceback, and none at exit
         # either, when Python flushes stdout again.

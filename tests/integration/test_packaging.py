@@ -40,22 +40,39 @@ SHIPPED = [
 ]
 
 
+BUILD_OUTPUT = {".git", ".venv", "__pycache__", "build", "dist", ".zcron", ".pytest_cache"}
+
+
+def source_files() -> list[str]:
+    """The tree's files: git's list in a clone, else every file but build output (an
+    unpacked source archive)."""
+    command = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    try:
+        listed = subprocess.run(command, cwd=REPO, capture_output=True)
+    except FileNotFoundError:  # no git installed
+        listed = None
+    if listed is not None and listed.returncode == 0:
+        names = filter(None, listed.stdout.decode().split("\0"))
+        return [name for name in names if (REPO / name).is_file()]
+    files = (path.relative_to(REPO) for path in REPO.rglob("*") if path.is_file())
+    return [str(path) for path in files if not is_build_output(path.parts)]
+
+
+def is_build_output(parts: tuple[str, ...]) -> bool:
+    return bool(BUILD_OUTPUT & set(parts)) or any(
+        part.endswith((".egg-info", "_cache")) for part in parts
+    )
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheel built from a copy of the working tree (the build must not write into it)."""
     root = tmp_path_factory.mktemp("package")
     source = root / "src"
     source.mkdir()
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout
-    for name in filter(None, listed.decode().split("\0")):
-        if (REPO / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            (source / name).write_bytes((REPO / name).read_bytes())
+    for name in source_files():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes((REPO / name).read_bytes())
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(root / "dist")],
         cwd=source,

@@ -43,6 +43,7 @@ def test_help_into_a_closed_pipe_exits_without_a_traceback() -> None:
             stderr=subprocess.PIPE,
             text=True,
             cwd=REPO,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
             timeout=30,
         )
     finally:
