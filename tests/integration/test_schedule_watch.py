@@ -4,6 +4,7 @@ directory removed (no busy loop) and created again."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -54,6 +55,22 @@ def test_a_removed_schedule_directory_costs_no_cpu_and_is_seen_again(
     time.sleep(2.0)  # the measurement window: a busy loop would use ~all of it
     assert cpu_seconds(scheduler.pid) - used < 0.4
     assert scheduler.poll() is None
+    assert re.search(r"firing from \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", procs.log(scheduler))
     cluster.schedules.mkdir()
     (cluster.schedules / "b").write_text("# name: after\n* * * * * * - true\n")
     wait_until(lambda: cluster.runs(job="after"), 20, "a run after the directory came back")
+
+
+def test_a_broken_file_is_logged_once_with_what_zcron_does_about_it(
+    procs: Processes, cluster: Cluster
+) -> None:
+    (cluster.schedules / "bad.toml").write_text("[x]\nschedule = \n")
+    (cluster.schedules / "good").write_text("# name: one\n* * * * * * - true\n")
+    scheduler = start(procs, cluster)
+    wait_until(lambda: cluster.runs(job="one"), 30, "a run of the good file's job")
+    for name in ("two", "three"):  # two more reloads while bad.toml stays broken
+        (cluster.schedules / "good").write_text(f"# name: {name}\n* * * * * * - true\n")
+        wait_until(lambda name=name: cluster.runs(job=name), 20, f"a run of {name}")
+    said = [line for line in procs.log(scheduler).splitlines() if "bad.toml:2:" in line]
+    assert len(said) == 1, said
+    assert said[0].endswith("(no job of this file is loaded until it is fixed)")
