@@ -168,3 +168,9 @@ def test_bash_completion_completes_commands_and_options() -> None:
     )
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=10)
     assert done.stdout.splitlines() == ["run runs", "--status"], done.stderr
+
+
+def test_zsh_completion_parses() -> None:
+    zsh = ensure_tool("zsh", "zsh")
+    done = subprocess.run([zsh, "-n", str(REPO / "completion" / "zsh" / "_zcron")], timeout=10)
+    assert done.returncode == 0
