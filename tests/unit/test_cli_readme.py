@@ -3,10 +3,13 @@ running its test command verbatim, then lint, whatever the tests did."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,10 +51,48 @@ def fake_repo(tmp_path: Path, test_command: str) -> Path:
     return tmp_path
 
 
-def run_ci(root: Path) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "ZCRON_CI_TOOLS": "skip"}
+def run_ci(root: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = env or {"PATH": "/usr/bin:/bin", "ZCRON_CI_TOOLS": "skip"}
     return subprocess.run(
         [str(root / ".ci" / "run")], capture_output=True, text=True, env=env, timeout=30
+    )
+
+
+TOOLS = "chromium promtool systemd-analyze faketime ip iptables debootstrap systemd-nspawn"
+
+
+def only_these_on_path(directory: Path, tools: list[str]) -> dict:
+    """An environment whose PATH holds the shell utilities .ci/run uses, stub `tools`, and
+    an apt-get that records its arguments."""
+    directory.mkdir()
+    for name in ("bash", "awk", "id", "rm", "dirname", "mkdir", "chmod", "touch", "cat"):
+        (directory / name).symlink_to(shutil.which(name))
+    for name in tools:
+        (directory / name).write_text("#!/bin/sh\n")
+        (directory / name).chmod(0o755)
+    (directory / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> {directory}/apt.log\n')
+    (directory / "apt-get").chmod(0o755)
+    return {"PATH": str(directory)}
+
+
+def test_ci_installs_nothing_when_the_tools_are_there(tmp_path: Path) -> None:
+    root = fake_repo(tmp_path / "repo", "true")
+    env = only_these_on_path(tmp_path / "bin", TOOLS.split())
+    assert run_ci(root, env).returncode == 0
+    assert not (tmp_path / "bin" / "apt.log").exists()
+
+
+def test_ci_installs_the_suites_tools_as_root_when_one_is_missing(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip(".ci/run installs only as root")
+    root = fake_repo(tmp_path / "repo", "true")
+    env = only_these_on_path(tmp_path / "bin", TOOLS.split()[:-1])
+    assert run_ci(root, env).returncode == 0
+    update, install = (tmp_path / "bin" / "apt.log").read_text().splitlines()
+    assert update.startswith("-o DPkg::Lock::Timeout=600 update")
+    assert install == (
+        "-o DPkg::Lock::Timeout=600 install -y --no-install-recommends chromium prometheus "
+        "systemd faketime iproute2 iptables debootstrap systemd-container"
     )
 
 
