@@ -159,10 +159,10 @@ def command_help(command: str) -> str:
     options = [
         block for block in _option_blocks() if flags & set(_FLAG.findall(block.split("  ")[1]))
     ]
-    summary = next(
-        line.split(None, 1)[1] for line in _section("Commands:") if line.split()[0] == command
-    )
-    parts = [f"zcron {command}: {summary}", "", usage]
+    summaries = dict(line.split(None, 1) for line in _section("Commands:"))
+    # a command added to Usage: without a line under Commands: still gets its help
+    title = f"zcron {command}: {summaries[command]}" if command in summaries else f"zcron {command}"
+    parts = [title, "", usage]
     if options:
         parts += ["", "Options:", *options]
     return "\n".join(parts)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.tools import ensure_tool
-from zcron.cli import USAGE, main
+from zcron.cli import COMMANDS, USAGE, main
 from zcron.config import parse_config
 from zcron.errors import ConfigError
 from zcron.log import iso_utc
@@ -75,6 +75,14 @@ def test_command_help_shows_that_command_and_its_options_only(capsys) -> None:
     assert usage == [line for line in USAGE.splitlines() if line.startswith("  zcron runs ")]
     assert "--status STATUS" in out and "--limit N" in out and "--config FILE" in out
     assert "--schedules" not in out and "--at TIME" not in out
+
+
+def test_every_command_in_the_usage_has_a_summary_and_a_handler(capsys) -> None:
+    usage = {line.split()[1] for line in USAGE.splitlines() if line.startswith("  zcron ")}
+    assert usage - {"--version"} == set(COMMANDS)
+    for command in COMMANDS:
+        code, out, _ = zcron(capsys, command, "--help")
+        assert code == 0 and out.startswith(f"zcron {command}: "), out  # from Commands:
 
 
 def test_help_after_double_dash_belongs_to_the_pushed_command(capsys) -> None:
