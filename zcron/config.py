@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from zcron.errors import ConfigError
+from zcron.errors import ConfigError, did_you_mean, toml_position
 
 DEFAULT_PATH = "/etc/zcron/zcron.conf"
 UP_CONFIG = ".zcron/zcron-up.conf"  # written by `zcron up` with the default --data
@@ -178,7 +178,8 @@ def _section(section: str, table: Any, where: str) -> Any:
     for key, value in table.items():
         if key not in known:
             raise ConfigError(
-                f"{where}: unknown key [{section}] {key} (known: {', '.join(sorted(known))})"
+                f"{where}: unknown key [{section}] {key}{did_you_mean(key, known)} "
+                f"(known: {', '.join(sorted(known))})"
             )
         values[key] = _coerce(section, key, value, where)
     return cls(**values)
@@ -206,12 +207,15 @@ def parse_config(text: str, where: str = "config") -> Config:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    unknown = set(doc) - set(_SECTIONS) - {"clients"}
+        message, line, column = toml_position(str(exc))
+        position = f":{line}:{column}" if line is not None else ""
+        raise ConfigError(f"{where}{position}: {message}") from None
+    known = (*_SECTIONS, "clients")
+    unknown = sorted(set(doc) - set(known))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown section [{sorted(unknown)[0]}] "
-            f"(known: {', '.join(_SECTIONS)}, clients)"
+            f"{where}: unknown section [{unknown[0]}]{did_you_mean(unknown[0], known)} "
+            f"(known: {', '.join(known)})"
         )
     parts = {name: _section(name, doc[name], where) for name in _SECTIONS if name in doc}
     config = Config(path=where, clients=_clients(doc.get("clients", {}), where), **parts)

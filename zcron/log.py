@@ -2,6 +2,7 @@
 
 import logging
 import sys
+from datetime import UTC, datetime
 
 
 def setup_logging(component: str, level: int = logging.INFO) -> None:
@@ -12,3 +13,8 @@ def setup_logging(component: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def iso_utc(instant: float) -> str:
+    """An instant as log lines show it: ISO 8601 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(instant, UTC).isoformat(timespec="milliseconds")

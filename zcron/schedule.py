@@ -32,7 +32,9 @@ class LoadResult:
     """Jobs by name, every error found, whether the job set changed since the last load,
     and its digest.
 
-    `warnings` name lines that load but that zcron reads differently from cron.
+    `warnings` name lines that load but that zcron reads differently from cron. `appeared`
+    holds the errors that were not there at the previous load, each saying what zcron does
+    about it (a daemon logs these, so a file that stays broken is logged once).
     """
 
     jobs: dict[str, Job]
@@ -40,6 +42,7 @@ class LoadResult:
     changed: bool
     digest: str
     warnings: list[ScheduleError] = field(default_factory=list)
+    appeared: list[str] = field(default_factory=list)
 
 
 class ScheduleDir:
@@ -50,6 +53,7 @@ class ScheduleDir:
         self.jobs: dict[str, Job] = {}
         self._good: dict[str, list[Job]] = {}
         self._digest: str | None = None
+        self._reported: set[str] = set()
 
     def load(self) -> LoadResult:
         """(Re)read every file of the directory."""
@@ -60,8 +64,12 @@ class ScheduleDir:
             why = f"cannot read directory: {exc.strerror}"
         if why is not None:
             error = ScheduleError(self.directory, 0, why)
-            return LoadResult(dict(self.jobs), [error], False, digest(self.jobs))
+            said = [f"{error} (the jobs loaded before stay in force)"]
+            result = LoadResult(dict(self.jobs), [error], False, digest(self.jobs))
+            result.appeared = self._appeared(said)
+            return result
         parsed, warnings = _parse_files_warning(paths)
+        had_good = set(self._good)
         self._good = {
             path: jobs if not errors else self._good[path]
             for path, (jobs, errors) in parsed.items()
@@ -71,7 +79,22 @@ class ScheduleDir:
         new_digest = digest(self.jobs)
         changed, self._digest = new_digest != self._digest, new_digest
         errors = [e for _, file_errors in parsed.values() for e in file_errors]
-        return LoadResult(dict(self.jobs), errors + duplicates, changed, new_digest, warnings)
+        said = [f"{e} {_consequence(e.path in had_good)}" for e in errors]
+        result = LoadResult(dict(self.jobs), errors + duplicates, changed, new_digest, warnings)
+        result.appeared = self._appeared(said + [str(e) for e in duplicates])
+        return result
+
+    def _appeared(self, messages: list[str]) -> list[str]:
+        """The messages not reported at the previous load; they are the reported ones now."""
+        new = [m for m in messages if m not in self._reported]
+        self._reported = set(messages)
+        return new
+
+
+def _consequence(had_good_version: bool) -> str:
+    if had_good_version:
+        return "(the file's last good version stays in force)"
+    return "(no job of this file is loaded until it is fixed)"
 
 
 def load_paths(paths: list[str]) -> LoadResult:
@@ -152,7 +175,10 @@ def merge_jobs(
             first = jobs.setdefault(job.name, job)
             if first is not job:
                 path, line = _split_source(job.source)
-                message = f'job "{job.name}" also defined at {first.source} (this one is ignored)'
+                message = (
+                    f'job "{job.name}" also defined at {first.source}: this definition is '
+                    "ignored, the rest of its file is loaded"
+                )
                 errors.append(ScheduleError(path, line, message))
     return jobs, errors
 

@@ -30,7 +30,7 @@ from zcron.daemon import Notifier, Signals, poll_timeout_ms
 from zcron.errors import ProtocolError
 from zcron.job import Job
 from zcron.ledger import TickLedger
-from zcron.log import setup_logging
+from zcron.log import iso_utc, setup_logging
 from zcron.mesh import PeerMesh
 from zcron.net import bind, incarnation, make_socket, send_nowait
 from zcron.peers import Membership
@@ -140,12 +140,12 @@ class Scheduler(Takeover, ClientRequests):
         heapq.heappush(self.views_at, self.members.since)
         self.notifier.ready(self.status_line())
         log.info(
-            "scheduler %s on %s: %d jobs from %s; firing from %.3f",
+            "scheduler %s on %s: %d jobs from %s; firing from %s",
             self.id,
             self.address,
             len(self.jobs),
             self.config.scheduler.schedules,
-            self.members.since,
+            iso_utc(self.members.since),
         )
         while not self.signals.stopping:
             ready = dict(self.poller.poll(self.timeout_ms(time.time())))
@@ -238,8 +238,8 @@ class Scheduler(Takeover, ClientRequests):
         """Re-read the schedule files; changed and new jobs get a fresh next instant."""
         result = self.schedules.load()
         self.errors = result.errors
-        for error in result.errors:
-            log.error("%s (the file's last good version stays in force)", error)
+        for message in result.appeared:  # each error once, when it appears
+            log.error("%s", message)
         # Jobs share few schedules: each schedule's next instant is found once.
         next_after_now = cache(lambda cron: cron.next_after(now))
         for name, job in result.jobs.items():

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from zcron import protocol
 from zcron.errors import ProtocolError
 from zcron.job import Job
+from zcron.log import iso_utc
 
 if TYPE_CHECKING:
     from zcron.scheduler import Scheduler
@@ -77,7 +78,7 @@ class Takeover:
         if not self.in_window(now, sent, since, what="heartbeat"):
             return
         if self.members.heard(msg, now_mono, now):
-            log.info("peer %s is live (firing from %.3f)", msg["scheduler"], msg["since"])
+            log.info("peer %s is live (firing from %s)", msg["scheduler"], iso_utc(msg["since"]))
             if msg["since"] > now:
                 heapq.heappush(self.views_at, msg["since"])
             self.view_changed(now, now_mono, f"peer {msg['scheduler']} joined")

@@ -200,9 +200,14 @@ def test_zcron_runs_reads_the_api_with_job_and_since(
     assert listed.returncode == 0, listed.stderr
     assert [json.loads(line)["run_id"] for line in listed.stdout.splitlines()] == ["backup-2"]
     iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(old - 60))
-    lines = zcron_runs(cluster, "--since", iso, "--limit", "2").stdout.splitlines()
+    header, *lines = zcron_runs(cluster, "--since", iso, "--limit", "2").stdout.splitlines()
+    assert header.split()[:2] == ["TICK", "(UTC)"] and header.split()[-1] == "RUN"
     assert [line.split()[-1] for line in lines] == ["report-3", "backup-2"]
     assert " ok " in lines[0] and " report " in lines[0]
+    # --status is the API's status= filter (every record here is ok)
+    assert len(zcron_runs(cluster, "--status", "ok", "--json").stdout.splitlines()) == 3
+    assert zcron_runs(cluster, "--status", "failed", "--json").stdout == ""
+    assert zcron_runs(cluster, "--status", "fine").returncode == 2
     bad = zcron_runs(cluster, "--limit", "20000")
     assert bad.returncode == 2 and "limit: expected a whole number 1..10000" in bad.stderr
     assert zcron_runs(cluster, "--since", "soon").returncode == 2
