@@ -125,12 +125,14 @@ def lateness_s(rec: dict) -> float | None:
 
 
 def lateness_summary(records: list[dict], jobs: dict[str, dict]) -> dict:
-    """p50, p99 and the latest job over scheduled first attempts (not catch-up, not manual)."""
+    """p50, p99 and the latest job over scheduled first attempts (not catch-up, not manual,
+    not pushes: a push's tick is when it was asked for, not a schedule's)."""
     values = sorted(
         (late, rec["job"])
         for rec in records
         if (late := lateness_s(rec)) is not None
-        and run_kind(rec, jobs.get(rec["job"])) == "scheduled"
+        and rec["job"] in jobs
+        and run_kind(rec, jobs[rec["job"]]) == "scheduled"
     )
     if not values:
         return {"p50": None, "p99": None, "worst": None, "worst_job": None, "runs": 0}
