@@ -192,16 +192,9 @@ class Store:
         if rec["status"] == "ok" and when > (row.get("last_success") or float("-inf")):
             row["last_success"] = stored.last_success[job] = when
 
-    def query(
-        self,
-        job: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        status: Iterable[str] | str | None = None,
-        limit: int = 100,
-    ) -> list[dict]:
-        """Records newest first with since <= time < until; status is one name or several."""
-        return self.scan(job, since, until, status, limit)[0]
+    def query(self, **filters: Any) -> list[dict]:
+        """scan()'s records (job, since, until, status, limit as there)."""
+        return self.scan(**filters)[0]
 
     def scan(
         self,
@@ -211,7 +204,8 @@ class Store:
         status: Iterable[str] | str | None = None,
         limit: int = 100,
     ) -> tuple[list[dict], bool]:
-        """query()'s records, and False if it stopped after examining max_examined records."""
+        """Records newest first with since <= time < until (status: one name or several),
+        and False if the scan stopped after examining max_examined records."""
         statuses = {status} if isinstance(status, str) else set(status or ())
         floor = time_key(since) if since is not None else b""
         prefix = job_prefix(job) if job is not None else b""
