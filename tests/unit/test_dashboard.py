@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from zcron import dashboard
-from zcron.http import merge_jobs
+from zcron.http import allowed_hosts, merge_jobs
 
 T0 = 1_796_000_040.0  # a whole minute
 EVERY_SECOND = {"name": "beat", "schedule": "* * * * * *", "timezone": "UTC", "enabled": True}
@@ -116,3 +116,13 @@ def test_absurd_times_neither_break_states_nor_strips() -> None:
         assert dashboard.run_kind(last(tick), EVERY_SECOND) in ("manual", "scheduled")
     marks = dashboard.strips([{"job": "push:x", **last(T0)}], {})
     assert list(marks) == ["push"]
+
+
+def test_http_answers_its_address_localhost_and_configured_names_only() -> None:
+    hosts = allowed_hosts("0.0.0.0", 9464, ["Sink.Example.org"])
+    for host in ("0.0.0.0:9464", "localhost:9464", "127.0.0.1:9464", "[::1]:9464",
+                 "sink.example.org", "sink.example.org:9464"):  # fmt: skip
+        assert host in hosts, host
+    for host in ("localhost", "localhost:80", "evil.example:9464", "", "127.0.0.1"):
+        assert host not in hosts, host
+    assert "[::]:9464" in allowed_hosts("::", 9464, [])

@@ -214,6 +214,8 @@ function render(s, runs) {
     return mark && mark[2] !== "scheduled" ? mark[2] : "";
   };
   document.getElementById("runs").replaceChildren(...runs.map(r => runRow(r, kinds, now)));
+  document.getElementById("strips-note").textContent = s.strips_complete ? ""
+    : "— the strips show only the newest runs of the last 10 minutes (too many to show all)";
   document.getElementById("runs-scope").textContent =
     view.job ? `— ${view.job} (select it again for all jobs)` : "— all jobs";
   document.body.dataset.rendered = String(Date.now());
