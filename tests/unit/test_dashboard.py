@@ -3,10 +3,18 @@ run kinds, lateness from the right instant, the cluster panel and the job table'
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import pytest
 
 from zcron import dashboard
-from zcron.http import allowed_hosts, merge_jobs
+from zcron.http import Api, allowed_hosts, merge_jobs
+from zcron.metrics import Metrics
+from zcron.protocol import record
+from zcron.sink import Reports
+from zcron.store import Store
 
 T0 = 1_796_000_040.0  # a whole minute
 EVERY_SECOND = {"name": "beat", "schedule": "* * * * * *", "timezone": "UTC", "enabled": True}
@@ -126,3 +134,17 @@ def test_http_answers_its_address_localhost_and_configured_names_only() -> None:
     for host in ("localhost", "localhost:80", "evil.example:9464", "", "127.0.0.1"):
         assert host not in hosts, host
     assert "[::]:9464" in allowed_hosts("::", 9464, [])
+
+
+def test_summary_of_records_with_absurd_times_is_still_json(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "sink"))
+    reports = Reports(configured=["a"])
+    reports.note_jobs({"scheduler": "a", "sent": 1.0, "jobs": [EVERY_SECOND]}, now=time.monotonic())
+    odd = record(run_id="r1", job="beat", tick=1e300, started=1e300, finished=-1e300, status="ok")
+    store.put_many([odd, record(run_id="r2", job="push:x", tick=4e10, status="missed")])
+    try:
+        summary = Api(store, Metrics(), reports).summary()
+        json.dumps(summary, allow_nan=False)
+        assert [(j["job"], j["state"]) for j in summary["jobs"]] == [("beat", "ok")]
+    finally:
+        store.close()
