@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import Cluster, Processes, make_cluster, wait_until
 from zcron.errors import ProtocolError
-from zcron.http import merge_jobs
+from zcron.http import Api, HttpServer, merge_jobs
+from zcron.metrics import Metrics
 from zcron.protocol import decode, encode, record
 from zcron.sink import PURGE_BATCH, Reports, check_job_entry
 from zcron.spool import MAX_RESEND_AFTER_S, RESEND_AFTER_S, Spool
@@ -533,3 +534,20 @@ def test_spool_resends_less_often_while_the_sink_is_silent_and_promptly_once_it_
     spool.ack(["backup-1"])
     now = resent_at[-1] + RESEND_AFTER_S
     assert [r["run_id"] for r in spool.due(now)] == ["backup-2"]
+
+
+def test_a_scan_cut_at_max_examined_is_said_in_the_answer(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "sink"))
+    store.put_many(
+        [record(run_id=f"r{n}", job="beat", tick=time.time() - 100 + n) for n in range(20)]
+    )
+    store.max_examined = 5
+    server = HttpServer("127.0.0.1:0", Api(store, Metrics(), Reports()))
+    server.start()
+    try:
+        with urllib.request.urlopen(server.url + "/api/runs?status=refused", timeout=5) as answer:
+            assert json.loads(answer.read()) == []
+            assert answer.headers["X-Zcron-Truncated"] == "examined 5 records"
+    finally:
+        server.stop()
+        store.close()
