@@ -77,6 +77,7 @@ class SinkConfig:
     data: str = ".zcron/sink"
     retention: float = 14 * 86400.0
     job_labels: bool = True
+    http_hosts: tuple[str, ...] = ()  # Host names HTTP answers besides its address and localhost
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,12 @@ def _slots(value: Any, name: str) -> int:
     return value
 
 
+def _names(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{name}: expected a list of host names, got {value!r}")
+    return tuple(value)
+
+
 def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{name}: expected true or false, got {value!r}")
@@ -162,6 +169,7 @@ _KEY_TYPES = {
     "slots": _slots,
     "insecure": _flag,
     "job_labels": _flag,
+    "http_hosts": _names,
 }
 
 

@@ -109,6 +109,8 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "parts": (int, False, 0),
         "stats": (dict, False, 64),  # counter and gauge name -> number (see sink metrics)
         "clock_offsets": (dict, False, 1024),  # peer id -> its clock minus ours, seconds
+        "errors": (list, False, 1024),  # schedule-file errors, "file:line: message" each
+        "reason": (OPT_STR, False, 1024),  # why this scheduler does not fire, None if it does
     },
     # scheduler -> scheduler, every heartbeat: liveness, incarnation, job-set digest, clock
     "heartbeat": {
@@ -219,6 +221,8 @@ def _check_numbers(msg: dict) -> None:
     _require(all(isinstance(k, str) and _is_number(v)
                  for table in tables for k, v in table.items()),
              "jobs.stats and clock_offsets map names to numbers")  # fmt: skip
+    _require(all(isinstance(e, str) and len(e) <= 4096 for e in msg.get("errors", [])),
+             "jobs.errors must hold strings of at most 4 KiB")  # fmt: skip
 
 
 def _strings(values: list) -> bool:

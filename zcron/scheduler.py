@@ -566,7 +566,9 @@ class Scheduler(Takeover, ClientRequests):
         self.next_report = now + REPORT_EVERY_S
         report = {"scheduler": self.id, "sent": now, "stats": self.stats(),
                   "clock_offsets": {p.id: p.clock_offset for p in self.members.live(
-                      time.monotonic()) if p.clock_offset is not None}}  # fmt: skip
+                      time.monotonic()) if p.clock_offset is not None},
+                  "errors": [str(e)[:1000] for e in self.errors[:100]],
+                  "reason": self.members.self_reason}  # fmt: skip
         if now >= self.next_job_table:
             self.send_job_table(report, now)
         else:

@@ -55,6 +55,7 @@ JOB_ENTRY = {
     "enabled": (bool, type(None)),
     "source": (str, type(None)),
     "next_tick": (int, float, type(None)),
+    "paused": (bool, type(None)),  # not sent yet: pausing comes with `zcron pause`
 }
 
 
@@ -115,6 +116,7 @@ class Reports:
         self.schedulers: dict[str, dict] = {}
         self.workers: dict[str, dict] = {}
         self.partial: dict[str, dict] = {}  # scheduler -> parts of a job table being received
+        self.first_seen: dict[str, float] = {}  # job -> wall clock it was first reported
 
     def note_jobs(self, fields: dict, now: float) -> None:
         """Keep a scheduler's latest report; its job table once all parts have arrived.
@@ -131,8 +133,21 @@ class Reports:
                 "jobs": previous.get("jobs", []) if jobs is None else jobs,
                 "stats": fields.get("stats", {}),
                 "clock_offsets": fields.get("clock_offsets", {}),
+                "errors": fields.get("errors", []),
+                "reason": fields.get("reason"),
                 "seen": now,
             }
+            if jobs is not None:
+                self.note_first_seen(jobs)
+
+    def note_first_seen(self, jobs: list[dict]) -> None:
+        """Remember when each job first appeared (a job that never ran is late from then)."""
+        wall = time.time()
+        for entry in jobs:
+            self.first_seen.setdefault(entry["name"], wall)
+        if len(self.first_seen) > 2 * sum(len(r["jobs"]) for r in self.schedulers.values()):
+            known = {e["name"] for r in self.schedulers.values() for e in r["jobs"]}
+            self.first_seen = {k: v for k, v in self.first_seen.items() if k in known}
 
     def assemble(self, sid: str, fields: dict) -> list[dict] | None:
         """A complete job table from the parts of one report, or None while incomplete."""
@@ -195,6 +210,15 @@ class Reports:
                 totals[(pool, "free")] += free
         return dict(totals), len(workers)
 
+    def job_names(self) -> list[str]:
+        """Every job name in a kept job table."""
+        with self.lock:
+            return list(self.first_seen)
+
+    def first_seen_times(self) -> dict[str, float]:
+        with self.lock:
+            return dict(self.first_seen)
+
     def snapshot(self, now: float) -> list[dict]:
         """Every kept job table, with `live` set for schedulers heard from lately."""
         with self.lock:
@@ -230,8 +254,10 @@ class Sink:
         self.signals.install()
         self.security.server(self.sock)
         bind(self.sock, cluster.sink, cluster.insecure, cluster.keys)
-        api = Api(self.store, self.metrics, lambda: self.reports.snapshot(time.monotonic()))
-        self.http = HttpServer(self.config.sink.http, api, cluster.insecure)
+        api = Api(self.store, self.metrics, self.reports)
+        self.http = HttpServer(
+            self.config.sink.http, api, cluster.insecure, self.config.sink.http_hosts
+        )
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self.signals.fd, zmq.POLLIN)
         self.restore_metrics()
@@ -247,6 +273,7 @@ class Sink:
             {job: row["last_success"] for job, row in last if row["last_success"] is not None}
         )
         self.metrics.records.set(self.store.count())
+        self.metrics.know_jobs(job for job, _ in last)
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit code."""
@@ -362,6 +389,7 @@ class Sink:
         self.reports.expire(now)
         self.metrics.set_schedulers(*self.reports.scheduler_states(now))
         self.metrics.set_slots(*self.reports.slots())
+        self.metrics.know_jobs(self.reports.job_names())
 
     def close(self) -> None:
         """Stop HTTP first (its threads read the store), then the socket, then LMDB."""

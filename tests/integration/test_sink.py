@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import Cluster, Processes, make_cluster, wait_until
 from zcron.errors import ProtocolError
-from zcron.http import merge_jobs
+from zcron.http import Api, HttpServer, merge_jobs
+from zcron.metrics import Metrics
 from zcron.protocol import decode, encode, record
 from zcron.sink import PURGE_BATCH, Reports, check_job_entry
 from zcron.spool import MAX_RESEND_AFTER_S, RESEND_AFTER_S, Spool
@@ -252,19 +255,31 @@ def test_jobs_report_shows_in_api_jobs(
         "source": "etc/zcron.d/backup.toml:1",
         "next_tick": next_tick,
     }
-    sock.send(encode("jobs", scheduler="a", jobs=[job], sent=time.time()))
-    deliver(sock, [run_record(1), run_record(2, job="pushed-once")])
+    errors = [f"{cluster.root}/zcron.d/broken:2: bad hour field '25'"]
+    sock.send(encode("jobs", scheduler="a", jobs=[job], sent=time.time(), errors=errors))
+    deliver(sock, [run_record(1), run_record(2, job="removed"), run_record(3, job="push:ab12")])
 
-    def both_jobs() -> list[dict] | None:
+    def backup_ran() -> list[dict] | None:
         jobs = cluster.get_json("/api/jobs")
-        return jobs if len(jobs) == 2 else None
+        return jobs if jobs and jobs[0]["last_run"] else None
 
-    jobs = wait_until(both_jobs, 5, "two jobs in /api/jobs")
-    backup, pushed = jobs
+    jobs = wait_until(backup_ran, 5, "backup's run in /api/jobs")
+    assert [j["job"] for j in jobs] == ["backup"], "a removed job and a push are not listed"
+    backup = jobs[0]
     assert backup["job"] == "backup" and backup["schedule"] == "0 3 * * *"
     assert backup["next_tick"] == next_tick and backup["schedulers"] == ["a"]
     assert backup["last_run"]["status"] == "ok" and backup["last_success"] is not None
-    assert pushed["job"] == "pushed-once" and pushed["schedule"] is None
+    summary = cluster.get_json("/api/summary")
+    assert summary["errors"] == [{"error": errors[0], "schedulers": ["a"]}]
+    assert [(s["id"], s["state"]) for s in summary["schedulers"]] == [("a", "live")]
+    assert set(summary["strips"]) == {"backup", "removed", "push"}
+    missed = ("zcron_missed_ticks_total", (("job_name", "backup"),))
+    got = wait_until(lambda: (m := metric_samples(cluster)).get(missed) == 0 and m, 5, "0 series")
+    assert got[("zcron_schedule_errors", (("scheduler", "a"),))] == 1
+    assert got[("zcron_runs_total", (("job_name", "push"), ("status", "ok")))] == 1
+    assert got[("zcron_duplicate_runs_total", (("job_name", "backup"),))] == 0
+    assert got[("zcron_runs_total", (("job_name", "backup"), ("status", "failed")))] == 0
+    assert not any("push:" in str(labels) for _, labels in got), "pushes share job_name=push"
     live = ("zcron_schedulers", (("state", "live"),))
     wait_until(lambda: metric_samples(cluster).get(live) == 1, 5, "scheduler a live")
 
@@ -298,6 +313,70 @@ def test_dashboard_is_served_as_html(procs: Processes, cluster: Cluster) -> None
         page = response.read().decode()
     assert "<title>zcron dashboard</title>" in page
     assert "http://" not in page and "https://" not in page
+    assert "<script>" not in page and "<style>" not in page, "the CSP allows no inline code"
+
+
+def request(cluster: Cluster, path: str, host: str | None = None) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of one GET with an optional Host header."""
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.http_port, timeout=5)
+    try:
+        conn.putrequest("GET", path, skip_host=host is not None)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, dict(response.headers), response.read()
+    finally:
+        conn.close()
+
+
+def test_http_answers_known_hosts_only_with_nosniff_and_a_csp(
+    procs: Processes, cluster: Cluster
+) -> None:
+    cluster.extra = 'http_hosts = ["zcron.example.org"]\n'
+    cluster.write_config()
+    start_sink(procs, cluster)
+    port = cluster.http_port
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "zcron.example.org"):
+        assert request(cluster, "/api/jobs", host)[0] == 200, host
+    for host in ("evil.example.com", f"evil.example.com:{port}", "localhost:1", ""):
+        assert request(cluster, "/api/jobs", host)[0] == 421, host
+    for path in ("/", "/app.js", "/app.css", "/api/summary", "/metrics", "/nope"):
+        status, headers, _ = request(cluster, path)
+        assert headers["X-Content-Type-Options"] == "nosniff", path
+        assert "script-src 'self'" in headers["Content-Security-Policy"], path
+    assert request(cluster, "/app.js")[1]["Content-Type"].startswith("text/javascript")
+
+
+def test_http_refuses_connections_beyond_the_limit_at_once(
+    procs: Processes, cluster: Cluster
+) -> None:
+    start_sink(procs, cluster)
+    idle = [socket.create_connection(("127.0.0.1", cluster.http_port)) for _ in range(40)]
+    try:
+        refused = wait_until(lambda: request_or_busy(cluster), 5, "a quick 503")
+        assert refused == 503
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_until(lambda: request_or_busy(cluster) == 200, 15, "serving again")
+
+
+def request_or_busy(cluster: Cluster) -> int | None:
+    try:
+        return request(cluster, "/api/jobs")[0]
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def test_a_filter_matching_nothing_is_empty_and_complete_below_the_cap(
+    procs: Processes, cluster: Cluster, ctx: zmq.Context
+) -> None:
+    start_sink(procs, cluster)
+    sock = connect(ctx, cluster)
+    deliver(sock, [run_record(n) for n in range(30)])
+    status, headers, body = request(cluster, "/api/runs?status=refused&limit=5")
+    assert status == 200 and json.loads(body) == [] and "X-Zcron-Truncated" not in headers
 
 
 def test_records_past_retention_are_purged(
@@ -439,18 +518,18 @@ def test_jobs_entry_without_a_name_is_rejected_and_odd_fields_are_dropped() -> N
     assert entry["next_tick"] is None and entry["pool"] is None and "extra" not in entry
 
 
-def test_api_jobs_prefers_live_reports_and_adds_store_only_jobs() -> None:
+def test_api_jobs_prefers_live_reports_and_leaves_out_store_only_jobs() -> None:
     reports = [
         {"scheduler": "b", "seen": 5.0, "live": False, "jobs": [{"name": "j", "schedule": "old"}]},
         {"scheduler": "a", "seen": 1.0, "live": True, "jobs": [{"name": "j", "schedule": "new"}]},
     ]
-    last = {"k": {"last_run": None, "last_success": 3.0}}
+    last = {
+        "j": {"last_run": None, "last_success": 2.0},
+        "k": {"last_run": None, "last_success": 3.0},
+    }
     rows = merge_jobs(reports, last)
-    assert [(r["job"], r["schedule"], r["schedulers"]) for r in rows] == [
-        ("j", "new", ["a"]),
-        ("k", None, []),
-    ]
-    assert rows[1]["last_success"] == 3.0
+    assert [(r["job"], r["schedule"], r["schedulers"]) for r in rows] == [("j", "new", ["a"])]
+    assert rows[0]["last_success"] == 2.0
 
 
 def test_spool_resends_less_often_while_the_sink_is_silent_and_promptly_once_it_acks(
@@ -466,3 +545,20 @@ def test_spool_resends_less_often_while_the_sink_is_silent_and_promptly_once_it_
     spool.ack(["backup-1"])
     now = resent_at[-1] + RESEND_AFTER_S
     assert [r["run_id"] for r in spool.due(now)] == ["backup-2"]
+
+
+def test_a_scan_cut_at_max_examined_is_said_in_the_answer(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "sink"))
+    store.put_many(
+        [record(run_id=f"r{n}", job="beat", tick=time.time() - 100 + n) for n in range(20)]
+    )
+    store.max_examined = 5
+    server = HttpServer("127.0.0.1:0", Api(store, Metrics(), Reports()))
+    server.start()
+    try:
+        with urllib.request.urlopen(server.url + "/api/runs?status=refused", timeout=5) as answer:
+            assert json.loads(answer.read()) == []
+            assert answer.headers["X-Zcron-Truncated"] == "examined 5 records"
+    finally:
+        server.stop()
+        store.close()
