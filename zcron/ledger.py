@@ -65,7 +65,11 @@ class TickLedger:
             for job in self.dirty:
                 txn.put(job.encode(), repr(self.fired[job]).encode(), db=self.db)
 
-        self._write(write)
+        try:
+            self._write(write)
+        except LedgerFull as exc:  # kept in memory (peers have the claims): retried later
+            log.error("%s: the last fired ticks stay in memory only", exc)
+            return
         self.dirty.clear()
 
     def _write(self, step) -> None:  # type: ignore[no-untyped-def]

@@ -41,8 +41,7 @@ class PeerMesh:
             # A paused peer's connection is dropped and redialled rather than filling with
             # heartbeats it would read, minutes old, on SIGCONT.
             keepalive(sock, cluster.heartbeat, 3 * cluster.peer_timeout)
-            security.client(sock, peer_id)  # CURVE to that peer's key when keys are set
-            sock.connect(address)
+            security.connect(sock, peer_id, address)  # CURVE to that peer's key, with keys
             self.sockets[peer_id] = sock
 
     def send(self, peer_id: str, kind: str, **fields: object) -> None:

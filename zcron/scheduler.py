@@ -120,8 +120,7 @@ class Scheduler(Takeover, ClientRequests):
         self.security.server(self.router)
         bind(self.router, self.address, cluster.insecure, cluster.keys)
         self.sink = make_socket(self.ctx, zmq.DEALER, identity=incarnation(f"scheduler-{self.id}"))
-        self.security.client(self.sink, "sink")
-        self.sink.connect(cluster.sink)
+        self.security.connect(self.sink, "sink", cluster.sink)
         self.mesh = PeerMesh(self.ctx, self.id, cluster.schedulers, self.security, cluster)
         for sock in (self.router, self.sink, self.signals.fd):
             self.poller.register(sock, zmq.POLLIN)

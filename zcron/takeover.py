@@ -43,6 +43,7 @@ class Takeover:
         if now_mono < self.next_heartbeat:
             return
         self.next_heartbeat = now_mono + self.config.cluster.heartbeat
+        self.security.redial_failed(now_mono)
         was_eligible = self.members.self_eligible
         self.members.check_clock(self.config.cluster.max_clock_skew, now_mono)
         if was_eligible != self.members.self_eligible:

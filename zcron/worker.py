@@ -109,14 +109,12 @@ class Worker:
             sock = make_socket(self.ctx, zmq.DEALER, identity=identity)
             # A scheduler that stopped answering (paused, link cut) is redialled.
             keepalive(sock, cluster.heartbeat, 3 * cluster.peer_timeout)
-            self.security.client(sock, sid)
-            sock.connect(address)
+            self.security.connect(sock, sid, address)
             self.schedulers[sock] = sid
             self.seen[sid] = 0
             self.poller.register(sock, zmq.POLLIN)
         self.sink = make_socket(self.ctx, zmq.DEALER, identity=identity)
-        self.security.client(self.sink, "sink")
-        self.sink.connect(self.config.cluster.sink)
+        self.security.connect(self.sink, "sink", self.config.cluster.sink)
         self.poller.register(self.sink, zmq.POLLIN)
         self.poller.register(self.signals.fd, zmq.POLLIN)
 
@@ -451,6 +449,7 @@ class Worker:
 
     def heartbeat_if_due(self, now: float) -> None:
         if now >= self.next_heartbeat:
+            self.security.redial_failed(now)
             self.announce()
             self.next_heartbeat = now + self.heartbeat_s
 
