@@ -192,7 +192,8 @@ def ask_any(config: Config, op: str, args: dict) -> dict:
 def cmd_run(args: dict) -> int:
     config = load_config(args.get("--config"))
     body = ask_any(config, "run", {"job": args["JOB"]})
-    print(f"fired {body['job']} at {_iso(body['tick'], 'UTC')} ({body['tick']:.6f})")
+    run = f" (run {body['run_id']})" if body.get("run_id") else ""
+    print(f"fired {body['job']}{run} at {_iso(body['tick'], 'UTC')} ({body['tick']:.6f})")
     return 0
 
 
