@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import heapq
-import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -33,7 +32,7 @@ class ClientRequests:
         name = args["job"]
         if name not in self.jobs:
             raise KeyError(f"no job named {name!r} on scheduler {self.id}")
-        tick = time.time()
+        tick = self.clock.now()
         self.fire_message(self.job_message(self.jobs[name], tick, 1), tick, claim=False)
         return {"job": name, "tick": tick}
 
@@ -59,11 +58,9 @@ class ClientRequests:
         heapq.heappush(self.due, (msg["tick"] - LEAD_S, msg["tick"], 0, name))
 
     def request_status(self: Scheduler, args: dict) -> dict:
-        now_mono = time.monotonic()
-        eligible = self.members.eligible_at(time.time(), now_mono)
-        owned = sum(
-            1 for job in self.jobs.values() if self.owner(job, time.time(), now_mono) == self.id
-        )
+        now, now_mono = self.clock.now(), self.clock.monotonic()
+        eligible = self.members.eligible_at(now, now_mono)
+        owned = sum(1 for job in self.jobs.values() if self.owner(job, now, now_mono) == self.id)
         return {
             "scheduler": self.id, "jobs": len(self.jobs), "owned": owned,
             "digest": self.members.my_digest, "since": self.members.since,

@@ -60,12 +60,12 @@ def resolve_user(wanted: str | None) -> pwd.struct_passwd:
     """The account a job runs as (spec §7): anyone when we are root, else only ourselves.
 
     Answers are kept ACCOUNT_TTL_S: each lookup reads /etc/passwd (NSS), once per job."""
-    key = (os.getuid(), wanted)
+    key, now_mono = (os.getuid(), wanted), time.monotonic()
     known = _accounts.get(key)
-    if known is not None and time.monotonic() < known[0]:
+    if known is not None and now_mono < known[0]:
         return known[1]
     account = _lookup_user(wanted)
-    _accounts[key] = (time.monotonic() + ACCOUNT_TTL_S, account)
+    _accounts[key] = (now_mono + ACCOUNT_TTL_S, account)
     return account
 
 
@@ -161,7 +161,7 @@ class Run:
     def run_id(self) -> str:
         return self.msg["run_id"]
 
-    def release(self, now_mono: float) -> None:
+    def release(self, now: float, now_mono: float) -> None:
         """Let the parked process run the command: the run starts now."""
         if self.go is None:
             return
@@ -171,7 +171,7 @@ class Run:
             pass  # it died while parked; the reap reports how
         os.close(self.go)
         self.go = None
-        self.started = time.time()
+        self.started = now
         if self.msg["timeout"]:
             self.deadline = now_mono + self.msg["timeout"]
 
@@ -234,7 +234,7 @@ class Run:
         """The spawner reaped the process with this wait status."""
         self.returncode = os.waitstatus_to_exitcode(wait_status)
 
-    def finish(self) -> dict:
+    def finish(self, now: float) -> dict:
         """Drain the pipes, release fds and kill stragglers in a killed group; the record."""
         for fd in self.pipes():
             self.drain_pipe(fd)
@@ -244,9 +244,9 @@ class Run:
         if self.go is not None:
             os.close(self.go)
             self.go = None
-        return self.record()
+        return self.record(now)
 
-    def record(self) -> dict:
+    def record(self, now: float) -> dict:
         code = self.returncode if self.returncode is not None else -signal.SIGKILL
         exit_code, signum = (code, None) if code >= 0 else (None, -code)
         out, err = self.tails
@@ -257,7 +257,7 @@ class Run:
             self.worker_id,
             status=self.status(exit_code, signum),
             started=self.started,
-            finished=time.time(),
+            finished=now,
             exit_code=exit_code,
             signal=signum,
             stdout_tail=out.text(),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -23,9 +22,10 @@ import zmq
 
 from zcron import protocol
 from zcron.auth import Security
+from zcron.clock import SPIN_S, Clock
 from zcron.config import Config, load_daemon_config
 from zcron.control import ClientRequests
-from zcron.daemon import Notifier, Signals, poll_timeout_ms
+from zcron.daemon import Notifier, Signals
 from zcron.errors import ProtocolError
 from zcron.job import Job
 from zcron.ledger import TickLedger
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 REPORT_EVERY_S = 2.0
 REJECT_LOG_EVERY_S = 10.0
 RELOAD_SETTLE_S = 0.05  # let an editor finish writing before re-reading
-SPIN_S = 0.002  # the last stretch before an instant is spun, not slept: poll wakes in whole ms
 
 
 @dataclass
@@ -60,8 +59,9 @@ class Waiting:
 class Scheduler(Takeover, ClientRequests):
     """run() → poll() → handle_* per ready socket → fire_due_ticks(now) → timed steps."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, clock: Clock | None = None):
         self.config = config
+        self.clock = clock or Clock()
         cluster = config.cluster
         self.id = config.scheduler.id
         self.address = config.scheduler_address()
@@ -93,7 +93,7 @@ class Scheduler(Takeover, ClientRequests):
         self.reload_at: float | None = None
         self.next_report = self.next_poll_dir = self.next_heartbeat = 0.0
         self.next_job_table = 0.0
-        self.last_expire_check = time.monotonic()
+        self.last_expire_check = self.clock.monotonic()
         self.next_reject_log = 0.0
         self.counters = dict.fromkeys(("rejected", "takeovers", "caught_up", "missed", "retries",
                                        "skipped", "replaced"), 0)  # fmt: skip
@@ -128,10 +128,10 @@ class Scheduler(Takeover, ClientRequests):
     def run(self) -> int:
         self.signals.install()
         self.bind()
-        self.reload(time.time())
+        self.reload(self.clock.now())
         for name, msg in self.ledger.pushes().items():
             self.plan_push(name, msg)
-        self.members.since = time.time() + self.warm_up()
+        self.members.since = self.clock.now() + self.warm_up()
         heapq.heappush(self.views_at, self.members.since)
         self.notifier.ready(self.status_line())
         log.info(
@@ -143,10 +143,11 @@ class Scheduler(Takeover, ClientRequests):
             self.members.since,
         )
         while not self.signals.stopping:
-            ready = dict(self.poller.poll(self.timeout_ms(time.time())))
+            ready = dict(self.poller.poll(self.timeout_ms()))
             self.handle_events(ready)
-            self.step(time.time(), time.monotonic())
-            self.notifier.watchdog_if_due(time.monotonic())
+            now, now_mono = self.clock.now(), self.clock.monotonic()
+            self.step(now, now_mono)
+            self.notifier.watchdog_if_due(now_mono)
         self.notifier.stopping()
         self.leave()
         self.shutdown()
@@ -159,7 +160,7 @@ class Scheduler(Takeover, ClientRequests):
         """Everything that is due at `now`, in order."""
         self.expire_peers(now, now_mono)
         self.change_view_if_due(now, now_mono)
-        self.fire_due_ticks(now)
+        self.fire_due_ticks(now, now_mono)
         self.retry_due(now)
         self.record_claims()
         self.expire_waiting(now)
@@ -169,13 +170,23 @@ class Scheduler(Takeover, ClientRequests):
         self.report_if_due(now)
         self.ledger.flush_if_due(now_mono)
 
-    def timeout_ms(self, now: float) -> int:
+    def timeout_ms(self) -> int:
         """Milliseconds until the next thing to do, waking just before a tick instant."""
-        now_mono = time.monotonic()
-        # next_heartbeat is monotonic (takeover.heartbeat_if_due); compared raw with the wall
-        # clock it was always past, and poll(0) spun a whole core.
-        deadlines = [self.next_report, now + self.next_heartbeat - now_mono, now + 60]
-        deadlines.append(now + self.notifier.watchdog_wait_s(now_mono))
+        return self.clock.timeout_ms(self.wall_deadlines(), self.mono_deadlines())
+
+    def mono_deadlines(self) -> list[float]:
+        """What is due on the monotonic clock: heartbeats, peer expiry, the watchdog."""
+        now_mono = self.clock.monotonic()
+        deadlines = [self.next_heartbeat, now_mono + 60]
+        deadlines.append(self.notifier.watchdog_due(now_mono))
+        expiry = self.members.next_expiry(now_mono)
+        if expiry is not None:
+            deadlines.append(expiry + 0.001)
+        return deadlines
+
+    def wall_deadlines(self) -> list[float]:
+        """What is due on the wall clock: ticks, view changes, reports, reloads, waits."""
+        deadlines = [self.next_report]
         if self.due:
             deadlines.append(self.due[0][0] - SPIN_S)
         if self.views_at:
@@ -188,10 +199,7 @@ class Scheduler(Takeover, ClientRequests):
             deadlines.append(min(q[0].give_up_at for q in self.waiting.values()))
         if self.retries:
             deadlines.append(self.retries[0][0])
-        expiry = self.members.next_expiry(now_mono)
-        if expiry is not None:
-            deadlines.append(now + expiry - now_mono + 0.001)
-        return poll_timeout_ms(min(deadlines), now)
+        return deadlines
 
     def handle_events(self, ready: dict) -> None:
         if self.signals.fd in ready:
@@ -200,10 +208,10 @@ class Scheduler(Takeover, ClientRequests):
                 self.signals.reload = False
                 log.info("SIGHUP: re-reading %s", self.config.scheduler.schedules)
                 self.notifier.reloading()
-                self.reload(time.time())
+                self.reload(self.clock.now())
                 self.notifier.ready(self.status_line())
         if self.watch.fd is not None and self.watch.fd in ready and self.watch.changed():
-            self.reload_at = time.time() + RELOAD_SETTLE_S
+            self.reload_at = self.clock.now() + RELOAD_SETTLE_S
         if self.router in ready:
             self.handle_router()
         if self.sink in ready:
@@ -273,13 +281,11 @@ class Scheduler(Takeover, ClientRequests):
 
     # -- firing -------------------------------------------------------------------------
 
-    def fire_due_ticks(self, now: float) -> None:
+    def fire_due_ticks(self, now: float, now_mono: float) -> None:
         """Walk every tick whose dispatch time has come; fire the ones that are ours."""
-        now_mono = time.monotonic()
         while self.due and self.due[0][0] <= now + SPIN_S:
             dispatch_at, tick, generation, name = heapq.heappop(self.due)
-            while time.time() < dispatch_at:
-                pass
+            self.clock.spin_until(dispatch_at)
             if name in self.pushed:
                 self.fire_message(self.pushed.pop(name), tick, claim=False)
                 self.ledger.drop_push(name)
@@ -288,7 +294,7 @@ class Scheduler(Takeover, ClientRequests):
             if self.generation.get(name) == generation:  # else changed or gone since
                 job = self.jobs[name]
                 if self.may_fire(job, tick, now_mono):
-                    self.catch_up(job, time.time(), now_mono, before=tick, as_of=tick)
+                    self.catch_up(job, max(now, dispatch_at), now_mono, before=tick, as_of=tick)
                     self.fire(job, tick)
                 self.push(job, job.next_after(tick), generation)
 
@@ -358,7 +364,7 @@ class Scheduler(Takeover, ClientRequests):
         worker = self.workers.pick(msg["pool"], avoid)
         if worker is None:
             return False
-        msg["dispatched"] = time.time()
+        msg["dispatched"] = self.clock.now()
         self.router.send_multipart([worker.identity, protocol.encode("job", **msg)])
         worker.assign(msg)
         if claim:  # after the send: a claim for a tick no worker got would lose it
@@ -447,13 +453,13 @@ class Scheduler(Takeover, ClientRequests):
     def reject(self, why: str) -> None:
         """Count a dropped message; log at most one line per REJECT_LOG_EVERY_S (floods)."""
         self.counters["rejected"] += 1
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if now >= self.next_reject_log:
             self.next_reject_log = now + REJECT_LOG_EVERY_S
             log.warning("%s (%d dropped so far)", why, self.counters["rejected"])
 
     def on_ready(self, identity: bytes, msg: dict) -> None:
-        for lost in self.workers.announce(identity, msg, time.monotonic()):
+        for lost in self.workers.announce(identity, msg, self.clock.monotonic()):
             self.run_lost(lost, f"worker {msg['worker']} restarted")
         self.dispatch_waiting()
 
@@ -488,7 +494,7 @@ class Scheduler(Takeover, ClientRequests):
             return
         again = self.job_message(job, msg["tick"], msg["attempt"] + 1)
         self.counters["retries"] += 1
-        heapq.heappush(self.retries, (time.time() + job.retry_delay, again["run_id"], again,
+        heapq.heappush(self.retries, (self.clock.now() + job.retry_delay, again["run_id"], again,
                                       failed_on))  # fmt: skip
 
     def retry_due(self, now: float) -> None:
@@ -498,7 +504,7 @@ class Scheduler(Takeover, ClientRequests):
             grace = job.misfire_grace if job else 60.0
             if not self.dispatch(msg, claim=False, avoid=avoid):
                 self.waiting.setdefault(msg["pool"], deque()).append(
-                    Waiting(msg, time.time() + grace, False)
+                    Waiting(msg, now + grace, False)
                 )
 
     # -- results and reports --------------------------------------------------------------
@@ -507,7 +513,7 @@ class Scheduler(Takeover, ClientRequests):
         """Spool a record this scheduler made (missed, lost) and send it to the sink."""
         self.spool.add(rec)
         send_nowait(self.sink, protocol.encode("result", record=rec))
-        self.spool.mark_sent(rec["run_id"], time.monotonic())
+        self.spool.mark_sent(rec["run_id"], self.clock.monotonic())
 
     def send_job_table(self, report: dict, now: float) -> None:
         """The job table with next ticks, in parts; large tables less often (idle CPU)."""
@@ -523,7 +529,7 @@ class Scheduler(Takeover, ClientRequests):
 
     def stats(self) -> dict[str, float]:
         """What the sink exposes for this scheduler (zcron_scheduler_* metrics)."""
-        now_mono = time.monotonic()
+        now_mono = self.clock.monotonic()
         return {
             **self.counters,
             "waiting": sum(len(q) for q in self.waiting.values()),
@@ -541,14 +547,15 @@ class Scheduler(Takeover, ClientRequests):
         if now < self.next_report:
             return
         self.next_report = now + REPORT_EVERY_S
+        now_mono = self.clock.monotonic()
         report = {"scheduler": self.id, "sent": now, "stats": self.stats(),
-                  "clock_offsets": {p.id: p.clock_offset for p in self.members.live(
-                      time.monotonic()) if p.clock_offset is not None}}  # fmt: skip
+                  "clock_offsets": {p.id: p.clock_offset for p in self.members.live(now_mono)
+                                    if p.clock_offset is not None}}  # fmt: skip
         if now >= self.next_job_table:
             self.send_job_table(report, now)
         else:
             send_nowait(self.sink, protocol.encode("jobs", jobs=[], part=0, parts=0, **report))
-        for rec in self.spool.due(time.monotonic()):
+        for rec in self.spool.due(now_mono):
             send_nowait(self.sink, protocol.encode("result", record=rec))
 
 

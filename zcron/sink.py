@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import zmq
 from prometheus_client import disable_created_metrics
 
 from zcron.auth import Security
+from zcron.clock import Clock
 from zcron.config import Config, load_daemon_config
 from zcron.daemon import Notifier, Signals
 from zcron.errors import ProtocolError
@@ -187,8 +187,11 @@ class Reports:
 class Sink:
     """The sink daemon: run() → poll() → handle_frames() → store_batch() → ack()."""
 
-    def __init__(self, config: Config, store: Store, metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, store: Store, metrics: Metrics, clock: Clock | None = None
+    ) -> None:
         self.config = config
+        self.clock = clock or Clock()
         self.store = store
         self.metrics = metrics
         self.reports = Reports(config.cluster.schedulers)
@@ -210,7 +213,7 @@ class Sink:
         self.signals.install()
         self.security.server(self.sock)
         bind(self.sock, cluster.sink, cluster.insecure, cluster.keys)
-        api = Api(self.store, self.metrics, lambda: self.reports.snapshot(time.monotonic()))
+        api = Api(self.store, self.metrics, self.snapshot)
         self.http = HttpServer(self.config.sink.http, api, cluster.insecure)
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self.signals.fd, zmq.POLLIN)
@@ -231,17 +234,21 @@ class Sink:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit code."""
         while not self.signals.stopping:
-            self.poll(self.timeout_ms(time.monotonic()))
-            now = time.monotonic()
+            self.poll(self.timeout_ms())
+            now = self.clock.monotonic()
             self.purge_if_due(now)
             self.expire_reports(now)
             self.notifier.watchdog_if_due(now)
         return 0
 
-    def timeout_ms(self, now: float) -> int:
-        """Milliseconds until the next timed step is due."""
-        due = min(self.next_purge, self.next_expire, self.notifier.watchdog_due(now))
-        return max(0, int((due - now) * 1000))
+    def timeout_ms(self) -> int:
+        """Milliseconds until the next timed step is due (rounded up, as every daemon's)."""
+        watchdog = self.notifier.watchdog_due(self.clock.monotonic())
+        return self.clock.timeout_ms(mono=(self.next_purge, self.next_expire, watchdog))
+
+    def snapshot(self) -> list[dict]:
+        """The schedulers' latest reports, for the HTTP API and the metrics."""
+        return self.reports.snapshot(self.clock.monotonic())
 
     def poll(self, timeout_ms: int) -> None:
         """Wait for frames or a signal, and handle what arrived."""
@@ -260,7 +267,7 @@ class Sink:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            self.handle_message(frames, batch, time.monotonic())
+            self.handle_message(frames, batch, self.clock.monotonic())
         if batch.records:
             self.store_batch(batch)
 
@@ -290,14 +297,14 @@ class Sink:
 
     def store_batch(self, batch: Batch) -> None:
         """Write the batch in one synced transaction, then ack; on failure ack nothing."""
-        began = time.monotonic()
+        began = self.clock.monotonic()
         try:
             stored = self.store.put_many(batch.records)
         except (lmdb.Error, StoreError) as exc:
             log.error("cannot store %d records (senders will resend): %s", len(batch.records), exc)
             return
-        self.metrics.observe_batch(len(batch.records), time.monotonic() - began)
-        self.metrics.observe_new(stored.new, time.time())
+        self.metrics.observe_batch(len(batch.records), self.clock.monotonic() - began)
+        self.metrics.observe_new(stored.new, self.clock.now())
         self.metrics.count_duplicates(stored.duplicates)
         self.metrics.set_last_success(stored.last_success)
         self.metrics.records.set(stored.records)
@@ -318,7 +325,7 @@ class Sink:
         if now < self.next_purge:
             return
         self.next_purge = now + PURGE_EVERY_S
-        cutoff = time.time() - self.config.sink.retention
+        cutoff = self.clock.now() - self.config.sink.retention
         try:
             purged = self.store.purge_older_than(cutoff, PURGE_BATCH)
         except (lmdb.Error, StoreError) as exc:
@@ -355,9 +362,7 @@ def cmd_sink(args: dict) -> int:
     config = load_daemon_config(args)
     metrics = Metrics(config.sink.job_labels)
     sink = Sink(config, Store(config.sink.data), metrics)
-    metrics.watch_cluster(
-        lambda: sink.reports.snapshot(time.monotonic()), lambda: sink.reports.worker_reports()
-    )
+    metrics.watch_cluster(sink.snapshot, lambda: sink.reports.worker_reports())
     try:
         sink.start()
         return sink.run()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from zcron import protocol
@@ -53,8 +52,8 @@ class Takeover:
     def leave(self: Scheduler) -> None:
         """On a clean stop, say so: peers take our jobs at once instead of after peer_timeout."""
         self.members.self_eligible, self.members.self_reason = False, "stopping"
-        self.send_heartbeat(time.time())
-        time.sleep(0.05)  # linger 0 would drop it: give the I/O thread a moment to send
+        self.send_heartbeat(self.clock.now())
+        self.clock.sleep(0.05)  # linger 0 would drop it: give the I/O thread a moment to send
 
     def send_heartbeat(self: Scheduler, now: float) -> None:
         self.mesh.broadcast(
@@ -64,7 +63,7 @@ class Takeover:
         )  # fmt: skip
 
     def on_heartbeat(self: Scheduler, identity: bytes, msg: dict) -> None:
-        now, now_mono = time.time(), time.monotonic()
+        now, now_mono = self.clock.now(), self.clock.monotonic()
         if self.members.heard(msg, now_mono, now):
             log.info("peer %s is live (firing from %.3f)", msg["scheduler"], msg["since"])
             if msg["since"] > now:
@@ -169,7 +168,7 @@ class Takeover:
                 msg["digest"],
                 self.members.my_digest,
             )
-            self.view_changed(time.time(), time.monotonic(), "job sets compared")
+            self.view_changed(self.clock.now(), self.clock.monotonic(), "job sets compared")
 
     def warm_up(self: Scheduler) -> float:
         """How long after start we begin firing: every live peer has heard us (and we them)

@@ -13,7 +13,7 @@ import itertools
 import logging
 import resource
 import select
-import time
+import signal
 from collections import deque
 from collections.abc import Callable
 
@@ -21,8 +21,9 @@ import zmq
 
 from zcron import protocol
 from zcron.auth import Security
+from zcron.clock import SPIN_S, Clock
 from zcron.config import Config, load_daemon_config
-from zcron.daemon import Notifier, Signals, poll_timeout_ms
+from zcron.daemon import Notifier, Signals
 from zcron.errors import ConfigError
 from zcron.log import setup_logging
 from zcron.net import make_socket, receive, send_nowait
@@ -31,7 +32,6 @@ from zcron.spawner import Spawner, SpawnerGone
 from zcron.spool import Spool
 
 log = logging.getLogger(__name__)
-SPIN_S = 0.002  # poll wakes in whole milliseconds: the last stretch to a tick is spun
 # Arming (three pipes and a request to a spawner) costs ~0.1 ms: a burst of thousands of
 # jobs is armed this much per turn of the loop, so releases, results and heartbeats go on
 # meanwhile (a silent worker is taken for dead).
@@ -45,8 +45,11 @@ MAX_RUNNING_LISTED = protocol.SCHEMAS["ready"]["running"][2]
 class Worker:
     """Run() → poll() → handle_* per ready socket or fd → timed steps."""
 
-    def __init__(self, config: Config, reload: Callable[[], Config] | None = None):
+    def __init__(
+        self, config: Config, reload: Callable[[], Config] | None = None, clock: Clock | None = None
+    ):
         self.config = config
+        self.clock = clock or Clock()
         self.load_config = reload  # SIGHUP: the settings again, as at start
         self.id = config.worker.id
         self.pools = list(config.worker.pool)
@@ -124,12 +127,12 @@ class Worker:
         return 0
 
     def step(self) -> None:
-        ready = dict(self.poller.poll(self.timeout_ms(time.monotonic())))
+        ready = dict(self.poller.poll(self.timeout_ms()))
         self.handle_ready(ready)
         self.release_due_runs()
         self.arm_backlog()
         self.announce_if_freed()
-        now = time.monotonic()
+        now = self.clock.monotonic()
         self.enforce_timeouts(now)
         self.heartbeat_if_due(now)
         self.resend_if_due(now)
@@ -141,7 +144,7 @@ class Worker:
         idle = not self.running and not self.backlog
         if self.signals.hard_stop or (self.signals.stopping and idle):
             return True
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self.signals.stopping and now > self.drain_deadline() and not self.drain_killed:
             log.warning("drain timeout: killing %d runs", len(self.running))
             self.drain_killed = True
@@ -151,23 +154,24 @@ class Worker:
 
     def drain_deadline(self) -> float:
         if not hasattr(self, "_drain_until"):
-            self._drain_until = time.monotonic() + self.config.worker.drain_timeout
+            self._drain_until = self.clock.monotonic() + self.config.worker.drain_timeout
             log.info("draining: no new jobs; waiting for %d runs", len(self.running))
             self.announce()
         return self._drain_until
 
-    def timeout_ms(self, now: float) -> int:
+    def timeout_ms(self) -> int:
+        if self.backlog and not self.spawners_full:
+            return 0
+        now = self.clock.monotonic()
         deadlines = [self.next_heartbeat, self.next_resend if self.spool.pending else now + 5]
         deadlines.append(self.notifier.watchdog_due(now))
         if self.timeouts:
             deadlines.append(self.timeouts[0][0])
-        if self.backlog and not self.spawners_full:
-            return 0
         if self.backlog:  # the spawners' answers (polled) or a millisecond make room
             deadlines.append(now + 0.001)
-        if self.armed:  # tick instants are wall clock; wake just before, then spin
-            deadlines.append(now + self.armed[0][0] - time.time() - SPIN_S)
-        return poll_timeout_ms(min(deadlines), now)
+        # Tick instants are wall clock: wake just before, then spin.
+        ticks = [self.armed[0][0] - SPIN_S] if self.armed else []
+        return self.clock.timeout_ms(ticks, deadlines)
 
     def handle_ready(self, ready: dict) -> None:
         for item in ready:
@@ -191,7 +195,7 @@ class Worker:
         dropped = f"dropped message from scheduler {sid}: "
         for kind, msg in receive(sock, ("job", "cancel"), lambda why: self.reject(dropped + why)):
             if kind == "cancel":
-                self.cancel(msg["run_id"], msg["reason"], time.monotonic())
+                self.cancel(msg["run_id"], msg["reason"], self.clock.monotonic())
                 continue
             self.seen[sid] += 1
             self.accepted.append([msg["job"], msg["tick"]])
@@ -233,9 +237,9 @@ class Worker:
     def arm_backlog(self) -> None:
         """Arm received jobs for at most ARM_BUDGET_S, releasing runs as their ticks come;
         stop for this turn when every spawner has a socket's worth to do."""
-        until = time.monotonic() + ARM_BUDGET_S
+        until = self.clock.monotonic() + ARM_BUDGET_S
         self.spawners_full = False
-        while self.backlog and time.monotonic() < until:
+        while self.backlog and self.clock.monotonic() < until:
             if not self.start(self.backlog[0]):
                 self.spawners_full = True
                 return
@@ -271,13 +275,12 @@ class Worker:
 
     def release_due_runs(self) -> None:
         """Release every armed run whose tick has come, spinning the last stretch."""
-        while self.armed and self.armed[0][0] <= time.time() + SPIN_S:
+        while self.armed and self.armed[0][0] <= self.clock.now() + SPIN_S:
             tick, run_id = heapq.heappop(self.armed)
-            while time.time() < tick:
-                pass
+            self.clock.spin_until(tick)
             run = self.running.get(run_id)
             if run is not None and not run.killed_by_us:  # cancelled while parked: never runs
-                run.release(time.monotonic())
+                run.release(self.clock.now(), self.clock.monotonic())
                 if run.deadline is not None:
                     heapq.heappush(self.timeouts, (run.deadline, run_id))
 
@@ -310,7 +313,7 @@ class Worker:
         log.warning("run %s of %s refused: %s", run.run_id, run.msg["job"], error)
         for fd in run.pipes():
             self.forget_fd(fd)
-        run.finish()
+        run.finish(self.clock.now())
         del self.running[run.run_id]
         self.refuse(run.msg, error)
 
@@ -324,7 +327,7 @@ class Worker:
     def complete(self, run: Run) -> None:
         for fd in run.pipes():
             self.forget_fd(fd)
-        rec = run.finish()
+        rec = run.finish(self.clock.now())
         del self.running[run.run_id]
         self.report(rec)
         self.tell_finished(rec)
@@ -350,7 +353,7 @@ class Worker:
                 continue
             if run.kill_at is not None:
                 if now >= run.kill_at:  # else a timeout that came after a cancel or drain kill
-                    run.signal_group(9)
+                    run.signal_group(signal.SIGKILL)
             elif run.msg["on_timeout"] == "kill":
                 log.warning("run %s of %s timed out: killing its group", run_id, run.msg["job"])
                 run.timed_out = True
@@ -417,7 +420,7 @@ class Worker:
 
     def report(self, rec: dict) -> None:
         self.spool.add(rec)
-        self.send_result(rec, time.monotonic())
+        self.send_result(rec, self.clock.monotonic())
 
     def send_result(self, rec: dict, now: float) -> None:
         send_nowait(self.sink, protocol.encode("result", record=rec))
@@ -439,10 +442,10 @@ class Worker:
 
     def shutdown(self) -> None:
         for run in list(self.running.values()):
-            run.begin_kill(time.monotonic(), grace=0.0)
+            run.begin_kill(self.clock.monotonic(), grace=0.0)
         # Give the sink a moment to acknowledge what finished during the drain.
-        deadline = time.monotonic() + 2.0
-        while self.spool.pending and time.monotonic() < deadline:
+        deadline = self.clock.monotonic() + 2.0
+        while self.spool.pending and self.clock.monotonic() < deadline:
             if self.sink.poll(100):
                 self.handle_sink()
         self.announce()
