@@ -156,6 +156,7 @@ class Run:
     timed_out: bool = False
     killed_by_us: bool = False
     cancelled: str | None = None  # why the scheduler had the run killed (overlap = replace)
+    state: str = "armed"  # armed → released → exited → reported (see zcron/runs.py)
 
     @property
     def run_id(self) -> str:
