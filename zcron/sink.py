@@ -21,7 +21,7 @@ from prometheus_client import disable_created_metrics
 from zcron.auth import Security
 from zcron.clock import Clock
 from zcron.config import Config, load_daemon_config
-from zcron.daemon import Notifier, Signals
+from zcron.daemon import Notifier, Rejects, Signals, run_daemon
 from zcron.errors import ProtocolError
 from zcron.http import Api, HttpServer
 from zcron.log import setup_logging
@@ -40,7 +40,6 @@ EXPIRE_EVERY_S = 1.0
 PURGE_EVERY_S = 5.0
 PURGE_BACKLOG_S = 0.05  # a bounded purge left more behind: come back soon, between batches
 PURGE_BATCH = 1000
-REJECT_LOG_EVERY_S = 10.0
 
 # field of a `jobs` entry -> accepted types; other fields are ignored (newer schedulers)
 JOB_ENTRY = {
@@ -205,7 +204,7 @@ class Sink:
         self.http: HttpServer | None = None
         self.next_purge = 0.0
         self.next_expire = 0.0
-        self.next_reject_log = 0.0
+        self.rejects = Rejects(self.clock.monotonic, metrics.reject)
 
     def start(self) -> None:
         """Install signal handlers, bind ZeroMQ and HTTP, then tell systemd we are ready."""
@@ -286,14 +285,7 @@ class Sink:
             else:
                 raise ProtocolError("unexpected_type", kind)
         except ProtocolError as exc:
-            self.reject(exc, now)
-
-    def reject(self, exc: ProtocolError, now: float) -> None:
-        """Count a dropped message; log at most one every few seconds (a flood is no log storm)."""
-        self.metrics.reject(exc.reason)
-        if now >= self.next_reject_log:
-            self.next_reject_log = now + REJECT_LOG_EVERY_S
-            log.warning("dropped a message: %s", exc)
+            self.rejects(f"dropped a message: {exc}", exc.reason)
 
     def store_batch(self, batch: Batch) -> None:
         """Write the batch in one synced transaction, then ack; on failure ack nothing."""
@@ -353,6 +345,7 @@ class Sink:
         self.security.close()
         self.ctx.term()
         self.store.close()
+        log.info("sink stopped")
 
 
 def cmd_sink(args: dict) -> int:
@@ -363,9 +356,4 @@ def cmd_sink(args: dict) -> int:
     metrics = Metrics(config.sink.job_labels)
     sink = Sink(config, Store(config.sink.data), metrics)
     metrics.watch_cluster(sink.snapshot, lambda: sink.reports.worker_reports())
-    try:
-        sink.start()
-        return sink.run()
-    finally:
-        sink.close()
-        log.info("sink stopped")
+    return run_daemon(sink)
