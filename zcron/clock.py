@@ -9,8 +9,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
+from zcron.config import parse_duration
 from zcron.daemon import poll_timeout_ms
+from zcron.errors import ConfigError
 
 # poll() wakes in whole milliseconds: the last stretch before an instant is spun, not slept.
 SPIN_S = 0.002
@@ -71,3 +74,27 @@ class FakeClock(Clock):
     def spin_until(self, instant: float) -> None:
         if self.wall < instant:
             self.advance(instant - self.wall)
+
+
+def parse_time(name: str, text: str, now: float) -> float:
+    """Unix seconds, ISO 8601 (naive = UTC), or a duration that long before `now` (`1h`);
+    ConfigError naming `name` otherwise. Shared by the command line and the HTTP API."""
+    try:
+        value = float(text)
+        if math.isfinite(value):
+            return value
+    except ValueError:
+        pass
+    for candidate in (text, text.replace(" ", "+")):  # a '+' offset arrives as a space
+        try:
+            stamp = datetime.fromisoformat(candidate)
+            return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
+        except ValueError:
+            pass
+    try:
+        return now - parse_duration(text, name)
+    except ConfigError:
+        raise ConfigError(
+            f"{name}: expected Unix seconds, ISO 8601 (2026-11-23T03:00:00Z) "
+            f"or a duration ago (1h), got {text!r}"
+        ) from None

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from zcron.errors import ConfigError
+
 log = logging.getLogger("zcron")
 REJECT_LOG_EVERY_S = 10.0
 
@@ -105,6 +107,16 @@ class Rejects:
         if now >= self.next_log:
             self.next_log = now + self.every_s
             log.warning("%s (%d dropped so far)", why, self.total)
+
+
+def slots_option(args: Mapping[str, object]) -> int | None:
+    """`--slots N` (zcron worker, zcron up): a whole number >= 1, or None when not given."""
+    text = args.get("--slots")
+    if not text:
+        return None
+    if not (isinstance(text, str) and text.isascii() and text.isdigit()) or int(text) < 1:
+        raise ConfigError(f"--slots: expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def poll_timeout_ms(deadline: float, now: float) -> int:

@@ -13,6 +13,7 @@ import lmdb
 import msgpack
 
 FLUSH_EVERY_S = 0.5
+MAX_GROWTHS = 8  # 256 MiB doubled up to 8 times: 64 GiB
 
 
 class TickLedger:
@@ -48,15 +49,19 @@ class TickLedger:
             self.next_flush = now_mono + FLUSH_EVERY_S
 
     def flush(self) -> None:
-        """Write what changed in one transaction."""
-        try:
-            with self.env.begin(write=True, db=self.db) as txn:
-                for job in self.dirty:
-                    txn.put(job.encode(), repr(self.fired[job]).encode())
-        except lmdb.MapFullError:
-            self.env.set_mapsize(self.env.info()["map_size"] * 2)
-            return self.flush()
-        self.dirty.clear()
+        """Write what changed in one transaction, doubling the map when it is full (at most
+        MAX_GROWTHS times: past that, the error says so instead of recursing on)."""
+        for _ in range(MAX_GROWTHS):
+            try:
+                with self.env.begin(write=True, db=self.db) as txn:
+                    for job in self.dirty:
+                        txn.put(job.encode(), repr(self.fired[job]).encode())
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                continue
+            self.dirty.clear()
+            return
+        raise lmdb.MapFullError(f"ledger map still full at {self.env.info()['map_size']} bytes")
 
     def forget(self, keep: set[str]) -> None:
         """Drop jobs no longer defined, so the ledger does not grow forever."""

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from zcron.protocol import record
+from zcron.protocol import run_record
 from zcron.spawner import Spawner, SpawnerBusy
 
 SH_FAMILY = {"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh"}
@@ -274,21 +274,6 @@ class Run:
         if signum is not None or self.started is None:
             return "killed"
         return "ok" if exit_code == 0 else "failed"
-
-
-def run_record(msg: dict, worker_id: str | None, **values: object) -> dict:
-    """A §5 record for the attempt described by a `job` message."""
-    return record(
-        run_id=msg["run_id"],
-        job=msg["job"],
-        tick=msg["tick"],
-        attempt=msg["attempt"],
-        scheduler=msg["scheduler"],
-        worker=worker_id,
-        pool=msg["pool"],
-        dispatched=msg["dispatched"],
-        **values,
-    )
 
 
 def arm_run(msg: dict, worker_id: str, spawners: Iterable[Spawner]) -> Run | None:

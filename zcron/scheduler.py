@@ -34,7 +34,7 @@ from zcron.mesh import PeerMesh
 from zcron.net import bind, make_socket, send_nowait
 from zcron.peers import Membership
 from zcron.plan import Due, Plan
-from zcron.process import run_record
+from zcron.protocol import run_record
 from zcron.schedule import ScheduleDir, to_wire
 from zcron.slots import WorkerTable
 from zcron.spool import Spool

@@ -21,11 +21,12 @@ from zcron import protocol
 from zcron.auth import Security
 from zcron.clock import SPIN_S, Clock
 from zcron.config import Config, load_daemon_config
-from zcron.daemon import Notifier, Rejects, Signals, run_daemon
+from zcron.daemon import Notifier, Rejects, Signals, run_daemon, slots_option
 from zcron.errors import ConfigError
 from zcron.log import setup_logging
 from zcron.net import make_socket, receive, send_nowait
-from zcron.process import KILL_GRACE_S, Refused, Run, arm_run, run_record
+from zcron.process import KILL_GRACE_S, Refused, Run, arm_run
+from zcron.protocol import run_record
 from zcron.runs import RunTable
 from zcron.spawner import Spawner, SpawnerGone
 from zcron.spool import Spool
@@ -446,9 +447,7 @@ def worker_config(args: dict) -> Config:
     """The configuration file with the command line's options on top."""
     config = load_daemon_config(args)
     pools = tuple(p for p in (args.get("--pool") or "").split(",") if p) or None
-    slots = int(args["--slots"]) if args.get("--slots") else None
-    if slots is not None and slots < 1:
-        raise ConfigError("--slots: expected a whole number >= 1")
+    slots = slots_option(args)
     return config.with_overrides("worker", id=args.get("--id"), pool=pools, slots=slots)
 
 
