@@ -364,6 +364,8 @@ class Scheduler:
     # -- workers ------------------------------------------------------------------------
 
     def handle_router(self) -> None:
+        """The one choke point for ROUTER messages: decode and validate, then dispatch by
+        kind through self.handlers (a per-message authorization check belongs here)."""
         while True:
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK)
