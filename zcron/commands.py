@@ -8,12 +8,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import UTC, datetime
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import zmq
 
-from zcron import protocol
+from zcron import clock, protocol
 from zcron.auth import Security, write_keypair
 from zcron.config import Config, load_config, parse_duration
 from zcron.errors import ConfigError, ProtocolError, ScheduleError, ZcronError
@@ -199,21 +199,7 @@ def cmd_run(args: dict) -> int:
 
 def parse_time(text: str, option: str) -> float:
     """Unix seconds, ISO 8601 (naive = UTC), or a duration meaning that long ago."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-    except ValueError:
-        pass
-    try:
-        return time.time() - parse_duration(text, option)
-    except ConfigError:
-        raise ConfigError(
-            f"{option}: expected ISO 8601, Unix seconds or a duration, got {text!r}"
-        ) from None
+    return clock.parse_time(option, text, time.time())
 
 
 def cmd_push(args: dict) -> int:

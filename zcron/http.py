@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import socket
 import threading
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from functools import lru_cache
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,8 +21,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from zcron import dashboard
-from zcron.config import parse_duration
+from zcron import clock, dashboard
 from zcron.errors import ConfigError, ZcronError
 from zcron.metrics import Metrics, schedule_interval
 from zcron.net import is_loopback
@@ -43,26 +40,11 @@ class BadRequest(ZcronError):
 
 
 def parse_time(name: str, text: str, now: float) -> float:
-    """Unix seconds, ISO 8601 (naive = UTC), or a duration ago (`1h`)."""
+    """clock.parse_time, answered with a 400."""
     try:
-        value = float(text)
-        if math.isfinite(value):
-            return value
-    except ValueError:
-        pass
-    for candidate in (text, text.replace(" ", "+")):  # a '+' offset arrives as a space
-        try:
-            stamp = datetime.fromisoformat(candidate)
-            return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
-        except ValueError:
-            pass
-    try:
-        return now - parse_duration(text, name)
-    except ZcronError:
-        raise BadRequest(
-            f"{name}: expected Unix seconds, ISO 8601 (2026-11-23T03:00:00Z) "
-            f"or a duration ago (1h), got {text!r}"
-        ) from None
+        return clock.parse_time(name, text, now)
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def parse_limit(text: str) -> int:

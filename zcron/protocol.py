@@ -324,3 +324,18 @@ def record(**values: Any) -> dict:
     base.update(stdout_tail="", stderr_tail="", attempt=1, pool="default")
     base.update(values)
     return base
+
+
+def run_record(msg: dict, worker_id: str | None, **values: object) -> dict:
+    """A §5 record for the attempt described by a `job` message."""
+    return record(
+        run_id=msg["run_id"],
+        job=msg["job"],
+        tick=msg["tick"],
+        attempt=msg["attempt"],
+        scheduler=msg["scheduler"],
+        worker=worker_id,
+        pool=msg["pool"],
+        dispatched=msg["dispatched"] or None,  # 0.0: made before any dispatch (skipped)
+        **values,
+    )

@@ -125,17 +125,6 @@ def is_ignored(filename: str) -> bool:
     return bool(_IGNORED.search(os.path.basename(filename)))
 
 
-def parse_files(paths: Iterable[str]) -> dict[str, tuple[list[Job], list[ScheduleError]]]:
-    """Each file's jobs and errors, in the given order."""
-    return _parse_files_warning(paths)[0]
-
-
-def parse_file(path: str, default_tz: str) -> tuple[list[Job], list[ScheduleError]]:
-    """One file's jobs and errors; the format follows the extension."""
-    jobs, errors, _ = _parse_file_warning(path, default_tz)
-    return jobs, errors
-
-
 def _parse_files_warning(
     paths: Iterable[str],
 ) -> tuple[dict[str, tuple[list[Job], list[ScheduleError]]], list[ScheduleError]]:

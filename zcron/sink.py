@@ -21,8 +21,9 @@ import zmq
 from prometheus_client import disable_created_metrics
 
 from zcron.auth import Security
+from zcron.clock import Clock
 from zcron.config import Config, check_secure, load_daemon_config
-from zcron.daemon import Notifier, Signals
+from zcron.daemon import Notifier, Rejects, Signals, run_daemon
 from zcron.errors import ProtocolError
 from zcron.http import Api, HttpServer
 from zcron.log import setup_logging
@@ -43,7 +44,6 @@ EXPIRE_EVERY_S = 1.0
 PURGE_EVERY_S = 5.0
 PURGE_BACKLOG_S = 0.05  # a bounded purge left more behind: come back soon, between batches
 PURGE_BATCH = 1000
-REJECT_LOG_EVERY_S = 10.0
 MAX_WORKERS = 10_000  # slot reports kept at once: a flood of invented ids is bounded
 RECORD_TIMES = ("tick", "dispatched", "started", "finished")
 
@@ -228,8 +228,11 @@ class Reports:
 class Sink:
     """The sink daemon: run() → poll() → handle_frames() → store_batch() → ack()."""
 
-    def __init__(self, config: Config, store: Store, metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, store: Store, metrics: Metrics, clock: Clock | None = None
+    ) -> None:
         self.config = config
+        self.clock = clock or Clock()
         self.store = store
         self.metrics = metrics
         self.reports = Reports(config.cluster.schedulers)
@@ -246,7 +249,7 @@ class Sink:
         self.http: HttpServer | None = None
         self.next_purge = 0.0
         self.next_expire = 0.0
-        self.next_reject_log = 0.0
+        self.rejects = Rejects(self.clock.monotonic, metrics.reject)
 
     def start(self) -> None:
         """Install signal handlers, bind ZeroMQ and HTTP, then tell systemd we are ready."""
@@ -278,17 +281,21 @@ class Sink:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit code."""
         while not self.signals.stopping:
-            self.poll(self.timeout_ms(time.monotonic()))
-            now = time.monotonic()
+            self.poll(self.timeout_ms())
+            now = self.clock.monotonic()
             self.purge_if_due(now)
             self.expire_reports(now)
             self.notifier.watchdog_if_due(now)
         return 0
 
-    def timeout_ms(self, now: float) -> int:
-        """Milliseconds until the next timed step is due."""
-        due = min(self.next_purge, self.next_expire, self.notifier.watchdog_due(now))
-        return max(0, int((due - now) * 1000))
+    def timeout_ms(self) -> int:
+        """Milliseconds until the next timed step is due (rounded up, as every daemon's)."""
+        watchdog = self.notifier.watchdog_due(self.clock.monotonic())
+        return self.clock.timeout_ms(mono=(self.next_purge, self.next_expire, watchdog))
+
+    def snapshot(self) -> list[dict]:
+        """The schedulers' latest reports, for the HTTP API and the metrics."""
+        return self.reports.snapshot(self.clock.monotonic())
 
     def poll(self, timeout_ms: int) -> None:
         """Wait for frames or a signal, and handle what arrived."""
@@ -308,7 +315,7 @@ class Sink:
             except zmq.Again:
                 break
             sender = self.roles.sender(self.security.sender(frames[-1]))
-            self.handle_message([f.bytes for f in frames], batch, time.monotonic(), sender)
+            self.handle_message([f.bytes for f in frames], batch, self.clock.monotonic(), sender)
         if batch.records:
             self.store_batch(batch)
 
@@ -324,7 +331,7 @@ class Sink:
             self.roles.check(kind, fields, sender)
             if kind == "result":
                 rec = check_record(
-                    fields["record"], time.time(), self.config.sink.retention, self.ahead_s
+                    fields["record"], self.clock.now(), self.config.sink.retention, self.ahead_s
                 )
                 batch.add(frames[0], rec)
             elif kind == "jobs":
@@ -332,25 +339,18 @@ class Sink:
             else:
                 self.reports.note_worker(fields, now)
         except ProtocolError as exc:
-            self.reject(exc, now)
-
-    def reject(self, exc: ProtocolError, now: float) -> None:
-        """Count a dropped message; log at most one every few seconds (a flood is no log storm)."""
-        self.metrics.reject(exc.reason)
-        if now >= self.next_reject_log:
-            self.next_reject_log = now + REJECT_LOG_EVERY_S
-            log.warning("dropped a message: %s", exc)
+            self.rejects(f"dropped a message: {exc}", exc.reason)
 
     def store_batch(self, batch: Batch) -> None:
         """Write the batch in one synced transaction, then ack; on failure ack nothing."""
-        began = time.monotonic()
+        began = self.clock.monotonic()
         try:
             stored = self.store.put_many(batch.records)
         except (lmdb.Error, StoreError) as exc:
             log.error("cannot store %d records (senders will resend): %s", len(batch.records), exc)
             return
-        self.metrics.observe_batch(len(batch.records), time.monotonic() - began)
-        self.metrics.observe_new(stored.new, time.time())
+        self.metrics.observe_batch(len(batch.records), self.clock.monotonic() - began)
+        self.metrics.observe_new(stored.new, self.clock.now())
         self.metrics.count_duplicates(stored.duplicates)
         self.metrics.set_last_success(stored.last_success)
         self.metrics.records.set(stored.records)
@@ -371,7 +371,7 @@ class Sink:
         if now < self.next_purge:
             return
         self.next_purge = now + PURGE_EVERY_S
-        cutoff = time.time() - self.config.sink.retention
+        cutoff = self.clock.now() - self.config.sink.retention
         try:
             purged = self.store.purge_older_than(cutoff, PURGE_BATCH)
         except (lmdb.Error, StoreError) as exc:
@@ -400,6 +400,7 @@ class Sink:
         self.security.close()
         self.ctx.term()
         self.store.close()
+        log.info("sink stopped")
 
 
 def cmd_sink(args: dict) -> int:
@@ -412,13 +413,8 @@ def cmd_sink(args: dict) -> int:
     lock = hold(config.sink.data, "the sink")  # LMDB itself lets two writers share it
     metrics = Metrics(config.sink.job_labels)
     sink = Sink(config, Store(config.sink.data), metrics)
-    metrics.watch_cluster(
-        lambda: sink.reports.snapshot(time.monotonic()), lambda: sink.reports.worker_reports()
-    )
+    metrics.watch_cluster(sink.snapshot, lambda: sink.reports.worker_reports())
     try:
-        sink.start()
-        return sink.run()
+        return run_daemon(sink)
     finally:
-        sink.close()
         os.close(lock)
-        log.info("sink stopped")

@@ -20,8 +20,7 @@ from pathlib import Path
 
 from zcron.auth import CLI_KEY, write_keypair
 from zcron.config import Config, dump_config, load_daemon_config
-from zcron.daemon import Signals, notify
-from zcron.errors import ConfigError
+from zcron.daemon import Signals, notify, slots_option
 from zcron.log import setup_logging
 from zcron.statedir import hold
 
@@ -52,11 +51,8 @@ def effective_config(args: dict) -> Config:
         config = config.with_overrides("scheduler", state=f"{data}/scheduler")
         config = config.with_overrides("worker", spool=f"{data}/worker")
         config = config.with_overrides("sink", data=f"{data}/sink")
-    slots = int(args["--slots"]) if args.get("--slots") else None
-    if slots is not None and slots < 1:
-        raise ConfigError("--slots: expected a whole number >= 1")
     config = config.with_overrides("scheduler", schedules=args.get("--schedules"))
-    config = config.with_overrides("worker", slots=slots)
+    config = config.with_overrides("worker", slots=slots_option(args))
     return config.with_overrides("sink", http=args.get("--http"))
 
 
