@@ -49,12 +49,31 @@ def shell_jobs(count: int, out: Path) -> list[tuple[str, str]]:
     ]
 
 
+def security(root: Path, names: Iterable[str]) -> tuple[str, str]:
+    """(lines for [cluster], a [clients] section): CURVE keys for `names`, the worker ids
+    the benchmarks use and the CLI, as a real cluster has them; or, with
+    ZCRON_BENCH_INSECURE=1, plaintext (the row to compare CURVE's cost against)."""
+    if os.environ.get("ZCRON_BENCH_INSECURE") == "1":
+        return "insecure = true", ""
+    from zcron.auth import write_keypair
+
+    keys = root / "keys"
+    for name in {*names, "sink", "cli", socket.gethostname(), *(f"w{n}" for n in range(10))}:
+        if not (keys / f"{name}.key_secret").exists():
+            write_keypair(str(keys), name)
+    user = os.environ.get("USER") or "root"
+    return f'keys = "{keys}"', f'[clients]\ncli = ["{user}"]\n'
+
+
 def write_config(root: Path, schedules: Path, slots: int = 4, http: int | None = None) -> Path:
     """A single-node loopback config on free ports, all state under `root`."""
     config = root / "zcron.conf"
+    keys, clients = security(root, ["a"])
     config.write_text(f"""[cluster]
 schedulers = {{ a = "tcp://127.0.0.1:{free_port()}" }}
 sink = "tcp://127.0.0.1:{free_port()}"
+{keys}
+{clients}
 [scheduler]
 schedules = "{schedules}"
 state = "{root}/scheduler"

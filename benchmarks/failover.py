@@ -23,6 +23,7 @@ from benchmarks.common import (
     Processes,
     free_port,
     read_starts,
+    security,
     shell_jobs,
     sleep_until,
     wait_until,
@@ -40,6 +41,7 @@ def write_setup(root: Path, jobs: int, out: Path) -> dict[str, Path]:
     peers = ", ".join(f'{s} = "tcp://127.0.0.1:{free_port()}"' for s in IDS)
     sink, http = free_port(), free_port()
     configs = {}
+    keys, clients = security(root, IDS)
     for sid in IDS:
         configs[sid] = root / f"{sid}.conf"
         configs[sid].write_text(f"""[cluster]
@@ -47,6 +49,8 @@ schedulers = {{ {peers} }}
 sink = "tcp://127.0.0.1:{sink}"
 heartbeat = "100ms"
 peer_timeout = "600ms"
+{keys}
+{clients}
 [scheduler]
 id = "{sid}"
 schedules = "{schedules}"

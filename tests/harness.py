@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from zcron.auth import write_keypair
 from zcron.spool import pending_on_disk
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,12 +61,20 @@ class Cluster:
     http_port: int
     extra: str = ""
     slots: int = 8
+    secure: bool = True  # CURVE keys for every process, as a real cluster (spec §7)
     config_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.config_path = self.root / "zcron.conf"
         (self.root / "zcron.d").mkdir(exist_ok=True)
+        if self.secure:
+            for name in [*self.schedulers, "sink", "cli", *WORKER_IDS]:
+                ensure_key(self.keys, name)
         self.write_config()
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
 
     @property
     def schedules(self) -> Path:
@@ -77,12 +88,15 @@ class Cluster:
         peers = ", ".join(
             f'{sid} = "tcp://127.0.0.1:{port}"' for sid, port in self.schedulers.items()
         )
+        keys = f'keys = "{self.keys}"' if self.secure else "insecure = true"
+        clients = f'[clients]\ncli = ["{getpass.getuser()}"]\n' if self.secure else ""
         self.config_path.write_text(
             f"""[cluster]
 schedulers = {{ {peers} }}
 sink = "tcp://127.0.0.1:{self.sink_port}"
 heartbeat = "100ms"
 peer_timeout = "600ms"
+{keys}
 
 [scheduler]
 schedules = "{self.schedules}"
@@ -92,11 +106,32 @@ state = "{self.root}/scheduler"
 slots = {self.slots}
 spool = "{self.root}/worker"
 
+{clients}
 [sink]
 http = "127.0.0.1:{self.http_port}"
 data = "{self.root}/sink"
 {self.extra}"""
         )
+
+    def dealer(self, ctx: Any, server: str, as_key: str | None, identity: str | None = None) -> Any:
+        """A DEALER to the sink or a scheduler (by id), speaking CURVE as key `as_key`
+        (made if missing; None: plaintext, as a stranger would)."""
+        import zmq
+        import zmq.auth
+
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.sndhwm = 1000
+        if identity:
+            sock.setsockopt(zmq.IDENTITY, identity.encode())
+        if self.secure and as_key is not None:
+            ensure_key(self.keys, as_key)
+            public, secret = zmq.auth.load_certificate(str(self.keys / f"{as_key}.key_secret"))
+            sock.curve_publickey, sock.curve_secretkey = public, secret
+            sock.curve_serverkey = zmq.auth.load_certificate(str(self.keys / f"{server}.key"))[0]
+        port = self.sink_port if server == "sink" else self.schedulers[server]
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        return sock
 
     def get_json(self, path: str) -> Any:
         with urllib.request.urlopen(self.http + path, timeout=5) as response:
@@ -116,8 +151,32 @@ data = "{self.root}/sink"
             return []
 
 
+# Worker ids tests use; a worker started with another --id gets its key made on the spot
+# (ensure_key in Processes.start): schedulers re-read the keys directory on an unknown key.
+WORKER_IDS = ("w1", "w2", "w3", socket.gethostname())
+
+
+def ensure_key(keys: Path, name: str) -> None:
+    """A key pair NAME in `keys` (made on first use)."""
+    if not (keys / f"{name}.key_secret").exists():
+        write_keypair(str(keys), name)
+
+
+def keys_of(config_path: str) -> Path | None:
+    """The keys directory a config file names, if any."""
+    try:
+        keys = tomllib.loads(Path(config_path).read_text()).get("cluster", {}).get("keys")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return Path(keys) if keys else None
+
+
 def make_cluster(
-    root: Path, scheduler_ids: tuple[str, ...] = ("a",), extra: str = "", slots: int = 8
+    root: Path,
+    scheduler_ids: tuple[str, ...] = ("a",),
+    extra: str = "",
+    slots: int = 8,
+    secure: bool = True,
 ) -> Cluster:
     ports = free_ports(len(scheduler_ids) * 2 + 2)
     return Cluster(
@@ -127,6 +186,7 @@ def make_cluster(
         http_port=ports[-1],
         extra=extra,
         slots=slots,
+        secure=secure,
     )
 
 
@@ -142,6 +202,7 @@ class Processes:
     ) -> subprocess.Popen:
         """`python -m zcron ARGS`, run under `prefix` (e.g. faketime, ip netns exec) if given."""
         name = name or args[0]
+        self.ensure_worker_key(args)
         log = open(self.logdir / f"{name}-{len(self.started)}.log", "wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
         proc = subprocess.Popen(
@@ -155,6 +216,15 @@ class Processes:
         proc.log_path = log.name  # type: ignore[attr-defined]
         self.started.append(proc)
         return proc
+
+    @staticmethod
+    def ensure_worker_key(args: tuple[str, ...]) -> None:
+        """A worker needs a key named by its id when its config names a keys directory."""
+        if not args or args[0] != "worker" or "-c" not in args or "--id" not in args:
+            return
+        keys = keys_of(args[args.index("-c") + 1])
+        if keys is not None and keys.is_dir():
+            ensure_key(keys, args[args.index("--id") + 1])
 
     def log(self, proc: subprocess.Popen) -> str:
         return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]

@@ -1,19 +1,50 @@
-"""The `zcron` command: docopt usage (spec §1), dispatch, exit codes 0 / 1 / 2.
+"""The `zcron` command: docopt usage (spec §1), dispatch, exit codes 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import sys
+
+from docopt import DocoptExit, docopt
+
+from zcron import __version__
+from zcron.errors import ConfigError, ScheduleError, ZcronError, did_you_mean
+from zcron.log import print_error, set_level
+
+USAGE = """\
+zcron: distributed cron on ZeroMQ. Schedulers agree without a leader who fires each tick,
+worker pools run the jobs, a sink keeps every run and serves /metrics and a dashboard.
+`zcron up` runs all of them on this machine; `zcron COMMAND --help` explains one command.
 
 Usage:
-  zcron up        [-c FILE] [--schedules DIR] [--data DIR] [--http ADDR] [--slots N] [--insecure]
-                  [--log-level LEVEL]
+  zcron up        [-c FILE] [--schedules DIR] [--data DIR] [--http ADDR] [--slots N] [--insecure] [--log-level LEVEL]
   zcron scheduler [-c FILE] [--id NAME] [--insecure] [--log-level LEVEL]
   zcron worker    [-c FILE] [--id NAME] [--pool NAME] [--slots N] [--insecure] [--log-level LEVEL]
   zcron sink      [-c FILE] [--insecure] [--log-level LEVEL]
-  zcron check     [-c FILE] [PATH...]
-  zcron next      [-c FILE] [-n N] [JOB]
+  zcron check     [-c FILE] [--json] [PATH...]
+  zcron next      [-c FILE] [-n N] [--json] [JOB]
   zcron run       [-c FILE] JOB
-  zcron push      [-c FILE] [--pool NAME] [--at TIME | --in DURATION] [--timeout DURATION] -- COMMAND...
+  zcron push      [-c FILE] [--pool NAME] [--user NAME] [--at TIME | --in DURATION] [--timeout DURATION] -- COMMAND...
   zcron status    [-c FILE] [--json]
-  zcron runs      [-c FILE] [JOB] [--since TIME] [--limit N] [--json]
+  zcron runs      [-c FILE] [JOB] [--since TIME] [--status STATUS] [--limit N] [--json]
   zcron keygen    DIR NAME
   zcron --version
+
+Commands:
+  up         A scheduler, a worker and a sink on loopback, in the foreground (Ctrl-C stops).
+  scheduler  Fire the ticks this scheduler owns (one per machine of a cluster).
+  worker     Run the jobs of a pool.
+  sink       Keep run records; serve /metrics, /api/* and the dashboard.
+  check      Validate schedule files; list each job and its next fire times (exit 2 on errors).
+  next       The next fire instants of one job or all, in the job's timezone and UTC.
+  run        Fire a job now, out of schedule.
+  push       Run a one-off command, now or later.
+  status     Schedulers, worker pools and free slots, config digest agreement.
+  runs       Run records from the sink, newest first.
+  keygen     Write a CURVE key pair NAME.key and NAME.key_secret into DIR.
 
 Options:
   -c FILE, --config FILE  Configuration file (else $ZCRON_CONFIG, else /etc/zcron/zcron.conf).
@@ -24,10 +55,13 @@ Options:
   --id NAME               This process's id (a key of [cluster] schedulers for a scheduler).
   --pool NAME             Worker pool(s), comma-separated; for push, the pool to run in.
   -n N                    How many fire times [default: 5].
+  --user NAME             Run the pushed command as this user (one your client key may use;
+                          default: its first).
   --at TIME               Run at this time (ISO 8601, e.g. 2026-11-23T03:00:00Z).
   --in DURATION           Run after this delay (e.g. 90s, 5m).
   --timeout DURATION      Kill the command after this long.
   --since TIME            Runs finished since (ISO 8601, Unix seconds, or a duration ago: 1h).
+  --status STATUS         Only runs with this status (ok, failed, timeout, killed, ...).
   --limit N               At most this many runs [default: 20].
   --json                  One JSON object per line.
   --insecure              Allow binding non-loopback addresses without CURVE keys (anyone
@@ -36,18 +70,6 @@ Options:
                           each line carries its journal priority.
   --version               Print the version.
 """
-
-from __future__ import annotations
-
-import importlib
-import logging
-import sys
-
-from docopt import DocoptExit, docopt
-
-from zcron import __version__
-from zcron.errors import ConfigError, ScheduleError, ZcronError
-from zcron.log import print_error, set_level
 
 COMMANDS = {
     "up": "zcron.up",
@@ -63,15 +85,46 @@ COMMANDS = {
     "keygen": "zcron.commands",
 }
 
+_FLAG = re.compile(r"--?[A-Za-z][\w-]*")
+
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command; return its exit code."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        args = docopt(__doc__, argv=argv, version=f"zcron {__version__}")
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a reader gone is then caught below
+        return code
+    except BrokenPipeError:
+        # The reader went away (`zcron --help | head`): no traceback, and none at exit
+        # either, when Python flushes stdout again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str]) -> int:
+    if not argv:
+        print(usage_lines(), file=sys.stderr)
+        return 2
+    if _wants_help(argv):
+        print(command_help(argv[0]) if argv[0] in COMMANDS else USAGE.rstrip())
+        return 0
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        print(
+            f"zcron: unknown command {argv[0]!r}{did_you_mean(argv[0], COMMANDS)}", file=sys.stderr
+        )
+        print(usage_lines(), file=sys.stderr)
+        return 2
+    try:
+        args = docopt(USAGE, argv=argv, default_help=False, version=f"zcron {__version__}")
     except DocoptExit as exc:
-        print(exc, file=sys.stderr)
+        print(_usage_error(argv, exc), file=sys.stderr)
         return 2
     command = next(name for name in COMMANDS if args.get(name))
+    return _dispatch(command, args)
+
+
+def _dispatch(command: str, args: dict) -> int:
     module = importlib.import_module(COMMANDS[command])
     try:
         set_level(args.get("--log-level") or "info")
@@ -84,6 +137,70 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise
     except Exception:
         logging.getLogger("zcron").exception("zcron %s crashed", command)
         return 1
+
+
+def _wants_help(argv: list[str]) -> bool:
+    """-h or --help before any `--` (after it, they belong to a pushed command)."""
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    return any(word in ("-h", "--help") for word in words)
+
+
+def usage_lines(command: str | None = None) -> str:
+    """The Usage: section, or only the lines of one command."""
+    lines = _section("Usage:")
+    if command is not None:
+        lines = [line for line in lines if line.split()[1:2] == [command]]
+    return "\n".join(["Usage:", *lines])
+
+
+def command_help(command: str) -> str:
+    """One command's summary, usage lines and the options they use."""
+    usage = usage_lines(command)
+    flags = set(_FLAG.findall(usage))
+    options = [
+        block for block in _option_blocks() if flags & set(_FLAG.findall(block.split("  ")[1]))
+    ]
+    summaries = dict(line.split(None, 1) for line in _section("Commands:"))
+    # a command added to Usage: without a line under Commands: still gets its help
+    title = f"zcron {command}: {summaries[command]}" if command in summaries else f"zcron {command}"
+    parts = [title, "", usage]
+    if options:
+        parts += ["", "Options:", *options]
+    return "\n".join(parts)
+
+
+def _section(title: str) -> list[str]:
+    """The indented lines under a heading of USAGE."""
+    text = USAGE.split(f"\n{title}\n", 1)[1]
+    return text.split("\n\n", 1)[0].rstrip("\n").split("\n")
+
+
+def _option_blocks() -> list[str]:
+    """Each option of the Options: section with its continuation lines."""
+    blocks: list[str] = []
+    for line in _section("Options:"):
+        if line.lstrip().startswith("-"):
+            blocks.append(line)
+        else:
+            blocks[-1] += "\n" + line
+    return blocks
+
+
+def _usage_error(argv: list[str], exc: DocoptExit) -> str:
+    """One line saying what was wrong, then the command's usage."""
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    message = str(exc).split("\n", 1)[0]
+    if message.startswith(("Warning", "Usage")) or not message:
+        # docopt-ng words leftovers as a developer's warning: say which words were not expected
+        extra = [word for word in _UNMATCHED.findall(message) if word != command]
+        message = f"unexpected {' '.join(extra)}" if extra else "missing arguments"
+    where = f"zcron {command}" if command else "zcron"
+    return f"{where}: {message}\n{usage_lines(command)}"
+
+
+_UNMATCHED = re.compile(r"\w+\((?:None, )?'([^']*)'")

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import UTC, datetime
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import zmq
 
-from zcron import protocol
-from zcron.auth import Security
+from zcron import clock, protocol
+from zcron.auth import Security, write_keypair
 from zcron.config import Config, load_config, parse_duration
-from zcron.errors import ConfigError, ProtocolError, ZcronError
+from zcron.errors import ConfigError, ProtocolError, ScheduleError, ZcronError
 from zcron.job import Job
 from zcron.net import make_socket
 from zcron.schedule import load_paths
@@ -42,7 +41,15 @@ def cmd_check(args: dict) -> int:
     paths = args.get("PATH") or [config.scheduler.schedules]
     result = load_paths(paths)
     now = time.time()
-    for job in sorted(result.jobs.values(), key=lambda j: j.source):
+    jobs = sorted(result.jobs.values(), key=job_place)
+    if args.get("--json"):
+        for job in jobs:
+            print(json.dumps(job_json(job, fire_times(job, 3, now))))
+        for kind, problems in (("error", result.errors), ("warning", result.warnings)):
+            for problem in problems:
+                print(json.dumps(problem_json(kind, problem)))
+        return 2 if result.errors else 0
+    for job in jobs:
         nexts = ", ".join(_iso(t, job.timezone) for t in fire_times(job, 3, now)) or "never"
         print(f"{job.source}  {job.name}  [{job.schedule}] {job.timezone}  next: {nexts}")
     for warning in result.warnings:
@@ -52,6 +59,30 @@ def cmd_check(args: dict) -> int:
     counts = f"{len(result.jobs)} jobs, {len(result.errors)} errors"
     print(f"{counts}, {len(result.warnings)} warnings", file=sys.stderr)
     return 2 if result.errors else 0
+
+
+def job_place(job: Job) -> tuple[str, int]:
+    """(file, line) where the job is written."""
+    path, _, line = job.source.rpartition(":")
+    return path, int(line) if line.isdigit() else 0
+
+
+def job_json(job: Job, instants: list[float]) -> dict:
+    """A job as `check --json` and `next --json` print it (instants in UTC seconds)."""
+    path, line = job_place(job)
+    return {
+        "kind": "job",
+        "job": job.name,
+        "file": path,
+        "line": line,
+        "schedule": job.schedule,
+        "timezone": job.timezone,
+        "next": instants,
+    }
+
+
+def problem_json(kind: str, problem: ScheduleError) -> dict:
+    return {"kind": kind, "file": problem.path, "line": problem.line, "message": problem.message}
 
 
 def cmd_next(args: dict) -> int:
@@ -64,8 +95,12 @@ def cmd_next(args: dict) -> int:
     now = time.time()
     for name in names:
         job = result.jobs[name]
+        instants = fire_times(job, count, now)
+        if args.get("--json"):
+            print(json.dumps(job_json(job, instants)))
+            continue
         print(f"{name}  [{job.schedule}] {job.timezone}")
-        for instant in fire_times(job, count, now):
+        for instant in instants:
             print(f"  {_iso(instant, job.timezone)}  {_iso(instant, 'UTC')}  {instant:.0f}")
     return 0
 
@@ -157,27 +192,14 @@ def ask_any(config: Config, op: str, args: dict) -> dict:
 def cmd_run(args: dict) -> int:
     config = load_config(args.get("--config"))
     body = ask_any(config, "run", {"job": args["JOB"]})
-    print(f"fired {body['job']} at {_iso(body['tick'], 'UTC')} ({body['tick']:.6f})")
+    run = f" (run {body['run_id']})" if body.get("run_id") else ""
+    print(f"fired {body['job']}{run} at {_iso(body['tick'], 'UTC')} ({body['tick']:.6f})")
     return 0
 
 
 def parse_time(text: str, option: str) -> float:
     """Unix seconds, ISO 8601 (naive = UTC), or a duration meaning that long ago."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-    except ValueError:
-        pass
-    try:
-        return time.time() - parse_duration(text, option)
-    except ConfigError:
-        raise ConfigError(
-            f"{option}: expected ISO 8601, Unix seconds or a duration, got {text!r}"
-        ) from None
+    return clock.parse_time(option, text, time.time())
 
 
 def cmd_push(args: dict) -> int:
@@ -198,9 +220,11 @@ def cmd_push(args: dict) -> int:
             "pool": args.get("--pool") or "default",
             "at": at,
             "timeout": timeout,
+            "user": args.get("--user"),
         },
     )
-    print(f"pushed {body['job']} (run {body['run_id']}) for {_iso(body['tick'], 'UTC')}")
+    user = f" as {body['user']}" if body.get("user") else ""
+    print(f"pushed {body['job']} (run {body['run_id']}){user} for {_iso(body['tick'], 'UTC')}")
     return 0
 
 
@@ -257,7 +281,18 @@ def cmd_runs(args: dict) -> int:
         params["job"] = args["JOB"]
     if args.get("--since"):
         params["since"] = f"{parse_time(args['--since'], '--since'):.6f}"
-    url = f"http://{config.sink.http}/api/runs?{urllib.parse.urlencode(params)}"
+    if args.get("--status"):
+        params["status"] = args["--status"]
+    runs = _get_runs(f"http://{config.sink.http}/api/runs?{urllib.parse.urlencode(params)}")
+    if args.get("--json"):
+        for run in runs:
+            print(json.dumps(run, sort_keys=True))
+    else:
+        print_runs(runs)
+    return 0
+
+
+def _get_runs(url: str) -> list[dict]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             runs = json.loads(response.read())
@@ -272,39 +307,40 @@ def cmd_runs(args: dict) -> int:
         raise error(f"{url}: HTTP {exc.code}: {body}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise ZcronError(f"cannot reach the sink at {url}: {exc}") from None
-    for run in runs:
-        print(json.dumps(run, sort_keys=True) if args.get("--json") else _run_line(run))
-    return 0
+    return runs
 
 
-def _run_line(run: dict) -> str:
-    when = _iso(run["tick"], "UTC")
-    late = f"{(run['started'] - run['tick']) * 1000:8.1f}ms" if run.get("started") else " " * 10
-    took = (
-        f"{(run['finished'] - run['started']) * 1000:8.1f}ms"
-        if run.get("finished") and run.get("started")
-        else " " * 10
-    )
+RUNS_HEADER = ("TICK (UTC)", "STATUS", "LATE", "TOOK", "JOB", "WORKER", "RUN")
+
+
+def print_runs(runs: list[dict]) -> None:
+    """A header line, then one aligned line per run."""
+    rows = [RUNS_HEADER, *(_run_row(run) for run in runs)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(RUNS_HEADER) - 1)]
+    for row in rows:
+        cells = [
+            cell.rjust(width) if i in (2, 3) else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=False))
+        ]
+        print("  ".join([*cells, row[-1]]))
+
+
+def _run_row(run: dict) -> tuple[str, ...]:
+    started, finished = run.get("started"), run.get("finished")
+    late = f"{(started - run['tick']) * 1000:.1f}ms" if started else "-"
+    took = f"{(finished - started) * 1000:.1f}ms" if finished and started else "-"
     return (
-        f"{when}  {run['status']:8} {late} late {took}  {run['job']}  "
-        f"{run.get('worker') or '-'}  {run['run_id'][:12]}"
+        _iso(run["tick"], "UTC"),
+        run["status"],
+        late,
+        took,
+        run["job"],
+        run.get("worker") or "-",
+        run["run_id"],
     )
 
 
 def cmd_keygen(args: dict) -> int:
-    import zmq.auth
-
-    directory, name = args["DIR"], args["NAME"]
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"keygen: NAME must be a plain file name, got {name!r}")
-    os.makedirs(directory, exist_ok=True)
-    # create_certificates writes the secret key world-readable: never let it exist so.
-    previous = os.umask(0o077)
-    try:
-        public, secret = zmq.auth.create_certificates(directory, name)
-    finally:
-        os.umask(previous)
-    os.chmod(secret, 0o600)
-    os.chmod(public, 0o644)
+    public, secret = write_keypair(args["DIR"], args["NAME"])
     print(f"wrote {public} and {secret}")
     return 0

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from zcron.errors import ConfigError
+from zcron.errors import ConfigError, did_you_mean, toml_position
 
 DEFAULT_PATH = "/etc/zcron/zcron.conf"
+UP_CONFIG = ".zcron/zcron-up.conf"  # written by `zcron up` with the default --data
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -76,6 +77,7 @@ class SinkConfig:
     data: str = ".zcron/sink"
     retention: float = 14 * 86400.0
     job_labels: bool = True
+    http_hosts: tuple[str, ...] = ()  # Host names HTTP answers besides its address and localhost
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
+    # client key name -> the users its pushes and manual runs may run as (first = default)
+    clients: dict[str, tuple[str, ...]] = field(default_factory=dict)
     path: str | None = None
 
     def scheduler_address(self, scheduler_id: str | None = None) -> str:
@@ -136,6 +140,12 @@ def _slots(value: Any, name: str) -> int:
     return value
 
 
+def _names(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{name}: expected a list of host names, got {value!r}")
+    return tuple(value)
+
+
 def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{name}: expected true or false, got {value!r}")
@@ -159,6 +169,7 @@ _KEY_TYPES = {
     "slots": _slots,
     "insecure": _flag,
     "job_labels": _flag,
+    "http_hosts": _names,
 }
 
 
@@ -175,10 +186,28 @@ def _section(section: str, table: Any, where: str) -> Any:
     for key, value in table.items():
         if key not in known:
             raise ConfigError(
-                f"{where}: unknown key [{section}] {key} (known: {', '.join(sorted(known))})"
+                f"{where}: unknown key [{section}] {key}{did_you_mean(key, known)} "
+                f"(known: {', '.join(sorted(known))})"
             )
         values[key] = _coerce(section, key, value, where)
     return cls(**values)
+
+
+def _clients(table: Any, where: str) -> dict[str, tuple[str, ...]]:
+    """`[clients]`: key name = ["user", ...]; root only when named (spec §7)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [clients] must be a table of key name = [users]")
+    clients = {}
+    for name, users in table.items():
+        users = [users] if isinstance(users, str) else users
+        if not isinstance(users, list) or not all(
+            isinstance(u, str) and u and len(u) <= 64 for u in users
+        ):
+            raise ConfigError(
+                f'{where}: [clients] {name}: expected a list of user names, e.g. ["deploy"]'
+            )
+        clients[name] = tuple(users)
+    return clients
 
 
 def parse_config(text: str, where: str = "config") -> Config:
@@ -186,31 +215,41 @@ def parse_config(text: str, where: str = "config") -> Config:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    unknown = set(doc) - set(_SECTIONS)
+        message, line, column = toml_position(str(exc))
+        position = f":{line}:{column}" if line is not None else ""
+        raise ConfigError(f"{where}{position}: {message}") from None
+    known = (*_SECTIONS, "clients")
+    unknown = sorted(set(doc) - set(known))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown section [{sorted(unknown)[0]}] (known: {', '.join(_SECTIONS)})"
+            f"{where}: unknown section [{unknown[0]}]{did_you_mean(unknown[0], known)} "
+            f"(known: {', '.join(known)})"
         )
     parts = {name: _section(name, doc[name], where) for name in _SECTIONS if name in doc}
-    config = Config(path=where, **parts)
+    config = Config(path=where, clients=_clients(doc.get("clients", {}), where), **parts)
     if config.cluster.heartbeat <= 0 or config.cluster.peer_timeout <= config.cluster.heartbeat:
         raise ConfigError(f"{where}: [cluster] peer_timeout must exceed heartbeat (> 0)")
     return config
 
 
-def config_path(explicit: str | None) -> str | None:
-    """`-c FILE`, else $ZCRON_CONFIG, else /etc/zcron/zcron.conf when present, else None."""
+def config_path(explicit: str | None, up_fallback: bool = True) -> str | None:
+    """`-c FILE`, else $ZCRON_CONFIG, else /etc/zcron/zcron.conf when present; else the
+    configuration a `zcron up` in this directory runs with (its keys, its ports), so that
+    `zcron runs` beside a running `up` needs no config; else None (the defaults)."""
     if explicit:
         return explicit
     if os.environ.get("ZCRON_CONFIG"):
         return os.environ["ZCRON_CONFIG"]
-    return DEFAULT_PATH if os.path.exists(DEFAULT_PATH) else None
+    if os.path.exists(DEFAULT_PATH):
+        return DEFAULT_PATH
+    if up_fallback and os.path.isfile(UP_CONFIG):
+        return UP_CONFIG
+    return None
 
 
-def load_config(explicit: str | None = None) -> Config:
+def load_config(explicit: str | None = None, up_fallback: bool = True) -> Config:
     """Load the configuration the spec's lookup order names, or the loopback defaults."""
-    path = config_path(explicit)
+    path = config_path(explicit, up_fallback)
     if path is None:
         return Config()
     try:
@@ -220,10 +259,23 @@ def load_config(explicit: str | None = None) -> Config:
     return parse_config(text, path)
 
 
-def load_daemon_config(args: dict) -> Config:
+def load_daemon_config(args: dict, up_fallback: bool = True) -> Config:
     """The configuration a daemon runs with: the file, then `--insecure` from its options."""
-    config = load_config(args.get("--config"))
+    config = load_config(args.get("--config"), up_fallback)
     return config.with_overrides("cluster", insecure=True if args.get("--insecure") else None)
+
+
+def check_secure(config: Config, role: str) -> None:
+    """Refuse to run as root without keys unless told insecure (spec §7): as root, whoever
+    reaches a port could otherwise run commands as root."""
+    if config.cluster.keys or config.cluster.insecure or os.geteuid() != 0:
+        return
+    raise ConfigError(
+        f"refusing to start the {role} as root without [cluster] keys: anyone who can reach "
+        "its ports could run commands as root. Make keys with `zcron keygen` (see "
+        "docs/operations.md) or use `zcron up`, which makes its own; or set insecure = true "
+        "in [cluster] (or --insecure) if every local user may run anything"
+    )
 
 
 def port_after(address: str, offset: int) -> str:
@@ -253,5 +305,9 @@ def dump_config(config: Config) -> str:
             value = getattr(getattr(config, section), item.name)
             if value is not None:
                 lines.append(f"{item.name} = {_toml_value(value)}")
+        lines.append("")
+    if config.clients:
+        lines.append("[clients]")
+        lines += [f"{_toml_value(k)} = {_toml_value(list(v))}" for k, v in config.clients.items()]
         lines.append("")
     return "\n".join(lines)

@@ -1,13 +1,26 @@
-"""What the daemons share: signal flags that wake the poller, and systemd notifications."""
+"""What the daemons share: signal flags that wake the poller, dropped-message accounting,
+and systemd notifications.
+
+Every daemon has one lifecycle: `start()` (signal handlers, sockets, READY), `run()` (the
+poll loop, until a stop is asked for; the exit code) and `close()` (STOPPING, sockets, its
+Security object, its stores), called as `run_daemon` does.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from zcron.errors import ConfigError
+
+log = logging.getLogger("zcron")
+REJECT_LOG_EVERY_S = 10.0
 
 
 class Signals:
@@ -57,6 +70,53 @@ class Signals:
     def _on_reload(self, signum: int, frame: object) -> None:
         self.reload = True
         self.wake()
+
+
+class Daemon(Protocol):
+    def start(self) -> None: ...
+    def run(self) -> int: ...
+    def close(self) -> None: ...
+
+
+def run_daemon(daemon: Daemon) -> int:
+    """start → run → close (close also after a failed start or a crash)."""
+    try:
+        daemon.start()
+        return daemon.run()
+    finally:
+        daemon.close()
+
+
+class Rejects:
+    """Dropped messages: each one counted, at most one log line per interval, so a flood
+    of bad frames is not a flood of log lines."""
+
+    def __init__(
+        self, monotonic: Callable[[], float], count: Callable[[str], None] | None = None,
+        every_s: float = REJECT_LOG_EVERY_S,
+    ) -> None:  # fmt: skip
+        self.monotonic, self.count, self.every_s = monotonic, count, every_s
+        self.total = 0
+        self.next_log = -math.inf
+
+    def __call__(self, why: str, reason: str = "rejected") -> None:
+        self.total += 1
+        if self.count is not None:
+            self.count(reason)
+        now = self.monotonic()
+        if now >= self.next_log:
+            self.next_log = now + self.every_s
+            log.warning("%s (%d dropped so far)", why, self.total)
+
+
+def slots_option(args: Mapping[str, object]) -> int | None:
+    """`--slots N` (zcron worker, zcron up): a whole number >= 1, or None when not given."""
+    text = args.get("--slots")
+    if not text:
+        return None
+    if not (isinstance(text, str) and text.isascii() and text.isdigit()) or int(text) < 1:
+        raise ConfigError(f"--slots: expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def poll_timeout_ms(deadline: float, now: float) -> int:

@@ -1,28 +1,29 @@
 """The sink's HTTP side (spec §6): /metrics, /api/runs, /api/jobs and the dashboard at /.
 
 A stdlib ThreadingHTTPServer in a daemon thread; every handler only reads (LMDB read-only
-transactions, snapshots of the sink's in-memory reports).
+transactions, snapshots of the sink's in-memory reports). Hardened for a browser's reach:
+only known Host values (DNS rebinding), nosniff and a CSP on every answer, a bounded number
+of connections, and a bounded number of records examined per request.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import socket
 import threading
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from functools import lru_cache
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from zcron.config import parse_duration
+from zcron import clock, dashboard
 from zcron.errors import ConfigError, ZcronError
-from zcron.metrics import Metrics
+from zcron.metrics import Metrics, schedule_interval
 from zcron.net import is_loopback
 from zcron.protocol import STATUSES
 from zcron.store import Store
@@ -39,26 +40,11 @@ class BadRequest(ZcronError):
 
 
 def parse_time(name: str, text: str, now: float) -> float:
-    """Unix seconds, ISO 8601 (naive = UTC), or a duration ago (`1h`)."""
+    """clock.parse_time, answered with a 400."""
     try:
-        value = float(text)
-        if math.isfinite(value):
-            return value
-    except ValueError:
-        pass
-    for candidate in (text, text.replace(" ", "+")):  # a '+' offset arrives as a space
-        try:
-            stamp = datetime.fromisoformat(candidate)
-            return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
-        except ValueError:
-            pass
-    try:
-        return now - parse_duration(text, name)
-    except ZcronError:
-        raise BadRequest(
-            f"{name}: expected Unix seconds, ISO 8601 (2026-11-23T03:00:00Z) "
-            f"or a duration ago (1h), got {text!r}"
-        ) from None
+        return clock.parse_time(name, text, now)
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def parse_limit(text: str) -> int:
@@ -103,38 +89,116 @@ def _blank_job(name: str) -> dict[str, Any]:
 
 
 def merge_jobs(reports: list[dict], last_runs: dict[str, dict]) -> list[dict]:
-    """One entry per job: schedule fields from the latest report (live ones win),
-    the live schedulers reporting it, and its last run and last success from the store."""
+    """One entry per job the schedulers define (live ones win; see dashboard.job_tables):
+    schedule fields, the live schedulers reporting it, its last run and last success.
+    Jobs in no table (removed from their files) and one-off pushes are left out."""
     jobs: dict[str, dict] = {}
-    for report in sorted(reports, key=lambda r: (r["live"], r["seen"])):
+    for report in sorted(dashboard.job_tables(reports), key=lambda r: (r["live"], r["seen"])):
         for entry in report["jobs"]:
             row = jobs.setdefault(entry["name"], _blank_job(entry["name"]))
-            row.update({f: entry.get(f) for f in JOB_FIELDS})
+            row.update({f: entry.get(f) for f in (*JOB_FIELDS, "paused")})
             if report["live"]:
                 row["schedulers"].append(report["scheduler"])
-    for name, last in last_runs.items():
-        jobs.setdefault(name, _blank_job(name)).update(last)
-    for row in jobs.values():
+    for name, row in jobs.items():
+        row.update(last_runs.get(name, {}))
         row["schedulers"].sort()
-    return [jobs[name] for name in sorted(jobs)]
+    return [jobs[name] for name in sorted(jobs) if not dashboard.is_push(name)]
 
 
 class Api:
-    """What the handlers read: the store, the metrics, the schedulers' job reports."""
+    """What the handlers read: the store, the metrics, the sink's reports (sink.Reports)."""
 
-    def __init__(self, store: Store, metrics: Metrics, reports: Callable[[], list[dict]]) -> None:
+    def __init__(self, store: Store, metrics: Metrics, reports: Any) -> None:
         self.store = store
         self.metrics = metrics
         self.reports = reports
-        self.page = (resources.files("zcron") / "static" / "index.html").read_bytes()
 
-    def runs(self, query: str) -> list[dict]:
-        """GET /api/runs."""
-        return self.store.query(**parse_runs_query(query, time.time()))
+    def runs(self, query: str) -> tuple[list[dict], bool]:
+        """GET /api/runs: the records and whether the scan stopped at MAX_EXAMINED."""
+        return self.store.scan(**parse_runs_query(query, time.time()))
 
     def jobs(self) -> list[dict]:
         """GET /api/jobs."""
-        return merge_jobs(self.reports(), self.store.last_runs())
+        return merge_jobs(self.reports.snapshot(time.monotonic()), self.store.last_runs())
+
+    def summary(self) -> dict:
+        """GET /api/summary: everything the page shows but the recent-runs table."""
+        now, reports = time.time(), self.reports.snapshot(time.monotonic())
+        workers = self.reports.worker_reports()
+        rows = merge_jobs(reports, self.store.last_runs())
+        recent, complete = self.store.scan(since=now - dashboard.STRIP_WINDOW_S, limit=MAX_LIMIT)
+        by_name = {row["job"]: row for row in rows}
+        self.add_states(rows, workers, now)
+        return {
+            "now": now,
+            "jobs": rows,
+            "strips": dashboard.strips(recent, by_name),
+            "strips_complete": complete and len(recent) < MAX_LIMIT,
+            "lateness": dashboard.lateness_summary(recent, by_name),
+            "schedulers": dashboard.scheduler_panel(
+                reports, self.reports.configured, time.monotonic()
+            ),
+            "pools": dashboard.worker_panel(workers, {r["pool"] for r in rows if r["pool"]}),
+            "sink": {"records": self.store.count(), "max_examined": self.store.max_examined},
+            "errors": dashboard.schedule_errors(reports),
+        }
+
+    def add_states(self, rows: list[dict], workers: list[dict], now: float) -> None:
+        """Each row's state and reason, and its last run's kind and lateness."""
+        running = dashboard.running_jobs(workers)
+        first_seen = self.reports.first_seen_times()
+        for row in rows:
+            interval = None
+            if row["schedule"]:
+                interval = schedule_interval(row["schedule"], row["timezone"] or "UTC")
+            row["state"], row["reason"] = dashboard.job_state(
+                row, row["last_run"], now, row["job"] in running,
+                first_seen.get(row["job"]), interval,
+            )  # fmt: skip
+            if row["last_run"]:
+                last = row["last_run"]
+                last["kind"] = dashboard.run_kind(last, row)
+                last["lateness"] = dashboard.lateness_s(last)
+
+
+STATIC = {  # path -> (file under zcron/static, content type)
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/app.css": ("app.css", "text/css; charset=utf-8"),
+}
+# The page's script and style are files of this origin: no inline code can run.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+MAX_CONNECTIONS = 32  # handler threads at once; more are answered 503 at once
+SAFE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": CSP,
+    "Referrer-Policy": "no-referrer",
+}
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+    b"Retry-After: 1\r\nX-Content-Type-Options: nosniff\r\nContent-Security-Policy: "
+    + CSP.encode()
+    + b"\r\nConnection: close\r\n\r\nbusy\n"
+)
+
+
+@lru_cache(maxsize=8)
+def static_file(name: str) -> bytes:
+    return (resources.files("zcron") / "static" / name).read_bytes()
+
+
+def allowed_hosts(host: str, port: int, names: Iterable[str]) -> frozenset[str]:
+    """Host header values to answer (DNS rebinding): the bound address, localhost and the
+    configured names, each with the port; configured names also without it."""
+    names = [name.lower() for name in names]
+    literal = f"[{host}]" if ":" in host else host
+    bare = {literal.lower(), "localhost", "127.0.0.1", "[::1]", *names}
+    return frozenset({f"{name}:{port}" for name in bare} | set(names))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -145,33 +209,47 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
         url = urlsplit(self.path)
-        api = self.server.api
+        if self.headers.get("Host", "").lower() not in self.server.hosts:
+            self.send_json(HTTPStatus.MISDIRECTED_REQUEST, {"error": "unknown Host"})
+            return
         try:
-            if url.path == "/metrics":
-                self.send(HTTPStatus.OK, *api.metrics.exposition())
-            elif url.path == "/api/runs":
-                self.send_json(HTTPStatus.OK, api.runs(url.query))
-            elif url.path == "/api/jobs":
-                self.send_json(HTTPStatus.OK, api.jobs())
-            elif url.path in ("/", "/index.html"):
-                self.send(HTTPStatus.OK, api.page, "text/html; charset=utf-8")
-            else:
-                self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no such path: {url.path}"})
+            self.route(url.path, url.query)
         except BadRequest as exc:
             self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         except Exception as exc:  # a failed read must not take the server down
             log.exception("GET %s failed", url.path)
             self.send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": type(exc).__name__})
 
-    def send_json(self, status: HTTPStatus, body: Any) -> None:
-        data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
-        self.send(status, data, "application/json")
+    def route(self, path: str, query: str) -> None:
+        api = self.server.api
+        if path == "/metrics":
+            self.send(HTTPStatus.OK, *api.metrics.exposition())
+        elif path == "/api/runs":
+            runs, complete = api.runs(query)
+            # The answer says when the scan stopped early (a filter matching almost nothing).
+            stopped = f"examined {api.store.max_examined} records"
+            self.send_json(HTTPStatus.OK, runs, {} if complete else {"X-Zcron-Truncated": stopped})
+        elif path == "/api/jobs":
+            self.send_json(HTTPStatus.OK, api.jobs())
+        elif path == "/api/summary":
+            self.send_json(HTTPStatus.OK, api.summary())
+        elif path in STATIC:
+            name, content_type = STATIC[path]
+            self.send(HTTPStatus.OK, static_file(name), content_type)
+        else:
+            self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no such path: {path}"})
 
-    def send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+    def send_json(self, status: HTTPStatus, body: Any, headers: dict | None = None) -> None:
+        data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
+        self.send(status, data, "application/json", headers)
+
+    def send(
+        self, status: HTTPStatus, body: bytes, content_type: str, headers: dict | None = None
+    ) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
+        fields = {"Content-Type": content_type, "Content-Length": str(len(body))}
+        for name, value in {**fields, **SAFE_HEADERS, **(headers or {})}.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -182,6 +260,28 @@ class Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     api: Api
+    hosts: frozenset[str] = frozenset()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve in a thread while fewer than MAX_CONNECTIONS are; refuse others at once."""
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class _Server6(_Server):
@@ -211,7 +311,9 @@ def check_http_bind(address: str, insecure: bool) -> None:
 class HttpServer:
     """The HTTP server and its thread; stop() returns once no handler is running."""
 
-    def __init__(self, address: str, api: Api, insecure: bool = False) -> None:
+    def __init__(
+        self, address: str, api: Api, insecure: bool = False, hosts: Iterable[str] = ()
+    ) -> None:
         check_http_bind(address, insecure)
         host, port = split_address(address)
         cls = _Server6 if ":" in host else _Server
@@ -220,6 +322,7 @@ class HttpServer:
         except OSError as exc:
             raise ConfigError(f"cannot serve HTTP on {address}: {exc.strerror}") from None
         self.server.api = api
+        self.server.hosts = allowed_hosts(host, self.server.server_address[1], hosts)
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
 
     @property

@@ -7,20 +7,31 @@ local LMDB (`[scheduler] state`) so a whole-cluster restart knows what it missed
 
 from __future__ import annotations
 
+import logging
 import os
 
 import lmdb
 import msgpack
 
+from zcron import protocol
+from zcron.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
 FLUSH_EVERY_S = 0.5
+MAX_MAP_SIZE = 8 << 30  # the map doubles when full, up to this; then writes are refused
+
+
+class LedgerFull(ValueError):
+    """The ledger's map cannot grow further: the write (a push) is refused, not a crash."""
 
 
 class TickLedger:
     """last(job) → the newest tick known to have fired; persisted in batches."""
 
     def __init__(self, directory: str):
-        os.makedirs(directory, exist_ok=True)
-        self.env = lmdb.open(directory, map_size=256 << 20, max_dbs=2, subdir=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.env = lmdb.open(directory, map_size=256 << 20, max_dbs=2, subdir=True, mode=0o700)
         self.db = self.env.open_db(b"last_fired")
         self.push_db = self.env.open_db(b"pushed")  # delayed one-offs not fired yet
         self.fired: dict[str, float] = {}
@@ -49,14 +60,30 @@ class TickLedger:
 
     def flush(self) -> None:
         """Write what changed in one transaction."""
+
+        def write(txn: lmdb.Transaction) -> None:
+            for job in self.dirty:
+                txn.put(job.encode(), repr(self.fired[job]).encode(), db=self.db)
+
         try:
-            with self.env.begin(write=True, db=self.db) as txn:
-                for job in self.dirty:
-                    txn.put(job.encode(), repr(self.fired[job]).encode())
-        except lmdb.MapFullError:
-            self.env.set_mapsize(self.env.info()["map_size"] * 2)
-            return self.flush()
+            self._write(write)
+        except LedgerFull as exc:  # kept in memory (peers have the claims): retried later
+            log.error("%s: the last fired ticks stay in memory only", exc)
+            return
         self.dirty.clear()
+
+    def _write(self, step) -> None:  # type: ignore[no-untyped-def]
+        """Run `step` in a write transaction, doubling a full map up to MAX_MAP_SIZE."""
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    step(txn)
+                return
+            except lmdb.MapFullError:
+                size = self.env.info()["map_size"]
+                if size >= MAX_MAP_SIZE:
+                    raise LedgerFull(f"the ledger is full ({size >> 20} MiB)") from None
+                self.env.set_mapsize(min(size * 2, MAX_MAP_SIZE))
 
     def forget(self, keep: set[str]) -> None:
         """Drop jobs no longer defined, so the ledger does not grow forever."""
@@ -71,16 +98,29 @@ class TickLedger:
 
     def save_push(self, name: str, msg: dict) -> None:
         """Keep a delayed `zcron push` until it fires, across restarts."""
-        with self.env.begin(write=True, db=self.push_db) as txn:
-            txn.put(name.encode(), msgpack.packb(msg, use_bin_type=True))
+        data = msgpack.packb(msg, use_bin_type=True)
+        self._write(lambda txn: txn.put(name.encode(), data, db=self.push_db))
 
     def drop_push(self, name: str) -> None:
         with self.env.begin(write=True, db=self.push_db) as txn:
             txn.delete(name.encode())
 
     def pushes(self) -> dict[str, dict]:
+        """The saved pushes, each checked as a job message again (a damaged or older entry
+        is dropped with a log line, never put on the heap)."""
         with self.env.begin(db=self.push_db) as txn:
-            return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in txn.cursor()}
+            saved = [(k.decode(), v) for k, v in txn.cursor()]
+        pushes = {}
+        for name, data in saved:
+            try:
+                msg = msgpack.unpackb(data, raw=False)
+                protocol.validate("job", msg)
+            except (ProtocolError, ValueError, TypeError) as exc:
+                log.error("dropping saved push %s: %s", name, exc)
+                self.drop_push(name)
+                continue
+            pushes[name] = msg
+        return pushes
 
     def close(self) -> None:
         if self.dirty:

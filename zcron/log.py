@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from typing import TextIO
 
 from zcron.errors import ConfigError
@@ -74,3 +75,8 @@ def setup_logging(component: str, level: int | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_level if level is None else level)
+
+
+def iso_utc(instant: float) -> str:
+    """An instant as log lines show it: ISO 8601 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(instant, UTC).isoformat(timespec="milliseconds")

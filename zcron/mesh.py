@@ -8,7 +8,8 @@ import zmq
 
 from zcron import protocol
 from zcron.auth import Security
-from zcron.net import make_socket, send_nowait
+from zcron.config import ClusterConfig
+from zcron.net import incarnation, keepalive, make_socket, send_nowait
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +22,26 @@ class PeerMesh:
     """
 
     def __init__(
-        self, ctx: zmq.Context, me: str, peers: dict[str, str], security: Security | None = None
+        self,
+        ctx: zmq.Context,
+        me: str,
+        peers: dict[str, str],
+        security: Security | None = None,
+        cluster: ClusterConfig | None = None,
     ):
         self.sockets: dict[str, zmq.Socket] = {}
         security = security or Security()
+        cluster = cluster or ClusterConfig()
+        identity = incarnation(f"peer-{me}")
         for peer_id, address in peers.items():
             if peer_id == me:
                 continue
-            sock = make_socket(ctx, zmq.DEALER, identity=f"peer-{me}", hwm=1000)
+            sock = make_socket(ctx, zmq.DEALER, identity=identity, hwm=1000)
             sock.setsockopt(zmq.IMMEDIATE, 1)
-            security.client(sock, peer_id)  # CURVE to that peer's key when keys are set
-            sock.connect(address)
+            # A paused peer's connection is dropped and redialled rather than filling with
+            # heartbeats it would read, minutes old, on SIGCONT.
+            keepalive(sock, cluster.heartbeat, 3 * cluster.peer_timeout)
+            security.connect(sock, peer_id, address)  # CURVE to that peer's key, with keys
             self.sockets[peer_id] = sock
 
     def send(self, peer_id: str, kind: str, **fields: object) -> None:

@@ -1,7 +1,8 @@
 """Every zcron_* metric, defined once on the sink's own registry (spec §6).
 
 Per-job metrics carry the `job_name` label (never `job`: Prometheus owns it) unless
-`[sink] job_labels = false`, for very large job counts.
+`[sink] job_labels = false`, for very large job counts. One-off pushes share
+job_name="push", so a thousand pushes are not a thousand series.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from zcron.cron import parse_schedule
+from zcron.dashboard import is_push, schedule_error_files
+from zcron.protocol import STATUSES
 
 LATENESS_BUCKETS = (
     *(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5),
@@ -107,16 +110,29 @@ class Metrics:
         )
         self._last_success: dict[str, float] = {}
         self._slot_labels: set[tuple[str, str]] = set()
+        self._known_jobs: set[str] = set()
         self.schedulers.labels("live").set(0)
         self.schedulers.labels("dead").set(0)
 
     def _job(self, metric, job: str):  # type: ignore[no-untyped-def]
-        return metric.labels(job) if self.job_labels else metric
+        return metric.labels(job_label(job)) if self.job_labels else metric
+
+    def know_jobs(self, jobs: Iterable[str]) -> None:
+        """Give every per-job counter a series at 0 for jobs not seen before, so that
+        increase() sees their first event."""
+        if not self.job_labels:
+            return
+        for job in {job_label(j) for j in jobs} - self._known_jobs:
+            self._known_jobs.add(job)
+            self.missed.labels(job)
+            self.duplicates.labels(job)
+            for status in STATUSES:
+                self.runs.labels(job, status)
 
     def observe_new(self, records: Iterable[dict], stored_at: float) -> None:
         """Count newly stored records (never redeliveries) and time their phases."""
         for rec in records:
-            job, status = rec["job"], rec["status"]
+            job, status = job_label(rec["job"]), rec["status"]
             if self.job_labels:
                 self.runs.labels(job, status).inc()
             else:
@@ -143,7 +159,7 @@ class Metrics:
     def set_last_success(self, last: Mapping[str, float]) -> None:
         """Raise each job's last-success time (the unlabelled gauge keeps the newest of all)."""
         for job, when in last.items():
-            key = job if self.job_labels else ""
+            key = job_label(job) if self.job_labels else ""
             if when > self._last_success.get(key, float("-inf")):
                 self._last_success[key] = when
                 self._job(self.last_success, job).set(when)
@@ -184,6 +200,11 @@ class Metrics:
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text page and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def job_label(job: str) -> str:
+    """The job_name label of a job: its name, or "push" for every one-off push."""
+    return "push" if is_push(job) else job
 
 
 class HandshakeCollector:
@@ -266,6 +287,19 @@ class ClusterCollector:
         yield offsets
         yield spool
         yield failures
+        yield self.schedule_errors(reports)
+
+    @staticmethod
+    def schedule_errors(reports: list[dict]) -> Metric:
+        """Files whose last change failed to parse, per live scheduler (0: all good)."""
+        family = GaugeMetricFamily(
+            "zcron_schedule_errors",
+            "Schedule files whose last change failed to parse (their last good version runs).",
+            labels=["scheduler"],
+        )
+        for report in reports:
+            family.add_metric([report["scheduler"]], schedule_error_files(report.get("errors", [])))
+        return family
 
     @staticmethod
     def scheduler_families(reports: list[dict]) -> Iterator[Metric]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import secrets
 from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
 
@@ -55,6 +56,22 @@ def make_socket(
         # A reply to a peer that vanished is dropped instead of raising.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
     return sock
+
+
+def incarnation(name: str) -> str:
+    """A routing id for this process's connection as `name`: the name plus a random
+    incarnation, so that neither a second process with the same id nor a stranger who
+    knows the id can take our route over (ROUTER_HANDOVER hands a route to whoever
+    connects with its routing id; spec §7, Identity)."""
+    return f"{name}.{secrets.token_hex(8)}"
+
+
+def keepalive(sock: zmq.Socket, heartbeat_s: float, timeout_s: float) -> None:
+    """ZeroMQ heartbeats on a connection: one that stays silent for `timeout_s` (a peer
+    stopped or its link cut) is closed and reconnected instead of waiting in TCP for ever."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, max(100, int(heartbeat_s * 1000)))
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(300, int(timeout_s * 1000)))
+    sock.setsockopt(zmq.HEARTBEAT_TTL, max(300, int(timeout_s * 1000)))
 
 
 def bind(sock: zmq.Socket, address: str, insecure: bool = False, keys: str | None = None) -> None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from zcron.protocol import record
+from zcron.protocol import run_record
 from zcron.spawner import Spawner, SpawnerBusy
 
 SH_FAMILY = {"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh"}
@@ -60,12 +60,12 @@ def resolve_user(wanted: str | None) -> pwd.struct_passwd:
     """The account a job runs as (spec §7): anyone when we are root, else only ourselves.
 
     Answers are kept ACCOUNT_TTL_S: each lookup reads /etc/passwd (NSS), once per job."""
-    key = (os.getuid(), wanted)
+    key, now_mono = (os.getuid(), wanted), time.monotonic()
     known = _accounts.get(key)
-    if known is not None and time.monotonic() < known[0]:
+    if known is not None and now_mono < known[0]:
         return known[1]
     account = _lookup_user(wanted)
-    _accounts[key] = (time.monotonic() + ACCOUNT_TTL_S, account)
+    _accounts[key] = (now_mono + ACCOUNT_TTL_S, account)
     return account
 
 
@@ -156,12 +156,13 @@ class Run:
     timed_out: bool = False
     killed_by_us: bool = False
     cancelled: str | None = None  # why the scheduler had the run killed (overlap = replace)
+    state: str = "armed"  # armed → released → exited → reported (see zcron/runs.py)
 
     @property
     def run_id(self) -> str:
         return self.msg["run_id"]
 
-    def release(self, now_mono: float) -> None:
+    def release(self, now: float, now_mono: float) -> None:
         """Let the parked process run the command: the run starts now."""
         if self.go is None:
             return
@@ -171,7 +172,7 @@ class Run:
             pass  # it died while parked; the reap reports how
         os.close(self.go)
         self.go = None
-        self.started = time.time()
+        self.started = now
         if self.msg["timeout"]:
             self.deadline = now_mono + self.msg["timeout"]
 
@@ -234,7 +235,7 @@ class Run:
         """The spawner reaped the process with this wait status."""
         self.returncode = os.waitstatus_to_exitcode(wait_status)
 
-    def finish(self) -> dict:
+    def finish(self, now: float) -> dict:
         """Drain the pipes, release fds and kill stragglers in a killed group; the record."""
         for fd in self.pipes():
             self.drain_pipe(fd)
@@ -244,9 +245,9 @@ class Run:
         if self.go is not None:
             os.close(self.go)
             self.go = None
-        return self.record()
+        return self.record(now)
 
-    def record(self) -> dict:
+    def record(self, now: float) -> dict:
         code = self.returncode if self.returncode is not None else -signal.SIGKILL
         exit_code, signum = (code, None) if code >= 0 else (None, -code)
         out, err = self.tails
@@ -257,7 +258,7 @@ class Run:
             self.worker_id,
             status=self.status(exit_code, signum),
             started=self.started,
-            finished=time.time(),
+            finished=now,
             exit_code=exit_code,
             signal=signum,
             stdout_tail=out.text(),
@@ -273,21 +274,6 @@ class Run:
         if signum is not None or self.started is None:
             return "killed"
         return "ok" if exit_code == 0 else "failed"
-
-
-def run_record(msg: dict, worker_id: str | None, **values: object) -> dict:
-    """A §5 record for the attempt described by a `job` message."""
-    return record(
-        run_id=msg["run_id"],
-        job=msg["job"],
-        tick=msg["tick"],
-        attempt=msg["attempt"],
-        scheduler=msg["scheduler"],
-        worker=worker_id,
-        pool=msg["pool"],
-        dispatched=msg["dispatched"],
-        **values,
-    )
 
 
 def arm_run(msg: dict, worker_id: str, spawners: Iterable[Spawner]) -> Run | None:

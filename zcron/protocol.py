@@ -20,6 +20,15 @@ MAX_TEXT = 64 * 1024
 MAX_PAIRS = 20_000
 NAMES_PER_PART = 10_000
 JOBS_PER_PART = 2_000
+MAX_PARTS = 500  # a table of 1,000,000 jobs; more parts are a forgery, not a cluster
+MAX_SLOTS = 100_000
+# Every number on the wire is finite and within this (a float tick of 1e300 or NaN once
+# stopped a job for good, and NaN breaks heap order silently): Unix seconds, counts, ids.
+MAX_NUMBER = float(1 << 53)
+MAX_ATTEMPT = 1000
+# How far ahead of its instant a tick may be dispatched (takeover.LEAD_S + MAX_EXTRA_LEAD_S):
+# with max_clock_skew, the bound on how far in the future a tick or a record time may lie.
+MAX_LEAD_S = 3.0
 STATUSES = ("ok", "failed", "timeout", "killed", "lost", "skipped", "missed", "refused")
 
 NUM = (int, float)
@@ -100,6 +109,8 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "parts": (int, False, 0),
         "stats": (dict, False, 64),  # counter and gauge name -> number (see sink metrics)
         "clock_offsets": (dict, False, 1024),  # peer id -> its clock minus ours, seconds
+        "errors": (list, False, 1024),  # schedule-file errors, "file:line: message" each
+        "reason": (OPT_STR, False, 1024),  # why this scheduler does not fire, None if it does
     },
     # scheduler -> scheduler, every heartbeat: liveness, incarnation, job-set digest, clock
     "heartbeat": {
@@ -123,6 +134,8 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "parts": (int, True, 0),
         "names": (list, True, NAMES_PER_PART),
     },
+    # scheduler -> worker: your id is taken by a live worker (spec §7, Identity)
+    "refused": {"reason": (str, True, 1024)},
     # command line -> scheduler, and the reply
     "request": {"op": (str, True, 32), "args": (dict, True, 64)},
     "reply": {"ok": (bool, True, 0), "error": (OPT_STR, True, MAX_TEXT), "body": (object, True, 0)},
@@ -153,12 +166,28 @@ def _check_fields(values: Any, schema: dict, where: str) -> None:
             if required:
                 raise ProtocolError("missing_field", f"{where}.{name}")
             continue
-        if numeric and value.__class__ is bool:
-            raise ProtocolError("bad_field", f"{where}.{name} is a bool")
+        if numeric and value is not None:
+            _check_number(value, f"{where}.{name}")
         if not isinstance(value, types):
             raise ProtocolError("bad_field", f"{where}.{name} has type {type(value).__name__}")
         if limit and isinstance(value, _SIZED) and len(value) > limit:
             raise ProtocolError("too_large", f"{where}.{name} longer than {limit}")
+
+
+def _check_number(value: Any, where: str) -> None:
+    if value.__class__ is bool:
+        raise ProtocolError("bad_field", f"{where} is a bool")
+    if isinstance(value, int | float) and not -MAX_NUMBER <= value <= MAX_NUMBER:
+        # NaN fails both comparisons; inf and 1e300 the bound
+        raise ProtocolError("bad_field", f"{where} is not a finite number in range")
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and value.__class__ is not bool
+        and -MAX_NUMBER <= value <= MAX_NUMBER
+    )
 
 
 def _require(ok: bool, detail: str) -> None:
@@ -167,12 +196,20 @@ def _require(ok: bool, detail: str) -> None:
 
 
 def _check_record(msg: dict) -> None:
-    _check_fields(msg["record"], RECORD, "record")
-    _require(msg["record"]["status"] in STATUSES, "record.status")
+    rec = msg["record"]
+    _check_fields(rec, RECORD, "record")
+    _require(rec["status"] in STATUSES, "record.status")
+    _require(bool(rec["run_id"]) and bool(rec["job"]), "record.run_id and job must be set")
+    _require(1 <= rec["attempt"] <= MAX_ATTEMPT, "record.attempt out of range")
 
 
 def _check_job(msg: dict) -> None:
     env, command = msg["env"], msg["command"]
+    _require(bool(msg["run_id"]) and bool(msg["job"]), "job.run_id and job must be set")
+    _require(1 <= msg["attempt"] <= MAX_ATTEMPT, "job.attempt out of range")
+    _require(msg["timeout"] is None or msg["timeout"] > 0, "job.timeout must be > 0")
+    _require(msg.get("memory_max") is None or msg["memory_max"] > 0, "job.memory_max > 0")
+    _require(msg["on_timeout"] in ("kill", "alert"), "job.on_timeout: kill or alert")
     _require(all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()),
              "job.env must map strings to strings")  # fmt: skip
     _require(not isinstance(command, list) or (command and _strings(command)),
@@ -181,13 +218,27 @@ def _check_job(msg: dict) -> None:
 
 def _check_numbers(msg: dict) -> None:
     tables = (msg.get("stats", {}), msg.get("clock_offsets", {}))
-    _require(all(isinstance(k, str) and isinstance(v, NUM) and not isinstance(v, bool)
+    _require(all(isinstance(k, str) and _is_number(v)
                  for table in tables for k, v in table.items()),
              "jobs.stats and clock_offsets map names to numbers")  # fmt: skip
+    _require(all(isinstance(e, str) and len(e) <= 4096 for e in msg.get("errors", [])),
+             "jobs.errors must hold strings of at most 4 KiB")  # fmt: skip
 
 
 def _strings(values: list) -> bool:
     return all(isinstance(v, str) for v in values)
+
+
+def _check_ready(msg: dict) -> None:
+    lists = (msg["pools"], msg["running"], msg.get("running_jobs", []))
+    _require(all(map(_strings, lists)), "ready lists must hold strings")
+    _require(0 <= msg["free"] <= msg["slots"] <= MAX_SLOTS and msg["seen"] >= 0,
+             "ready: 0 <= free <= slots <= MAX_SLOTS, seen >= 0")  # fmt: skip
+
+
+def _check_parts(msg: dict) -> None:
+    parts, part = msg.get("parts", 1), msg.get("part", 0)
+    _require(0 <= parts <= MAX_PARTS and 0 <= part < max(parts, 1), "part/parts out of range")
 
 
 # type -> the checks a schema cannot express (contents of lists and maps)
@@ -196,12 +247,13 @@ _NESTED = {
     "job": _check_job,
     "claims": lambda m: _require(all(map(_is_tick_pair, m["ticks"])), "ticks: [job, tick]"),
     "accepted": lambda m: _require(all(map(_is_tick_pair, m["ticks"])), "ticks: [job, tick]"),
-    "jobs": _check_numbers,
-    "jobset": lambda m: _require(_strings(m["names"]), "jobset.names must hold strings"),
-    "ready": lambda m: _require(
-        _strings(m["pools"]) and _strings(m["running"]) and _strings(m.get("running_jobs", [])),
-        "ready lists must hold strings",
+    "jobs": lambda m: (_check_numbers(m), _check_parts(m)),
+    "jobset": lambda m: (
+        _require(_strings(m["names"]), "jobset.names must hold strings"),
+        _require(1 <= m["parts"], "jobset.parts >= 1"),
+        _check_parts(m),
     ),
+    "ready": _check_ready,
     "ack": lambda m: _require(_strings(m["run_ids"]), "ack.run_ids must hold strings"),
 }
 
@@ -218,12 +270,24 @@ def _is_tick_pair(pair: Any) -> bool:
         and len(pair) == 2
         and isinstance(pair[0], str)
         and len(pair[0]) <= MAX_NAME
-        and isinstance(pair[1], NUM)
-        and not isinstance(pair[1], bool)
+        and _is_number(pair[1])
     )
 
 
 _COMPILED = {id(schema): _compile(schema) for schema in (RECORD, *SCHEMAS.values())}
+
+
+def validate(kind: str, fields: dict) -> None:
+    """Check fields we built ourselves from outside input (a push, a persisted job) against
+    the type's schema, as a receiver would; ProtocolError naming the field otherwise."""
+    _check_fields(fields, SCHEMAS[kind], kind)
+    _check_nested(kind, fields)
+
+
+def check_window(value: float | None, now: float, behind: float, ahead: float, what: str) -> None:
+    """Reject a time outside [now - behind, now + ahead] (spec §7: never persisted)."""
+    if value is not None and not now - behind <= value <= now + ahead:
+        raise ProtocolError("out_of_window", f"{what} {value:.3f} is {value - now:+.0f}s from now")
 
 
 def encode(kind: str, **fields: Any) -> bytes:
@@ -260,3 +324,18 @@ def record(**values: Any) -> dict:
     base.update(stdout_tail="", stderr_tail="", attempt=1, pool="default")
     base.update(values)
     return base
+
+
+def run_record(msg: dict, worker_id: str | None, **values: object) -> dict:
+    """A §5 record for the attempt described by a `job` message."""
+    return record(
+        run_id=msg["run_id"],
+        job=msg["job"],
+        tick=msg["tick"],
+        attempt=msg["attempt"],
+        scheduler=msg["scheduler"],
+        worker=worker_id,
+        pool=msg["pool"],
+        dispatched=msg["dispatched"] or None,  # 0.0: made before any dispatch (skipped)
+        **values,
+    )

@@ -16,11 +16,11 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 from zcron.cron import local_timezone_name
 from zcron.crontab import read_crond
 from zcron.errors import ScheduleError
+from zcron.filetrust import untrusted
 from zcron.job import Job
 from zcron.tomljobs import parse_toml
 
@@ -32,7 +32,9 @@ class LoadResult:
     """Jobs by name, every error found, whether the job set changed since the last load,
     and its digest.
 
-    `warnings` name lines that load but that zcron reads differently from cron.
+    `warnings` name lines that load but that zcron reads differently from cron. `appeared`
+    holds the errors that were not there at the previous load, each saying what zcron does
+    about it (a daemon logs these, so a file that stays broken is logged once).
     """
 
     jobs: dict[str, Job]
@@ -40,6 +42,7 @@ class LoadResult:
     changed: bool
     digest: str
     warnings: list[ScheduleError] = field(default_factory=list)
+    appeared: list[str] = field(default_factory=list)
 
 
 class ScheduleDir:
@@ -50,15 +53,23 @@ class ScheduleDir:
         self.jobs: dict[str, Job] = {}
         self._good: dict[str, list[Job]] = {}
         self._digest: str | None = None
+        self._reported: set[str] = set()
 
     def load(self) -> LoadResult:
         """(Re)read every file of the directory."""
         try:
-            paths = schedule_files(self.directory)
+            why = untrusted(os.stat(self.directory), "directory")
+            paths = schedule_files(self.directory) if why is None else []
         except OSError as exc:
-            error = ScheduleError(self.directory, 0, f"cannot read directory: {exc.strerror}")
-            return LoadResult(dict(self.jobs), [error], False, digest(self.jobs))
+            why = f"cannot read directory: {exc.strerror}"
+        if why is not None:
+            error = ScheduleError(self.directory, 0, why)
+            said = [f"{error} (the jobs loaded before stay in force)"]
+            result = LoadResult(dict(self.jobs), [error], False, digest(self.jobs))
+            result.appeared = self._appeared(said)
+            return result
         parsed, warnings = _parse_files_warning(paths)
+        had_good = set(self._good)
         self._good = {
             path: jobs if not errors else self._good[path]
             for path, (jobs, errors) in parsed.items()
@@ -68,7 +79,22 @@ class ScheduleDir:
         new_digest = digest(self.jobs)
         changed, self._digest = new_digest != self._digest, new_digest
         errors = [e for _, file_errors in parsed.values() for e in file_errors]
-        return LoadResult(dict(self.jobs), errors + duplicates, changed, new_digest, warnings)
+        said = [f"{e} {_consequence(e.path in had_good)}" for e in errors]
+        result = LoadResult(dict(self.jobs), errors + duplicates, changed, new_digest, warnings)
+        result.appeared = self._appeared(said + [str(e) for e in duplicates])
+        return result
+
+    def _appeared(self, messages: list[str]) -> list[str]:
+        """The messages not reported at the previous load; they are the reported ones now."""
+        new = [m for m in messages if m not in self._reported]
+        self._reported = set(messages)
+        return new
+
+
+def _consequence(had_good_version: bool) -> str:
+    if had_good_version:
+        return "(the file's last good version stays in force)"
+    return "(no job of this file is loaded until it is fixed)"
 
 
 def load_paths(paths: list[str]) -> LoadResult:
@@ -97,17 +123,6 @@ def schedule_files(directory: str) -> list[str]:
 def is_ignored(filename: str) -> bool:
     """Whether cron would skip this file name (dot files, editor and package-manager leftovers)."""
     return bool(_IGNORED.search(os.path.basename(filename)))
-
-
-def parse_files(paths: Iterable[str]) -> dict[str, tuple[list[Job], list[ScheduleError]]]:
-    """Each file's jobs and errors, in the given order."""
-    return _parse_files_warning(paths)[0]
-
-
-def parse_file(path: str, default_tz: str) -> tuple[list[Job], list[ScheduleError]]:
-    """One file's jobs and errors; the format follows the extension."""
-    jobs, errors, _ = _parse_file_warning(path, default_tz)
-    return jobs, errors
 
 
 def _parse_files_warning(
@@ -149,7 +164,10 @@ def merge_jobs(
             first = jobs.setdefault(job.name, job)
             if first is not job:
                 path, line = _split_source(job.source)
-                message = f'job "{job.name}" also defined at {first.source} (this one is ignored)'
+                message = (
+                    f'job "{job.name}" also defined at {first.source}: this definition is '
+                    "ignored, the rest of its file is loaded"
+                )
                 errors.append(ScheduleError(path, line, message))
     return jobs, errors
 
@@ -189,9 +207,13 @@ def to_wire(job: Job) -> dict:
 def _read_text(path: str) -> str:
     # errors about a file as a whole carry line 0
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as source:  # the checks and the read are of the same file
+            why = untrusted(os.fstat(source.fileno()))
+            data = source.read() if why is None else b""
     except OSError as exc:
         raise ScheduleError(path, 0, f"cannot read: {exc.strerror}") from None
+    if why is not None:
+        raise ScheduleError(path, 0, why)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

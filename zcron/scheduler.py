@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import heapq
 import logging
-import time
-import uuid
+import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -23,29 +23,30 @@ import zmq
 
 from zcron import protocol
 from zcron.auth import Security
-from zcron.config import Config, load_daemon_config
-from zcron.control import ClientRequests
-from zcron.daemon import Notifier, Signals, poll_timeout_ms
+from zcron.clock import SPIN_S, Clock
+from zcron.config import Config, check_secure, load_daemon_config
+from zcron.control import ClientRequests, job_message_defaults
+from zcron.daemon import Notifier, Rejects, Signals, run_daemon
 from zcron.errors import ProtocolError
 from zcron.job import Job
 from zcron.ledger import TickLedger
-from zcron.log import setup_logging
+from zcron.log import iso_utc, setup_logging
 from zcron.mesh import PeerMesh
-from zcron.net import bind, make_socket, send_nowait
+from zcron.net import bind, incarnation, make_socket, send_nowait
 from zcron.peers import Membership
-from zcron.process import run_record
-from zcron.ring import OwnerCache, has_quorum, owner_of
+from zcron.plan import Due, Plan
+from zcron.protocol import run_record
+from zcron.roles import ANYONE, Roles, Sender
 from zcron.schedule import ScheduleDir, to_wire
 from zcron.slots import WorkerTable
 from zcron.spool import Spool
-from zcron.takeover import ARM_RATE_PER_S, LEAD_S, MAX_EXTRA_LEAD_S, Takeover
+from zcron.statedir import hold
+from zcron.takeover import Takeover
 from zcron.watch import POLL_INTERVAL_S, DirectoryWatch
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 2.0
-REJECT_LOG_EVERY_S = 10.0
 RELOAD_SETTLE_S = 0.05  # let an editor finish writing before re-reading
-SPIN_S = 0.002  # the last stretch before an instant is spun, not slept: poll wakes in whole ms
 
 
 @dataclass
@@ -57,11 +58,15 @@ class Waiting:
     claim: bool
 
 
-class Scheduler(Takeover, ClientRequests):
-    """run() → poll() → handle_* per ready socket → fire_due_ticks(now) → timed steps."""
+class Scheduler:
+    """run() → poll() → handle_* per ready socket → fire_due_ticks(now) → timed steps.
 
-    def __init__(self, config: Config):
+    Composed of its parts: the plan (jobs and their heap), the membership, the ledger,
+    the takeover (peer protocol and catch-up) and the client requests."""
+
+    def __init__(self, config: Config, clock: Clock | None = None):
         self.config = config
+        self.clock = clock or Clock()
         cluster = config.cluster
         self.id = config.scheduler.id
         self.address = config.scheduler_address()
@@ -69,129 +74,147 @@ class Scheduler(Takeover, ClientRequests):
         self.notifier = Notifier()
         self.schedules = ScheduleDir(config.scheduler.schedules)
         self.watch = DirectoryWatch(config.scheduler.schedules)
-        self.jobs: dict[str, Job] = {}
-        self.generation: dict[str, int] = {}
-        self.next_instant: dict[str, float] = {}
-        self.due: list[tuple[float, float, int, str]] = []  # (dispatch at, tick, generation, job)
-        self.due_at: dict[float, int] = {}  # instant -> entries on the heap for it (burst lead)
+        self.plan = Plan()
         self.waiting: dict[str, deque[Waiting]] = {}
-        self.pushed: dict[str, dict] = {}  # one-off jobs from `zcron push`, by name
         self.workers = WorkerTable(cluster.peer_timeout)
         self.spool = Spool(f"{config.scheduler.state}/spool")
         self.ledger = TickLedger(f"{config.scheduler.state}/ledger")
         self.members = Membership(
             self.id, list(cluster.schedulers), cluster.peer_timeout, since=float("inf")
         )
-        self.owners = OwnerCache()
-        self.views_at: list[float] = []  # wall instants at which the view changes
-        self.claims: list[list] = []
-        self.queued: dict[str, float] = {}  # job -> newest tick waiting here for a slot
         self.retries: list[tuple[float, str, dict, str | None]] = []  # (at, run id, msg, avoid)
         self.ctx = zmq.Context.instance()
         self.poller = zmq.Poller()
         self.errors: list = []
         self.reload_at: float | None = None
-        self.next_report = self.next_poll_dir = self.next_heartbeat = 0.0
+        self.next_report = self.next_poll_dir = 0.0
         self.next_job_table = 0.0
-        self.last_expire_check = time.monotonic()
-        self.next_reject_log = 0.0
         self.counters = dict.fromkeys(("rejected", "takeovers", "caught_up", "missed", "retries",
                                        "skipped", "replaced"), 0)  # fmt: skip
-        self.handlers = {
-            "ready": self.on_ready, "finished": self.on_finished, "request": self.on_request,
-            "heartbeat": self.on_heartbeat, "claims": self.on_claims,
-            "accepted": self.on_accepted, "jobset_request": self.on_jobset_request,
-            "jobset": self.on_jobset,
-        }  # fmt: skip
+        self.roles = Roles(config.cluster.schedulers, config.clients)
+        self.sender: Sender = ANYONE  # the key behind the message being handled
+        self.rejects = Rejects(self.clock.monotonic, self.count_reject)
+        # CURVE when [cluster] keys is set; failed handshakes land in counters (status --json).
+        self.security = Security.from_config(cluster, self.id, self.counters)
 
-    # -- set-up -------------------------------------------------------------------------
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Install signal handlers, bind and connect, load the schedules, tell systemd."""
+        self.signals.install()
+        self.bind()
+        self.takeover = Takeover(self.config, self.clock, self.members, self.ledger, self.plan,
+                                 self.mesh, self.counters, self.fire, self.rejects)  # fmt: skip
+        self.requests = ClientRequests(self.id, self.clock, self.plan, self.ledger,
+                                       self.job_message, self.fire_message, self.status,
+                                       self.reply, self.roles, lambda: self.sender)  # fmt: skip
+        self.handlers = self.message_handlers()
+        self.reload(self.clock.now())
+        for name, msg in self.ledger.pushes().items():
+            self.plan.plan_push(name, msg)
+        self.takeover.start_firing(self.clock.now())
+        self.notifier.ready(self.status_line())
+        log.info(
+            "scheduler %s on %s: %d jobs from %s; firing from %s",
+            self.id,
+            self.address,
+            len(self.plan.jobs),
+            self.config.scheduler.schedules,
+            iso_utc(self.members.since),
+        )
+
+    def message_handlers(self) -> dict[str, Callable[[bytes, dict], None]]:
+        """Every message kind the ROUTER accepts -> its handler (identity, msg)."""
+        takeover = self.takeover
+        return {
+            "ready": self.on_ready, "finished": self.on_finished,
+            "request": self.requests.on_request, "heartbeat": takeover.on_heartbeat,
+            "claims": takeover.on_fired, "accepted": takeover.on_fired,
+            "jobset_request": takeover.on_jobset_request, "jobset": takeover.on_jobset,
+        }  # fmt: skip
 
     def bind(self) -> None:
         cluster = self.config.cluster
-        # CURVE when [cluster] keys is set; failed handshakes land in counters (status --json).
-        self.security = Security.from_config(cluster, self.id, self.counters)
         self.router = make_socket(self.ctx, zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer or worker reconnects
         self.security.server(self.router)
         bind(self.router, self.address, cluster.insecure, cluster.keys)
-        self.sink = make_socket(self.ctx, zmq.DEALER, identity=f"scheduler-{self.id}")
-        self.security.client(self.sink, "sink")
-        self.sink.connect(cluster.sink)
-        self.mesh = PeerMesh(self.ctx, self.id, cluster.schedulers, self.security)
+        self.sink = make_socket(self.ctx, zmq.DEALER, identity=incarnation(f"scheduler-{self.id}"))
+        self.security.connect(self.sink, "sink", cluster.sink)
+        self.mesh = PeerMesh(self.ctx, self.id, cluster.schedulers, self.security, cluster)
         for sock in (self.router, self.sink, self.signals.fd):
             self.poller.register(sock, zmq.POLLIN)
         if self.watch.fd is not None:
             self.poller.register(self.watch.fd, zmq.POLLIN)
 
-    # -- main loop ----------------------------------------------------------------------
-
     def run(self) -> int:
-        self.signals.install()
-        self.bind()
-        self.reload(time.time())
-        for name, msg in self.ledger.pushes().items():
-            self.plan_push(name, msg)
-        self.members.since = time.time() + self.warm_up()
-        heapq.heappush(self.views_at, self.members.since)
-        self.notifier.ready(self.status_line())
-        log.info(
-            "scheduler %s on %s: %d jobs from %s; firing from %.3f",
-            self.id,
-            self.address,
-            len(self.jobs),
-            self.config.scheduler.schedules,
-            self.members.since,
-        )
+        """Serve until SIGTERM/SIGINT; return the exit code."""
         while not self.signals.stopping:
-            ready = dict(self.poller.poll(self.timeout_ms(time.time())))
+            ready = dict(self.poller.poll(self.timeout_ms()))
             self.handle_events(ready)
-            self.step(time.time(), time.monotonic())
-            self.notifier.watchdog_if_due(time.monotonic())
-        self.notifier.stopping()
-        self.leave()
-        self.shutdown()
+            now, now_mono = self.clock.now(), self.clock.monotonic()
+            self.step(now, now_mono)
+            self.notifier.watchdog_if_due(now_mono)
         return 0
 
+    def close(self) -> None:
+        """Say we leave (peers take our jobs at once), then close the ledger and sockets."""
+        self.notifier.stopping()
+        if hasattr(self, "takeover"):
+            self.takeover.leave()
+            self.mesh.close()
+            self.router.close(linger=0)
+            self.sink.close(linger=0)
+        self.ledger.close()
+        self.security.close()
+        log.info("scheduler %s stopped", self.id)
+
     def status_line(self) -> str:
-        return f"{len(self.jobs)} jobs, {len(self.errors)} schedule errors"
+        return f"{len(self.plan.jobs)} jobs, {len(self.errors)} schedule errors"
 
     def step(self, now: float, now_mono: float) -> None:
         """Everything that is due at `now`, in order."""
-        self.expire_peers(now, now_mono)
-        self.change_view_if_due(now, now_mono)
-        self.fire_due_ticks(now)
+        self.takeover.expire_peers(now, now_mono)
+        self.takeover.change_view_if_due(now, now_mono)
+        self.fire_due_ticks(now, now_mono)
         self.retry_due(now)
-        self.record_claims()
+        self.takeover.record_claims()
         self.expire_waiting(now)
         self.expire_workers(now_mono)
-        self.heartbeat_if_due(now, now_mono)
+        self.takeover.heartbeat_if_due(now, now_mono)
+        self.security.redial_failed(now_mono)
         self.reload_if_due(now)
         self.report_if_due(now)
         self.ledger.flush_if_due(now_mono)
 
-    def timeout_ms(self, now: float) -> int:
+    def timeout_ms(self) -> int:
         """Milliseconds until the next thing to do, waking just before a tick instant."""
-        now_mono = time.monotonic()
-        # next_heartbeat is monotonic (takeover.heartbeat_if_due); compared raw with the wall
-        # clock it was always past, and poll(0) spun a whole core.
-        deadlines = [self.next_report, now + self.next_heartbeat - now_mono, now + 60]
-        deadlines.append(now + self.notifier.watchdog_wait_s(now_mono))
-        if self.due:
-            deadlines.append(self.due[0][0] - SPIN_S)
-        if self.views_at:
-            deadlines.append(self.views_at[0])
-        if self.reload_at is not None:
-            deadlines.append(self.reload_at)
+        return self.clock.timeout_ms(self.wall_deadlines(), self.mono_deadlines())
+
+    def mono_deadlines(self) -> list[float]:
+        """What is due on the monotonic clock: heartbeats, peer expiry, the watchdog."""
+        now_mono = self.clock.monotonic()
+        deadlines = [self.takeover.next_heartbeat, now_mono + 60]
+        deadlines.append(self.notifier.watchdog_due(now_mono))
+        expiry = self.members.next_expiry(now_mono)
+        if expiry is not None:
+            deadlines.append(expiry + 0.001)
+        return deadlines
+
+    def wall_deadlines(self) -> list[float]:
+        """What is due on the wall clock: ticks, view changes, reports, reloads, waits."""
+        next_due = self.plan.next_due()
+        optional = [self.takeover.next_view_change(), self.reload_at]
+        deadlines = [self.next_report, *(d for d in optional if d is not None)]
+        if next_due is not None:
+            deadlines.append(next_due - SPIN_S)
         if self.watch.fd is None:
             deadlines.append(self.next_poll_dir)
         if self.waiting:
             deadlines.append(min(q[0].give_up_at for q in self.waiting.values()))
         if self.retries:
             deadlines.append(self.retries[0][0])
-        expiry = self.members.next_expiry(now_mono)
-        if expiry is not None:
-            deadlines.append(now + expiry - now_mono + 0.001)
-        return poll_timeout_ms(min(deadlines), now)
+        return deadlines
 
     def handle_events(self, ready: dict) -> None:
         if self.signals.fd in ready:
@@ -200,21 +223,14 @@ class Scheduler(Takeover, ClientRequests):
                 self.signals.reload = False
                 log.info("SIGHUP: re-reading %s", self.config.scheduler.schedules)
                 self.notifier.reloading()
-                self.reload(time.time())
+                self.reload(self.clock.now())
                 self.notifier.ready(self.status_line())
         if self.watch.fd is not None and self.watch.fd in ready and self.watch.changed():
-            self.reload_at = time.time() + RELOAD_SETTLE_S
+            self.reload_at = self.clock.now() + RELOAD_SETTLE_S
         if self.router in ready:
             self.handle_router()
         if self.sink in ready:
             self.handle_sink()
-
-    def shutdown(self) -> None:
-        self.ledger.close()
-        self.mesh.close()
-        self.router.close(linger=0)
-        self.sink.close(linger=0)
-        log.info("scheduler %s stopped", self.id)
 
     # -- schedules ----------------------------------------------------------------------
 
@@ -233,96 +249,43 @@ class Scheduler(Takeover, ClientRequests):
         """Re-read the schedule files; changed and new jobs get a fresh next instant."""
         result = self.schedules.load()
         self.errors = result.errors
-        for error in result.errors:
-            log.error("%s (the file's last good version stays in force)", error)
+        for message in result.appeared:  # each error once, when it appears
+            log.error("%s", message)
         # Jobs share few schedules: each schedule's next instant is found once.
         next_after_now = cache(lambda cron: cron.next_after(now))
         for name, job in result.jobs.items():
-            if self.jobs.get(name) != job:
-                self.plan(job, next_after_now(job.cron) if job.enabled else None)
-        for name in set(self.jobs) - set(result.jobs):
-            self.generation.pop(name, None)
-            self.next_instant.pop(name, None)
-        self.jobs = result.jobs
-        self.ledger.forget(set(self.jobs))
+            if self.plan.jobs.get(name) != job:
+                self.plan.plan(job, next_after_now(job.cron) if job.enabled else None)
+        self.plan.replace_jobs(result.jobs)
+        self.ledger.forget(set(result.jobs))
         new_digest = result.digest
         if new_digest != self.members.my_digest:
-            log.info("%d jobs loaded, digest %s", len(self.jobs), new_digest)
+            log.info("%d jobs loaded, digest %s", len(result.jobs), new_digest)
             self.members.my_digest = new_digest
-            self.next_heartbeat = 0.0
+            self.takeover.next_heartbeat = 0.0
         self.next_report = self.next_job_table = now
         self.notifier.status(self.status_line())  # also after a change seen without SIGHUP
 
-    def plan(self, job: Job, instant: float | None) -> None:
-        """Put the job's next instant on the heap (invalidating older entries)."""
-        generation = self.generation.get(job.name, 0) + 1
-        self.generation[job.name] = generation
-        self.push(job, instant, generation)
-
-    def push(self, job: Job, instant: float | None, generation: int) -> None:
-        if instant is None:
-            self.next_instant.pop(job.name, None)
-            return
-        self.next_instant[job.name] = instant
-        ahead = self.due_at.get(instant, 0)  # jobs already due at that instant
-        self.due_at[instant] = ahead + 1
-        # The more there are, the earlier this one goes (see takeover.MAX_EXTRA_LEAD_S).
-        lead = LEAD_S + min(MAX_EXTRA_LEAD_S, ahead / ARM_RATE_PER_S)
-        if job.overlap != "allow":
-            lead = 0.0
-        heapq.heappush(self.due, (instant - lead, instant, generation, job.name))
-
     # -- firing -------------------------------------------------------------------------
 
-    def fire_due_ticks(self, now: float) -> None:
+    def fire_due_ticks(self, now: float, now_mono: float) -> None:
         """Walk every tick whose dispatch time has come; fire the ones that are ours."""
-        now_mono = time.monotonic()
-        while self.due and self.due[0][0] <= now + SPIN_S:
-            dispatch_at, tick, generation, name = heapq.heappop(self.due)
-            while time.time() < dispatch_at:
-                pass
-            if name in self.pushed:
-                self.fire_message(self.pushed.pop(name), tick, claim=False)
-                self.ledger.drop_push(name)
-                continue
-            self.forget_due(tick)
-            if self.generation.get(name) == generation:  # else changed or gone since
-                job = self.jobs[name]
-                if self.may_fire(job, tick, now_mono):
-                    self.catch_up(job, time.time(), now_mono, before=tick, as_of=tick)
-                    self.fire(job, tick)
-                self.push(job, job.next_after(tick), generation)
+        while (entry := self.plan.pop_due(now + SPIN_S)) is not None:
+            self.clock.spin_until(entry.dispatch_at)
+            pushed = self.plan.take_push(entry)
+            if pushed is not None:
+                self.fire_message(pushed, entry.tick, claim=False)
+                self.ledger.drop_push(entry.job)
+            elif (job := self.plan.current(entry)) is not None:
+                self.fire_tick(job, entry, max(now, entry.dispatch_at), now_mono)
 
-    def forget_due(self, tick: float) -> None:
-        left = self.due_at.get(tick, 0) - 1
-        if left > 0:
-            self.due_at[tick] = left
-        else:
-            self.due_at.pop(tick, None)
-
-    def may_fire(self, job: Job, tick: float, now_mono: float, as_of: float = 0.0) -> bool:
-        """Ours to fire: unfired anywhere, we own it, and a quorum job sees a majority."""
-        if self.owner(job, tick, now_mono, as_of) != self.id:
-            return False
-        if self.ledger.has_fired(job.name, tick) or tick <= self.queued.get(job.name, -1.0):
-            return False
-        return not job.quorum or has_quorum(
-            self.members.visible(now_mono), self.config.cluster.schedulers
-        )
-
-    def owner(self, job: Job, tick: float, now_mono: float, as_of: float = 0.0) -> str | None:
-        """The owner of a tick among the schedulers eligible for it in our current view.
-
-        A late tick whose eligible set is empty (the whole cluster was down, or warming
-        up) belongs to the owner `as_of` now; otherwise its owner then, if still live,
-        has fired it, and a newcomer must not.
-        """
-        eligible = self.members.eligible_at(tick, now_mono)
-        if not eligible and as_of:
-            eligible = self.members.eligible_at(as_of, now_mono)
-        if self.members.digests_agree(now_mono):
-            return self.owners.owner(job.name, eligible)
-        return owner_of(job.name, [p for p in eligible if self.members.knows(p, job.name)])
+    def fire_tick(self, job: Job, entry: Due, now: float, now_mono: float) -> None:
+        """Fire the entry's tick if it is ours (older unfired ones first); plan the next."""
+        tick = entry.tick
+        if self.takeover.may_fire(job, tick, now_mono):
+            self.takeover.catch_up(job, now, now_mono, before=tick, as_of=tick)
+            self.fire(job, tick)
+        self.plan.push(job, job.next_after(tick), entry.generation)
 
     def fire(self, job: Job, tick: float, attempt: int = 1) -> None:
         if job.overlap != "allow" and self.overlaps(job, tick):
@@ -336,22 +299,16 @@ class Scheduler(Takeover, ClientRequests):
             queue = self.waiting.setdefault(msg["pool"], deque())
             queue.append(Waiting(msg, tick + grace, claim))
             if claim:  # ours, in hand: catch-up must not fire it again while it waits
-                self.queued[msg["job"]] = max(tick, self.queued.get(msg["job"], tick))
+                queued = self.plan.queued
+                queued[msg["job"]] = max(tick, queued.get(msg["job"], tick))
 
     def job_message(self, job: Job, tick: float, attempt: int) -> dict:
         return {
-            **self.job_message_defaults(),
+            **job_message_defaults(self.id),
             "job": job.name, "tick": tick, "attempt": attempt, "pool": job.pool,
             "command": job.command if isinstance(job.command, str) else list(job.command),
             "shell": job.shell, "user": job.user, "env": dict(job.env), "cwd": job.cwd,
             "timeout": job.timeout, "on_timeout": job.on_timeout, "memory_max": job.memory_max,
-        }  # fmt: skip
-
-    def job_message_defaults(self) -> dict:
-        return {
-            "run_id": uuid.uuid4().hex, "attempt": 1, "scheduler": self.id, "shell": "/bin/sh",
-            "user": None, "env": {}, "cwd": None, "timeout": None, "on_timeout": "kill",
-            "dispatched": 0.0,
         }  # fmt: skip
 
     def dispatch(self, msg: dict, claim: bool, avoid: str | None = None) -> bool:
@@ -359,16 +316,12 @@ class Scheduler(Takeover, ClientRequests):
         worker = self.workers.pick(msg["pool"], avoid)
         if worker is None:
             return False
-        msg["dispatched"] = time.time()
+        msg["dispatched"] = self.clock.now()
         self.router.send_multipart([worker.identity, protocol.encode("job", **msg)])
         worker.assign(msg)
         if claim:  # after the send: a claim for a tick no worker got would lose it
-            self.claim(msg["job"], msg["tick"])
+            self.takeover.claim(msg["job"], msg["tick"])
         return True
-
-    def claim(self, job: str, tick: float) -> None:
-        self.ledger.note(job, tick)
-        self.claims.append([job, tick])
 
     def overlaps(self, job: Job, tick: float) -> bool:
         """Apply overlap = forbid (record the tick `skipped`) or replace (cancel the old
@@ -381,7 +334,7 @@ class Scheduler(Takeover, ClientRequests):
             self.counters["skipped"] += 1
             self.record(run_record(self.job_message(job, tick, 1), None, status="skipped",
                                    stderr_tail=why))  # fmt: skip
-            self.claim(job.name, tick)
+            self.takeover.claim(job.name, tick)
             return True
         for worker, running in active:
             self.counters["replaced"] += 1
@@ -389,17 +342,6 @@ class Scheduler(Takeover, ClientRequests):
             self.router.send_multipart([worker.identity, protocol.encode(
                 "cancel", run_id=running["run_id"], reason=reason)])  # fmt: skip
         return False
-
-    def record_claims(self) -> None:
-        """Tell the peers what we fired, then commit it to the local ledger.
-
-        Peers first: a slow fsync must not hold back the claims (or the heartbeats after
-        them), or a live owner could look dead. The commit is for a whole-cluster restart.
-        """
-        if self.claims:
-            self.mesh.broadcast("claims", scheduler=self.id, ticks=self.claims)
-            self.claims = []
-            self.ledger.flush()
 
     def dispatch_waiting(self) -> None:
         for pool, queue in list(self.waiting.items()):
@@ -428,35 +370,54 @@ class Scheduler(Takeover, ClientRequests):
     # -- workers ------------------------------------------------------------------------
 
     def handle_router(self) -> None:
+        """The one choke point for ROUTER messages: decode and validate, then dispatch by
+        kind through self.handlers (a per-message authorization check belongs here)."""
         while True:
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
                 if len(frames) != 2:
                     raise ProtocolError("malformed", f"{len(frames)} frames")
-                kind, msg = protocol.decode(frames[1])
+                kind, msg = protocol.decode(frames[1].bytes)
                 handler = self.handlers.get(kind)
                 if handler is None:
                     raise ProtocolError("unexpected_type", kind)
+                # Every message is authorized here, before any handler acts on it: its key
+                # must hold the role the type needs and be the id the message claims.
+                self.sender = self.roles.sender(self.security.sender(frames[1]))
+                self.roles.check(kind, msg, self.sender)
             except ProtocolError as exc:
-                self.reject(f"dropped message: {exc}")
+                self.rejects(f"dropped message: {exc}")
                 continue
-            handler(frames[0], msg)
+            handler(frames[0].bytes, msg)
 
-    def reject(self, why: str) -> None:
-        """Count a dropped message; log at most one line per REJECT_LOG_EVERY_S (floods)."""
+    def count_reject(self, reason: str) -> None:
         self.counters["rejected"] += 1
-        now = time.monotonic()
-        if now >= self.next_reject_log:
-            self.next_reject_log = now + REJECT_LOG_EVERY_S
-            log.warning("%s (%d dropped so far)", why, self.counters["rejected"])
+
+    def reply(self, identity: bytes, frame: bytes) -> None:
+        self.router.send_multipart([identity, frame])
 
     def on_ready(self, identity: bytes, msg: dict) -> None:
-        for lost in self.workers.announce(identity, msg, time.monotonic()):
+        now_mono = self.clock.monotonic()
+        taken = self.workers.taken_by(identity, msg["worker"], now_mono)
+        if taken is not None:
+            self.refuse_worker(identity, msg["worker"], taken)
+            return
+        for lost in self.workers.announce(identity, msg, now_mono):
             self.run_lost(lost, f"worker {msg['worker']} restarted")
         self.dispatch_waiting()
+
+    def refuse_worker(self, identity: bytes, worker_id: str, live: bytes) -> None:
+        """A second process announces a live worker's id: it gets no jobs and is told so;
+        the first keeps working (spec §7, Identity)."""
+        why = (f"worker id {worker_id!r} is in use by a live worker (connection "
+               f"{live.decode(errors='replace')}); this one ({identity.decode(errors='replace')})"
+               " is refused")  # fmt: skip
+        self.counters["refused_workers"] = self.counters.get("refused_workers", 0) + 1
+        self.rejects(why, "duplicate_worker")
+        self.router.send_multipart([identity, protocol.encode("refused", reason=why)])
 
     def on_finished(self, identity: bytes, msg: dict) -> None:
         job_msg = self.workers.finished(identity, msg["run_id"])
@@ -484,22 +445,22 @@ class Scheduler(Takeover, ClientRequests):
     def retry(self, msg: dict, failed_on: str | None) -> None:
         """Fire the next attempt after retry_delay when the job has retries left,
         preferring a worker other than the one it failed on."""
-        job = self.jobs.get(msg["job"])
+        job = self.plan.jobs.get(msg["job"])
         if job is None or msg["attempt"] > job.retries:
             return
         again = self.job_message(job, msg["tick"], msg["attempt"] + 1)
         self.counters["retries"] += 1
-        heapq.heappush(self.retries, (time.time() + job.retry_delay, again["run_id"], again,
+        heapq.heappush(self.retries, (self.clock.now() + job.retry_delay, again["run_id"], again,
                                       failed_on))  # fmt: skip
 
     def retry_due(self, now: float) -> None:
         while self.retries and self.retries[0][0] <= now:
             _, _, msg, avoid = heapq.heappop(self.retries)
-            job = self.jobs.get(msg["job"])
+            job = self.plan.jobs.get(msg["job"])
             grace = job.misfire_grace if job else 60.0
             if not self.dispatch(msg, claim=False, avoid=avoid):
                 self.waiting.setdefault(msg["pool"], deque()).append(
-                    Waiting(msg, time.time() + grace, False)
+                    Waiting(msg, now + grace, False)
                 )
 
     # -- results and reports --------------------------------------------------------------
@@ -508,13 +469,14 @@ class Scheduler(Takeover, ClientRequests):
         """Spool a record this scheduler made (missed, lost) and send it to the sink."""
         self.spool.add(rec)
         send_nowait(self.sink, protocol.encode("result", record=rec))
-        self.spool.mark_sent(rec["run_id"], time.monotonic())
+        self.spool.mark_sent(rec["run_id"], self.clock.monotonic())
 
     def send_job_table(self, report: dict, now: float) -> None:
         """The job table with next ticks, in parts; large tables less often (idle CPU)."""
-        self.next_job_table = now + max(REPORT_EVERY_S, len(self.jobs) / 1000)
-        table = [dict(to_wire(job), next_tick=self.next_instant.get(name))
-                 for name, job in self.jobs.items()]  # fmt: skip
+        jobs = self.plan.jobs
+        self.next_job_table = now + max(REPORT_EVERY_S, len(jobs) / 1000)
+        table = [dict(to_wire(job), next_tick=self.plan.next_instant.get(name))
+                 for name, job in jobs.items()]  # fmt: skip
         size = protocol.JOBS_PER_PART
         parts = max(1, -(-len(table) // size))
         for part in range(parts):
@@ -524,7 +486,7 @@ class Scheduler(Takeover, ClientRequests):
 
     def stats(self) -> dict[str, float]:
         """What the sink exposes for this scheduler (zcron_scheduler_* metrics)."""
-        now_mono = time.monotonic()
+        now_mono = self.clock.monotonic()
         return {
             **self.counters,
             "waiting": sum(len(q) for q in self.waiting.values()),
@@ -534,22 +496,56 @@ class Scheduler(Takeover, ClientRequests):
             "live_peers": len(self.members.live(now_mono)),
         }
 
+    def status(self) -> dict:
+        """The reply to `zcron status`: this scheduler, its peers, pools and workers."""
+        now, now_mono = self.clock.now(), self.clock.monotonic()
+        members = self.members
+        eligible = members.eligible_at(now, now_mono)
+        owner = self.takeover.owner
+        owned = sum(1 for job in self.plan.jobs.values() if owner(job, now, now_mono) == self.id)
+        return {
+            "scheduler": self.id, "jobs": len(self.plan.jobs), "owned": owned,
+            "digest": members.my_digest, "since": members.since,
+            "eligible": members.self_eligible, "reason": members.self_reason,
+            "peers": {p.id: {"state": "live" if members.is_live(p, now_mono) else "dead",
+                             "eligible": p.id in eligible, "digest": p.digest,
+                             "clock_offset": p.clock_offset, "reason": p.reason}
+                      for p in members.peers.values()},
+            "pools": self.pool_view(),
+            "workers": [{"id": w.id, "pools": w.pools, "slots": w.slots,
+                         "free": max(0, w.credit), "running": len(w.running)}
+                        for w in self.workers.workers.values()],
+            "waiting": {pool: len(q) for pool, q in self.waiting.items()},
+            "counters": dict(self.counters),
+            "errors": [str(e) for e in self.errors],
+        }  # fmt: skip
+
+    def pool_view(self) -> dict[str, dict[str, int]]:
+        """Slots per pool, including pools our jobs name that no live worker serves."""
+        pools = self.workers.pools()
+        for job in self.plan.jobs.values():
+            pools.setdefault(job.pool, {"workers": 0, "slots": 0, "free": 0})
+        return pools
+
     def handle_sink(self) -> None:
-        self.spool.take_acks(self.sink, self.reject)
+        self.spool.take_acks(self.sink, self.rejects)
 
     def report_if_due(self, now: float) -> None:
         """Tell the sink our jobs and their next instants; re-send unacknowledged records."""
         if now < self.next_report:
             return
         self.next_report = now + REPORT_EVERY_S
+        now_mono = self.clock.monotonic()
         report = {"scheduler": self.id, "sent": now, "stats": self.stats(),
-                  "clock_offsets": {p.id: p.clock_offset for p in self.members.live(
-                      time.monotonic()) if p.clock_offset is not None}}  # fmt: skip
+                  "clock_offsets": {p.id: p.clock_offset for p in self.members.live(now_mono)
+                                    if p.clock_offset is not None},
+                  "errors": [str(e)[:1000] for e in self.errors[:100]],
+                  "reason": self.members.self_reason}  # fmt: skip
         if now >= self.next_job_table:
             self.send_job_table(report, now)
         else:
             send_nowait(self.sink, protocol.encode("jobs", jobs=[], part=0, parts=0, **report))
-        for rec in self.spool.due(time.monotonic()):
+        for rec in self.spool.due(now_mono):
             send_nowait(self.sink, protocol.encode("result", record=rec))
 
 
@@ -561,4 +557,11 @@ def cmd_scheduler(args: dict) -> int:
     config = config.with_overrides("scheduler", id=args.get("--id"))
     config.scheduler_address()  # an unknown id is a configuration error, before anything binds
     setup_logging(f"zcron-scheduler[{config.scheduler.id}]")
-    return Scheduler(config).run()
+    check_secure(config, f"scheduler {config.scheduler.id}")
+    os.umask(0o077)  # ledger and spool owner-only (the scheduler starts no processes)
+    sid = config.scheduler.id
+    lock = hold(config.scheduler.state, f"scheduler {sid}", f"lock-{sid}")
+    try:
+        return run_daemon(Scheduler(config))
+    finally:
+        os.close(lock)

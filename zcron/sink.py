@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import defaultdict
@@ -20,14 +21,17 @@ import zmq
 from prometheus_client import disable_created_metrics
 
 from zcron.auth import Security
-from zcron.config import Config, load_daemon_config
-from zcron.daemon import Notifier, Signals
+from zcron.clock import Clock
+from zcron.config import Config, check_secure, load_daemon_config
+from zcron.daemon import Notifier, Rejects, Signals, run_daemon
 from zcron.errors import ProtocolError
 from zcron.http import Api, HttpServer
 from zcron.log import setup_logging
 from zcron.metrics import Metrics
 from zcron.net import bind, make_socket
-from zcron.protocol import MAX_NAME, decode, encode
+from zcron.protocol import MAX_LEAD_S, MAX_NAME, check_window, decode, encode
+from zcron.roles import Roles, Sender
+from zcron.statedir import hold
 from zcron.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -40,7 +44,8 @@ EXPIRE_EVERY_S = 1.0
 PURGE_EVERY_S = 5.0
 PURGE_BACKLOG_S = 0.05  # a bounded purge left more behind: come back soon, between batches
 PURGE_BATCH = 1000
-REJECT_LOG_EVERY_S = 10.0
+MAX_WORKERS = 10_000  # slot reports kept at once: a flood of invented ids is bounded
+RECORD_TIMES = ("tick", "dispatched", "started", "finished")
 
 # field of a `jobs` entry -> accepted types; other fields are ignored (newer schedulers)
 JOB_ENTRY = {
@@ -50,6 +55,7 @@ JOB_ENTRY = {
     "enabled": (bool, type(None)),
     "source": (str, type(None)),
     "next_tick": (int, float, type(None)),
+    "paused": (bool, type(None)),  # not sent yet: pausing comes with `zcron pause`
 }
 
 
@@ -65,14 +71,17 @@ class Batch:
         self.senders[sender].append(record["run_id"])
 
 
-def check_record(rec: dict) -> dict:
-    """A decoded record the store can key and JSON can carry: names set, times finite."""
+def check_record(rec: dict, now: float, retention: float, ahead: float) -> dict:
+    """A decoded record the store can key and JSON can carry: names set, times finite and
+    within [now - retention, now + ahead] (a finished of 1e300 once broke the dashboard
+    for good and silenced the no-success alert)."""
     for name in ("run_id", "job"):
         if not rec[name]:
             raise ProtocolError("bad_field", f"record.{name} is empty")
-    for name in ("tick", "dispatched", "started", "finished"):
+    for name in RECORD_TIMES:
         if rec[name] is not None and not math.isfinite(rec[name]):
             raise ProtocolError("bad_field", f"record.{name} is not finite")
+        check_window(rec[name], now, retention, ahead, f"record.{name}")
     return rec
 
 
@@ -86,7 +95,11 @@ def check_job_entry(entry: Any) -> dict:
     for name, types in JOB_ENTRY.items():
         value = entry.get(name)
         # Display-only fields: one of an unexpected type is left out, not the whole table.
-        wrong = not isinstance(value, types) or (name == "next_tick" and isinstance(value, bool))
+        wrong = not isinstance(value, types) or (
+            name == "next_tick"
+            and value is not None
+            and (isinstance(value, bool) or not math.isfinite(value))
+        )
         clean[name] = None if wrong else value
     return clean
 
@@ -103,10 +116,14 @@ class Reports:
         self.schedulers: dict[str, dict] = {}
         self.workers: dict[str, dict] = {}
         self.partial: dict[str, dict] = {}  # scheduler -> parts of a job table being received
+        self.first_seen: dict[str, float] = {}  # job -> wall clock it was first reported
 
     def note_jobs(self, fields: dict, now: float) -> None:
-        """Keep a scheduler's latest report; its job table once all parts have arrived."""
+        """Keep a scheduler's latest report; its job table once all parts have arrived.
+        Only configured schedulers report: partial tables are bounded by their number."""
         sid = fields["scheduler"]
+        if sid not in self.configured:
+            raise ProtocolError("unknown_scheduler", f"jobs from {sid!r:.40}")
         jobs = self.assemble(sid, fields)
         with self.lock:
             previous = self.schedulers.get(sid, {})
@@ -116,8 +133,21 @@ class Reports:
                 "jobs": previous.get("jobs", []) if jobs is None else jobs,
                 "stats": fields.get("stats", {}),
                 "clock_offsets": fields.get("clock_offsets", {}),
+                "errors": fields.get("errors", []),
+                "reason": fields.get("reason"),
                 "seen": now,
             }
+            if jobs is not None:
+                self.note_first_seen(jobs)
+
+    def note_first_seen(self, jobs: list[dict]) -> None:
+        """Remember when each job first appeared (a job that never ran is late from then)."""
+        wall = time.time()
+        for entry in jobs:
+            self.first_seen.setdefault(entry["name"], wall)
+        if len(self.first_seen) > 2 * sum(len(r["jobs"]) for r in self.schedulers.values()):
+            known = {e["name"] for r in self.schedulers.values() for e in r["jobs"]}
+            self.first_seen = {k: v for k, v in self.first_seen.items() if k in known}
 
     def assemble(self, sid: str, fields: dict) -> list[dict] | None:
         """A complete job table from the parts of one report, or None while incomplete."""
@@ -137,8 +167,10 @@ class Reports:
         return [entry for part in sorted(pending["parts"]) for entry in pending["parts"][part]]
 
     def note_worker(self, fields: dict, now: float) -> None:
-        """Keep a worker's slot report."""
+        """Keep a worker's slot report (at most MAX_WORKERS of them)."""
         with self.lock:
+            if fields["worker"] not in self.workers and len(self.workers) >= MAX_WORKERS:
+                raise ProtocolError("too_many_workers", fields["worker"][:40])
             self.workers[fields["worker"]] = {**fields, "seen": now}
 
     def worker_reports(self) -> list[dict]:
@@ -178,6 +210,15 @@ class Reports:
                 totals[(pool, "free")] += free
         return dict(totals), len(workers)
 
+    def job_names(self) -> list[str]:
+        """Every job name in a kept job table."""
+        with self.lock:
+            return list(self.first_seen)
+
+    def first_seen_times(self) -> dict[str, float]:
+        with self.lock:
+            return dict(self.first_seen)
+
     def snapshot(self, now: float) -> list[dict]:
         """Every kept job table, with `live` set for schedulers heard from lately."""
         with self.lock:
@@ -187,8 +228,11 @@ class Reports:
 class Sink:
     """The sink daemon: run() → poll() → handle_frames() → store_batch() → ack()."""
 
-    def __init__(self, config: Config, store: Store, metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, store: Store, metrics: Metrics, clock: Clock | None = None
+    ) -> None:
         self.config = config
+        self.clock = clock or Clock()
         self.store = store
         self.metrics = metrics
         self.reports = Reports(config.cluster.schedulers)
@@ -196,13 +240,16 @@ class Sink:
         self.notifier = Notifier()
         self.ctx = zmq.Context()
         self.security = Security.from_config(config.cluster, "sink")
+        self.roles = Roles(config.cluster.schedulers, config.clients)
+        # how far ahead a record's times may be: dispatch lead plus the clocks' disagreement
+        self.ahead_s = MAX_LEAD_S + config.cluster.max_clock_skew + 1.0
         metrics.watch_handshakes(lambda: self.security.handshake_failures)
         self.sock = make_socket(self.ctx, zmq.ROUTER)
         self.poller = zmq.Poller()
         self.http: HttpServer | None = None
         self.next_purge = 0.0
         self.next_expire = 0.0
-        self.next_reject_log = 0.0
+        self.rejects = Rejects(self.clock.monotonic, metrics.reject)
 
     def start(self) -> None:
         """Install signal handlers, bind ZeroMQ and HTTP, then tell systemd we are ready."""
@@ -210,8 +257,10 @@ class Sink:
         self.signals.install()
         self.security.server(self.sock)
         bind(self.sock, cluster.sink, cluster.insecure, cluster.keys)
-        api = Api(self.store, self.metrics, lambda: self.reports.snapshot(time.monotonic()))
-        self.http = HttpServer(self.config.sink.http, api, cluster.insecure)
+        api = Api(self.store, self.metrics, self.reports)
+        self.http = HttpServer(
+            self.config.sink.http, api, cluster.insecure, self.config.sink.http_hosts
+        )
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self.signals.fd, zmq.POLLIN)
         self.restore_metrics()
@@ -227,21 +276,26 @@ class Sink:
             {job: row["last_success"] for job, row in last if row["last_success"] is not None}
         )
         self.metrics.records.set(self.store.count())
+        self.metrics.know_jobs(job for job, _ in last)
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit code."""
         while not self.signals.stopping:
-            self.poll(self.timeout_ms(time.monotonic()))
-            now = time.monotonic()
+            self.poll(self.timeout_ms())
+            now = self.clock.monotonic()
             self.purge_if_due(now)
             self.expire_reports(now)
             self.notifier.watchdog_if_due(now)
         return 0
 
-    def timeout_ms(self, now: float) -> int:
-        """Milliseconds until the next timed step is due."""
-        due = min(self.next_purge, self.next_expire, self.notifier.watchdog_due(now))
-        return max(0, int((due - now) * 1000))
+    def timeout_ms(self) -> int:
+        """Milliseconds until the next timed step is due (rounded up, as every daemon's)."""
+        watchdog = self.notifier.watchdog_due(self.clock.monotonic())
+        return self.clock.timeout_ms(mono=(self.next_purge, self.next_expire, watchdog))
+
+    def snapshot(self) -> list[dict]:
+        """The schedulers' latest reports, for the HTTP API and the metrics."""
+        return self.reports.snapshot(self.clock.monotonic())
 
     def poll(self, timeout_ms: int) -> None:
         """Wait for frames or a signal, and handle what arrived."""
@@ -257,47 +311,46 @@ class Sink:
         batch = Batch()
         for _ in range(MAX_BATCH):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            self.handle_message(frames, batch, time.monotonic())
+            sender = self.roles.sender(self.security.sender(frames[-1]))
+            self.handle_message([f.bytes for f in frames], batch, self.clock.monotonic(), sender)
         if batch.records:
             self.store_batch(batch)
 
-    def handle_message(self, frames: list[bytes], batch: Batch, now: float) -> None:
-        """Decode one [identity, payload] message; a bad one is dropped and counted."""
+    def handle_message(self, frames: list[bytes], batch: Batch, now: float, sender: Sender) -> None:
+        """Decode one [identity, payload] message, check its sender may send it; a bad or
+        unauthorized one is dropped and counted."""
         try:
             if len(frames) != 2:
                 raise ProtocolError("malformed", f"{len(frames)} frames")
             kind, fields = decode(frames[1])
+            if kind not in ("result", "jobs", "ready"):
+                raise ProtocolError("unexpected_type", kind)
+            self.roles.check(kind, fields, sender)
             if kind == "result":
-                batch.add(frames[0], check_record(fields["record"]))
+                rec = check_record(
+                    fields["record"], self.clock.now(), self.config.sink.retention, self.ahead_s
+                )
+                batch.add(frames[0], rec)
             elif kind == "jobs":
                 self.reports.note_jobs(fields, now)
-            elif kind == "ready":
-                self.reports.note_worker(fields, now)
             else:
-                raise ProtocolError("unexpected_type", kind)
+                self.reports.note_worker(fields, now)
         except ProtocolError as exc:
-            self.reject(exc, now)
-
-    def reject(self, exc: ProtocolError, now: float) -> None:
-        """Count a dropped message; log at most one every few seconds (a flood is no log storm)."""
-        self.metrics.reject(exc.reason)
-        if now >= self.next_reject_log:
-            self.next_reject_log = now + REJECT_LOG_EVERY_S
-            log.warning("dropped a message: %s", exc)
+            self.rejects(f"dropped a message: {exc}", exc.reason)
 
     def store_batch(self, batch: Batch) -> None:
         """Write the batch in one synced transaction, then ack; on failure ack nothing."""
-        began = time.monotonic()
+        began = self.clock.monotonic()
         try:
             stored = self.store.put_many(batch.records)
         except (lmdb.Error, StoreError) as exc:
             log.error("cannot store %d records (senders will resend): %s", len(batch.records), exc)
             return
-        self.metrics.observe_batch(len(batch.records), time.monotonic() - began)
-        self.metrics.observe_new(stored.new, time.time())
+        self.metrics.observe_batch(len(batch.records), self.clock.monotonic() - began)
+        self.metrics.observe_new(stored.new, self.clock.now())
         self.metrics.count_duplicates(stored.duplicates)
         self.metrics.set_last_success(stored.last_success)
         self.metrics.records.set(stored.records)
@@ -318,7 +371,7 @@ class Sink:
         if now < self.next_purge:
             return
         self.next_purge = now + PURGE_EVERY_S
-        cutoff = time.time() - self.config.sink.retention
+        cutoff = self.clock.now() - self.config.sink.retention
         try:
             purged = self.store.purge_older_than(cutoff, PURGE_BATCH)
         except (lmdb.Error, StoreError) as exc:
@@ -336,6 +389,7 @@ class Sink:
         self.reports.expire(now)
         self.metrics.set_schedulers(*self.reports.scheduler_states(now))
         self.metrics.set_slots(*self.reports.slots())
+        self.metrics.know_jobs(self.reports.job_names())
 
     def close(self) -> None:
         """Stop HTTP first (its threads read the store), then the socket, then LMDB."""
@@ -346,6 +400,7 @@ class Sink:
         self.security.close()
         self.ctx.term()
         self.store.close()
+        log.info("sink stopped")
 
 
 def cmd_sink(args: dict) -> int:
@@ -353,14 +408,13 @@ def cmd_sink(args: dict) -> int:
     setup_logging("zcron-sink")
     disable_created_metrics()  # `_created` series would double /metrics for nothing here
     config = load_daemon_config(args)
+    check_secure(config, "sink")
+    os.umask(0o077)  # the store's files are owner-only (it starts no processes)
+    lock = hold(config.sink.data, "the sink")  # LMDB itself lets two writers share it
     metrics = Metrics(config.sink.job_labels)
     sink = Sink(config, Store(config.sink.data), metrics)
-    metrics.watch_cluster(
-        lambda: sink.reports.snapshot(time.monotonic()), lambda: sink.reports.worker_reports()
-    )
+    metrics.watch_cluster(sink.snapshot, lambda: sink.reports.worker_reports())
     try:
-        sink.start()
-        return sink.run()
+        return run_daemon(sink)
     finally:
-        sink.close()
-        log.info("sink stopped")
+        os.close(lock)

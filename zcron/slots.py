@@ -72,6 +72,16 @@ class WorkerTable:
             self.workers[identity] = worker
         return worker.announce(msg, now)
 
+    def taken_by(self, identity: bytes, worker_id: str, now: float) -> bytes | None:
+        """The connection of another live worker announcing the same id, if any: a routing
+        id carries an incarnation (net.incarnation), so a second process with one worker id
+        shows as a second identity, and is refused while the first is heard from."""
+        for other in self.workers.values():
+            if (other.id == worker_id and other.identity != identity
+                    and now - other.last_seen <= self.timeout_s):  # fmt: skip
+                return other.identity
+        return None
+
     def pick(self, pool: str, avoid: str | None = None) -> WorkerSlots | None:
         """The worker of `pool` with the most credit, preferring one other than `avoid`."""
         best = None

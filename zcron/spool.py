@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgpack
@@ -25,29 +27,76 @@ SEGMENT_RECORDS = 1000
 ACKED = "acked"  # the key of an ack marker: {"acked": [run ids]}
 
 
-def read_segment(data: bytes) -> dict[str, dict]:
-    """The records in a segment that no ack marker after them settled, by run id; raise
-    ValueError(why, the records before the damage) on a torn or foreign entry."""
-    records: dict[str, dict] = {}
+# Each entry is framed: MAGIC, length and CRC-32 of the msgpack payload, then the payload.
+# One bad byte then costs the one record it hit (the reader re-syncs on the next MAGIC
+# whose checksum holds), not the rest of the segment. 0xC1 never starts a msgpack object.
+MAGIC = b"\xc1ZR1"
+HEADER = struct.Struct(">4sII")
+MAX_ENTRY = 1 << 22
+
+
+def frame(entry: dict) -> bytes:
+    """One spool entry, framed for append."""
+    payload = msgpack.packb(entry, use_bin_type=True)
+    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def _entries(data: bytes) -> Iterator[tuple[object, str | None]]:
+    """(entry, None) for each intact entry, (None, why) for each damaged stretch."""
+    pos = 0
+    while pos < len(data):
+        problem = None
+        if data[pos : pos + 4] != MAGIC or pos + HEADER.size > len(data):
+            problem = "no entry header"
+        else:
+            _, size, crc = HEADER.unpack_from(data, pos)
+            payload = data[pos + HEADER.size : pos + HEADER.size + size]
+            if size > MAX_ENTRY or len(payload) != size:
+                problem = "truncated entry"
+            elif zlib.crc32(payload) != crc:
+                problem = "checksum mismatch"
+            else:
+                try:
+                    yield msgpack.unpackb(payload, raw=False), None
+                except Exception:  # msgpack raises several unrelated types on garbage
+                    yield None, "undecodable entry"
+                pos += HEADER.size + size
+                continue
+        yield None, problem
+        found = data.find(MAGIC, pos + 1)
+        pos = len(data) if found < 0 else found
+
+
+def _unframed(data: bytes) -> Iterator[tuple[object, str | None]]:
+    """Entries of a segment written before framing (zcron 0.1): a bare msgpack stream."""
     unpacker = msgpack.Unpacker(raw=False)
     unpacker.feed(data)
     whole = 0  # bytes up to the end of the last complete entry
-    damage = None
     try:
         for entry in unpacker:
-            if isinstance(entry, dict) and isinstance(entry.get(ACKED), list):
-                for run_id in entry[ACKED]:
-                    records.pop(run_id, None)
-            elif isinstance(entry, dict) and isinstance(entry.get("run_id"), str):
-                records[entry["run_id"]] = entry
-            else:
-                damage = f"not a run record: {entry!r:.80}"
-                break
             whole = unpacker.tell()
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
-        damage = f"undecodable entry ({type(exc).__name__})"
-    if damage is None and whole != len(data):
-        damage = "truncated entry at the end"
+            yield entry, None
+    except Exception:  # msgpack raises several unrelated types on garbage
+        yield None, "undecodable entry"
+        return
+    if whole != len(data):
+        yield None, "truncated entry at the end"
+
+
+def read_segment(data: bytes) -> dict[str, dict]:
+    """The records in a segment that no ack marker after them settled, by run id; raise
+    ValueError(why, the intact records) when some entry was damaged (each costs itself)."""
+    records: dict[str, dict] = {}
+    damage = None
+    entries = _entries(data) if data.startswith(MAGIC) or not data else _unframed(data)
+    for entry, problem in entries:
+        if isinstance(entry, dict) and isinstance(entry.get(ACKED), list):
+            for run_id in entry[ACKED]:
+                records.pop(run_id, None)
+        elif isinstance(entry, dict) and isinstance(entry.get("run_id"), str):
+            records[entry["run_id"]] = entry
+        else:
+            damage = damage or problem or f"not a run record: {entry!r:.80}"
     if damage is not None:
         raise ValueError(damage, records)
     return records
@@ -78,7 +127,7 @@ class Spool:
 
     def __init__(self, directory: str):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.pending: dict[str, dict] = {}
         self.sent_at: dict[str, float] = {}
         self.wait: dict[str, float] = {}  # run id -> how long after its last send to resend
@@ -123,7 +172,7 @@ class Spool:
         run_id = rec["run_id"]
         self.pending[run_id] = rec
         try:
-            segment = self._append(msgpack.packb(rec, use_bin_type=True))
+            segment = self._append(frame(rec))
         except OSError as exc:
             self.write_errors += 1
             log.error("spool %s: cannot write record %s (%s); kept in memory only",
@@ -183,7 +232,7 @@ class Spool:
         self.wait.clear()
 
     def _mark_acked(self, segment: Path, run_ids: list[str]) -> None:
-        marker = msgpack.packb({ACKED: run_ids}, use_bin_type=True)
+        marker = frame({ACKED: run_ids})
         try:
             if segment == self.segment:
                 self._append(marker)

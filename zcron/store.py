@@ -28,6 +28,9 @@ from zcron.errors import ZcronError
 DEFAULT_MAP_SIZE = 256 << 20
 MAX_GROWTHS = 24
 MAX_KEY_PART = 200
+# Records one query reads at most: a filter that matches almost nothing stops here instead
+# of scanning millions of records while holding the map lock (HTTP says so in its answer).
+MAX_EXAMINED = 200_000
 NOT_STARTED = ("skipped", "missed")  # records of ticks that never ran: not runs, not duplicates
 _DB_NAMES = (b"runs", b"time", b"job", b"tick", b"jobs")
 _TOP = b"\xff" * 9
@@ -96,7 +99,8 @@ def _unpack(data: bytes) -> Any:
 
 
 def _last_run(rec: dict) -> dict:
-    return {k: rec.get(k) for k in ("status", "tick", "started", "finished", "exit_code")}
+    keys = ("status", "tick", "attempt", "dispatched", "started", "finished", "exit_code", "signal")
+    return {k: rec.get(k) for k in keys}
 
 
 class Store:
@@ -114,6 +118,7 @@ class Store:
         self.runs, self.time, self.job, self.tick, self.jobs = (
             self.env.open_db(name) for name in _DB_NAMES
         )
+        self.max_examined = MAX_EXAMINED
         # Growing the map while a reader holds the old mapping is unsafe; readers take this.
         self._map_lock = threading.Lock()
 
@@ -187,15 +192,20 @@ class Store:
         if rec["status"] == "ok" and when > (row.get("last_success") or float("-inf")):
             row["last_success"] = stored.last_success[job] = when
 
-    def query(
+    def query(self, **filters: Any) -> list[dict]:
+        """scan()'s records (job, since, until, status, limit as there)."""
+        return self.scan(**filters)[0]
+
+    def scan(
         self,
         job: str | None = None,
         since: float | None = None,
         until: float | None = None,
         status: Iterable[str] | str | None = None,
         limit: int = 100,
-    ) -> list[dict]:
-        """Records newest first with since <= time < until; status is one name or several."""
+    ) -> tuple[list[dict], bool]:
+        """Records newest first with since <= time < until (status: one name or several),
+        and False if the scan stopped after examining max_examined records."""
         statuses = {status} if isinstance(status, str) else set(status or ())
         floor = time_key(since) if since is not None else b""
         prefix = job_prefix(job) if job is not None else b""
@@ -203,14 +213,16 @@ class Store:
         found: list[dict] = []
         with self._reader() as txn:
             db = self.job if job is not None else self.time
-            for key in _keys_before(txn.cursor(db), prefix, upper):
+            for examined, key in enumerate(_keys_before(txn.cursor(db), prefix, upper)):
                 tkey = key[len(prefix) :]
                 if len(found) >= limit or tkey < floor:
                     break
+                if examined >= self.max_examined:
+                    return found, False
                 rec = _unpack(txn.get(tkey, db=self.time))
                 if not statuses or rec["status"] in statuses:
                     found.append(rec)
-        return found
+        return found, True
 
     def last_runs(self) -> dict[str, dict]:
         """Per job: {"last_run": {status, tick, started, finished, exit_code}, "last_success"}."""

@@ -1,41 +1,163 @@
 """The scheduler's side of the peer protocol: heartbeats, view changes, catch-up, claims.
 
-A mixin of Scheduler (see docs/design.md, "Leaderless schedulers"): it reads and changes
-the scheduler's membership, ledger, heap and claims, and fires through Scheduler.fire.
+See docs/design.md, "Leaderless schedulers". Who owns a tick and which ticks are unfired
+are plain functions of the job, the ledger's word, the view and `now`; `Takeover` applies
+them when the view changes and fires through the callback it is given.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-import time
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Callable
 
 from zcron import protocol
+from zcron.clock import Clock
+from zcron.config import Config
+from zcron.errors import ProtocolError
 from zcron.job import Job
-
-if TYPE_CHECKING:
-    from zcron.scheduler import Scheduler
+from zcron.ledger import TickLedger
+from zcron.log import iso_utc
+from zcron.mesh import PeerMesh
+from zcron.peers import Membership
+from zcron.plan import MAX_LEAD_S, Plan
+from zcron.ring import OwnerCache, has_quorum, owner_of
 
 log = logging.getLogger("zcron.scheduler")
-# Ticks go to a worker this long before their instant; the worker parks the process and
-# releases it at the instant (see process.py). Jobs whose overlap policy must be decided at
-# the instant (forbid, replace) are dispatched at the instant instead.
-LEAD_S = 0.5
-# Many jobs due at one instant are dispatched earlier still, up to this much more: the one
-# pushed k-th for an instant goes k / ARM_RATE_PER_S earlier, so a burst's processes are
-# spawned over the seconds before its instant rather than after it (measured: two workers
-# on two cores arm ~2,000 jobs/s).
-MAX_EXTRA_LEAD_S = 2.5
-ARM_RATE_PER_S = 2000.0
-MAX_LEAD_S = LEAD_S + MAX_EXTRA_LEAD_S
 MAX_CATCH_UP = 10_000  # ticks of one job fired by one catch-up, at most
+MAX_HEARTBEAT_SKEW_S = 86400.0  # a peer's clock further off than this is a forgery
+
+
+def tick_owner(
+    job: Job, tick: float, members: Membership, now_mono: float, as_of: float = 0.0,
+    owners: OwnerCache | None = None,
+) -> str | None:  # fmt: skip
+    """The owner of a tick among the schedulers eligible for it in this view.
+
+    A late tick whose eligible set is empty (the whole cluster was down, or warming
+    up) belongs to the owner `as_of` now; otherwise its owner then, if still live,
+    has fired it, and a newcomer must not.
+    """
+    eligible = members.eligible_at(tick, now_mono)
+    if not eligible and as_of:
+        eligible = members.eligible_at(as_of, now_mono)
+    if members.digests_agree(now_mono):
+        return owners.owner(job.name, eligible) if owners else owner_of(job.name, eligible)
+    return owner_of(job.name, [p for p in eligible if members.knows(p, job.name)])
+
+
+def caught_up(job: Job, handled: float | None, before: float) -> bool:
+    """The steady state: no tick of the job between the last one handled and `before`."""
+    return handled is not None and (job.next_after(handled) or before) >= before
+
+
+def unfired_ticks(
+    job: Job, handled: float | None, horizon: float | None, now: float
+) -> list[float]:
+    """Ticks after the last one handled that the heap has passed (up to `horizon`), within
+    the grace and per the job's catch_up policy; the ones still to come all stay."""
+    if handled is None or horizon is None or not job.enabled:
+        return []
+    ticks: list[float] = []
+    tick = job.next_after(max(handled, now - job.misfire_grace))
+    while tick is not None and tick < horizon and len(ticks) < MAX_CATCH_UP:
+        ticks.append(tick)
+        tick = job.next_after(tick)
+    late = [t for t in ticks if t <= now]
+    keep = {"none": [], "last": late[-1:], "all": late}[job.catch_up]
+    return keep + [t for t in ticks if t > now]
+
+
+def warm_up_s(config: Config) -> float:
+    """How long after start we begin firing: every live peer has heard us (and we them)
+    before it dispatches, up to MAX_LEAD_S ahead, a tick that becomes ours."""
+    cluster = config.cluster
+    if len(cluster.schedulers) == 1:
+        return 0.0
+    return cluster.peer_timeout + 2 * cluster.heartbeat + MAX_LEAD_S
 
 
 class Takeover:
-    """Peer messages and the view changes they cause."""
+    """Peer messages, the view changes they cause, and the claims we announce."""
 
-    def heartbeat_if_due(self: Scheduler, now: float, now_mono: float) -> None:
+    def __init__(
+        self, config: Config, clock: Clock, members: Membership, ledger: TickLedger,
+        plan: Plan, mesh: PeerMesh, counters: dict[str, int],
+        fire: Callable[[Job, float], None],
+        reject: Callable[[str], None] = log.warning,
+    ) -> None:  # fmt: skip
+        self.config, self.clock, self.id = config, clock, members.me
+        self.members, self.ledger, self.plan, self.mesh = members, ledger, plan, mesh
+        self.counters, self.fire, self.reject = counters, fire, reject
+        self.owners = OwnerCache()
+        self.views_at: list[float] = []  # wall instants at which the view changes
+        self.claims: list[list] = []
+        self.next_heartbeat = 0.0
+        self.last_expire_check = clock.monotonic()
+
+    def owner(self, job: Job, tick: float, now_mono: float, as_of: float = 0.0) -> str | None:
+        return tick_owner(job, tick, self.members, now_mono, as_of, self.owners)
+
+    def may_fire(self, job: Job, tick: float, now_mono: float, as_of: float = 0.0) -> bool:
+        """Ours to fire: unfired anywhere, we own it, and a quorum job sees a majority."""
+        if self.owner(job, tick, now_mono, as_of) != self.id:
+            return False
+        if self.ledger.has_fired(job.name, tick) or tick <= self.plan.queued.get(job.name, -1.0):
+            return False
+        return not job.quorum or has_quorum(
+            self.members.visible(now_mono), self.config.cluster.schedulers
+        )
+
+    def catch_up(
+        self, job: Job, now: float, now_mono: float, before: float = float("inf"),
+        as_of: float | None = None,
+    ) -> int:  # fmt: skip
+        """Fire the job's unfired ticks before `before` that are ours; how many.
+
+        Run before firing any tick of the job too, so its ticks always fire in order and
+        the ledger's newest tick never hides an older unfired one.
+        """
+        handled = self.plan.handled(job.name, self.ledger.last(job.name))
+        if caught_up(job, handled, before):
+            return 0
+        fired = 0
+        for tick in unfired_ticks(job, handled, self.plan.next_instant.get(job.name), now):
+            if tick < before and self.may_fire(job, tick, now_mono, as_of or now):
+                self.fire(job, tick)
+                fired += 1
+        self.counters["caught_up"] += fired
+        return fired
+
+    def view_changed(self, now: float, now_mono: float, why: str) -> None:
+        """Fire every unfired tick of the jobs we own now (per catch_up, within the grace)."""
+        fired = sum(self.catch_up(job, now, now_mono) for job in self.plan.jobs.values())
+        self.record_claims()
+        if fired:
+            self.counters["takeovers"] += 1
+            log.warning("%s: fired %d unfired ticks", why, fired)
+
+    def claim(self, job: str, tick: float) -> None:
+        self.ledger.note(job, tick)
+        self.claims.append([job, tick])
+
+    def record_claims(self) -> None:
+        """Tell the peers what we fired, then commit it to the local ledger.
+
+        Peers first: a slow fsync must not hold back the claims (or the heartbeats after
+        them), or a live owner could look dead. The commit is for a whole-cluster restart.
+        """
+        if self.claims:
+            self.mesh.broadcast("claims", scheduler=self.id, ticks=self.claims)
+            self.claims = []
+            self.ledger.flush()
+
+    def start_firing(self, now: float) -> None:
+        """Fire from now plus the warm-up; the view changes at that instant."""
+        self.members.since = now + warm_up_s(self.config)
+        heapq.heappush(self.views_at, self.members.since)
+
+    def heartbeat_if_due(self, now: float, now_mono: float) -> None:
         if now_mono < self.next_heartbeat:
             return
         self.next_heartbeat = now_mono + self.config.cluster.heartbeat
@@ -50,30 +172,20 @@ class Takeover:
             self.view_changed(now, now_mono, "own clock check")
         self.send_heartbeat(now)
 
-    def leave(self: Scheduler) -> None:
+    def leave(self) -> None:
         """On a clean stop, say so: peers take our jobs at once instead of after peer_timeout."""
         self.members.self_eligible, self.members.self_reason = False, "stopping"
-        self.send_heartbeat(time.time())
-        time.sleep(0.05)  # linger 0 would drop it: give the I/O thread a moment to send
+        self.send_heartbeat(self.clock.now())
+        self.clock.sleep(0.05)  # linger 0 would drop it: give the I/O thread a moment to send
 
-    def send_heartbeat(self: Scheduler, now: float) -> None:
+    def send_heartbeat(self, now: float) -> None:
         self.mesh.broadcast(
             "heartbeat", scheduler=self.id, since=self.members.since, sent=now,
             digest=self.members.my_digest, eligible=self.members.self_eligible,
             reason=self.members.self_reason,
         )  # fmt: skip
 
-    def on_heartbeat(self: Scheduler, identity: bytes, msg: dict) -> None:
-        now, now_mono = time.time(), time.monotonic()
-        if self.members.heard(msg, now_mono, now):
-            log.info("peer %s is live (firing from %.3f)", msg["scheduler"], msg["since"])
-            if msg["since"] > now:
-                heapq.heappush(self.views_at, msg["since"])
-            self.view_changed(now, now_mono, f"peer {msg['scheduler']} joined")
-        if msg["scheduler"] in self.members.needs_names(now_mono):
-            self.mesh.send(msg["scheduler"], "jobset_request", scheduler=self.id)
-
-    def expire_peers(self: Scheduler, now: float, now_mono: float) -> None:
+    def expire_peers(self, now: float, now_mono: float) -> None:
         dead = self.members.expire(now_mono, self.last_expire_check)
         self.last_expire_check = now_mono
         if dead:
@@ -84,76 +196,61 @@ class Takeover:
             )
             self.view_changed(now, now_mono, f"peers {', '.join(dead)} dead")
 
-    def change_view_if_due(self: Scheduler, now: float, now_mono: float) -> None:
+    def change_view_if_due(self, now: float, now_mono: float) -> None:
         """A peer's (or our own) `since` has come: ownership moves at that instant."""
         if self.views_at and self.views_at[0] <= now:
             while self.views_at and self.views_at[0] <= now:
                 heapq.heappop(self.views_at)
             self.view_changed(now, now_mono, "a scheduler started firing")
 
-    def view_changed(self: Scheduler, now: float, now_mono: float, why: str) -> None:
-        """Fire every unfired tick of the jobs we own now (per catch_up, within the grace)."""
-        fired = sum(self.catch_up(job, now, now_mono) for job in self.jobs.values())
-        self.record_claims()
-        if fired:
-            self.counters["takeovers"] += 1
-            log.warning("%s: fired %d unfired ticks", why, fired)
+    def next_view_change(self) -> float | None:
+        return self.views_at[0] if self.views_at else None
 
-    def catch_up(
-        self: Scheduler,
-        job: Job,
-        now: float,
-        now_mono: float,
-        before: float = float("inf"),
-        as_of: float | None = None,
-    ) -> int:
-        """Fire the job's unfired ticks before `before` that are ours; how many.
+    def on_heartbeat(self, identity: bytes, msg: dict) -> None:
+        now, now_mono = self.clock.now(), self.clock.monotonic()
+        if msg["scheduler"] == self.id:
+            return self.reject(f"a heartbeat under our own id {self.id}: is a second "
+                               f"scheduler {self.id} running elsewhere?")  # fmt: skip
+        # `since` may lie far back (a peer up for months), and a little ahead (its warm-up)
+        skew = MAX_HEARTBEAT_SKEW_S
+        sent = (msg["sent"], skew, skew)
+        since = (msg["since"], math.inf, skew + warm_up_s(self.config))
+        if not self.in_window(now, sent, since, what="heartbeat"):
+            return
+        if self.members.heard(msg, now_mono, now):
+            log.info("peer %s is live (firing from %s)", msg["scheduler"], iso_utc(msg["since"]))
+            if msg["since"] > now:
+                heapq.heappush(self.views_at, msg["since"])
+            self.view_changed(now, now_mono, f"peer {msg['scheduler']} joined")
+        if msg["scheduler"] in self.members.needs_names(now_mono):
+            self.mesh.send(msg["scheduler"], "jobset_request", scheduler=self.id)
 
-        Run before firing any tick of the job too, so its ticks always fire in order and
-        the ledger's newest tick never hides an older unfired one.
-        """
-        last = self.ledger.last(job.name)
-        if last is not None:
-            handled = max(last, self.queued.get(job.name, last))  # fired, or waiting here
-            if (job.next_after(handled) or before) >= before:
-                return 0  # the steady state: nothing between the last fire and this tick
-        fired = 0
-        for tick in self.unfired_ticks(job, now):
-            if tick < before and self.may_fire(job, tick, now_mono, as_of or now):
-                self.fire(job, tick)
-                fired += 1
-        self.counters["caught_up"] += fired
-        return fired
-
-    def unfired_ticks(self: Scheduler, job: Job, now: float) -> list[float]:
-        """Ticks after the last known fire that our heap has passed, bounded by the grace."""
-        last = self.ledger.last(job.name)
-        horizon = self.next_instant.get(job.name)
-        if last is None or horizon is None or not job.enabled:
-            return []
-        start = max(last, self.queued.get(job.name, last), now - job.misfire_grace)
-        ticks: list[float] = []
-        tick = job.next_after(start)
-        while tick is not None and tick < horizon and len(ticks) < MAX_CATCH_UP:
-            ticks.append(tick)
-            tick = job.next_after(tick)
-        late = [t for t in ticks if t <= now]
-        keep = {"none": [], "last": late[-1:], "all": late}[job.catch_up]
-        return keep + [t for t in ticks if t > now]
-
-    def on_claims(self: Scheduler, identity: bytes, msg: dict) -> None:
-        self.note_fired(msg["ticks"])
-
-    def on_accepted(self: Scheduler, identity: bytes, msg: dict) -> None:
-        self.note_fired(msg["ticks"])
-
-    def note_fired(self: Scheduler, ticks: list[list]) -> None:
-        for job, tick in ticks:
-            if job in self.jobs:
+    def on_fired(self, identity: bytes, msg: dict) -> None:
+        """A peer's claims or a worker's `accepted`: these ticks fired somewhere. Every
+        tick must lie within [now - retention, now + max lead + max_clock_skew]: one claim
+        of tick 1e300 once stopped a job for good, also after restarts (it was persisted)."""
+        ahead = protocol.MAX_LEAD_S + self.config.cluster.max_clock_skew + 1.0
+        behind = self.config.sink.retention
+        ticks = ((t, behind, ahead) for _, t in msg["ticks"])
+        if not self.in_window(self.clock.now(), *ticks, what="claims or accepted"):
+            return
+        for job, tick in msg["ticks"]:
+            if job in self.plan.jobs:
                 self.ledger.note(job, float(tick))
 
-    def on_jobset_request(self: Scheduler, identity: bytes, msg: dict) -> None:
-        names = sorted(self.jobs)
+    def in_window(self, now: float, *times: tuple[float, float, float], what: str) -> bool:
+        """Whether each (time, how far back, how far ahead it may be) is within its window;
+        else the message is dropped and counted."""
+        try:
+            for value, behind, ahead in times:
+                protocol.check_window(value, now, behind, ahead, what)
+        except ProtocolError as exc:
+            self.reject(f"dropped {what}: {exc}")
+            return False
+        return True
+
+    def on_jobset_request(self, identity: bytes, msg: dict) -> None:
+        names = sorted(self.plan.jobs)
         size = protocol.NAMES_PER_PART
         parts = max(1, -(-len(names) // size))
         for part in range(parts):
@@ -161,7 +258,7 @@ class Takeover:
                            digest=self.members.my_digest, part=part, parts=parts,
                            names=names[part * size:(part + 1) * size])  # fmt: skip
 
-    def on_jobset(self: Scheduler, identity: bytes, msg: dict) -> None:
+    def on_jobset(self, identity: bytes, msg: dict) -> None:
         if self.members.note_names(msg):
             log.warning(
                 "scheduler %s has a different job set (digest %s, ours %s)",
@@ -169,12 +266,4 @@ class Takeover:
                 msg["digest"],
                 self.members.my_digest,
             )
-            self.view_changed(time.time(), time.monotonic(), "job sets compared")
-
-    def warm_up(self: Scheduler) -> float:
-        """How long after start we begin firing: every live peer has heard us (and we them)
-        before it dispatches, up to MAX_LEAD_S ahead, a tick that becomes ours."""
-        cluster = self.config.cluster
-        if len(cluster.schedulers) == 1:
-            return 0.0
-        return cluster.peer_timeout + 2 * cluster.heartbeat + MAX_LEAD_S
+            self.view_changed(self.clock.now(), self.clock.monotonic(), "job sets compared")

@@ -11,13 +11,10 @@ from typing import Any
 
 from zcron.config import parse_duration
 from zcron.cron import parse_schedule, zone
-from zcron.errors import ConfigError, ScheduleError
+from zcron.errors import ConfigError, ScheduleError, did_you_mean, toml_position
 from zcron.job import CHOICES, ENV_NAME_RE, NAME_RE, NAME_RULE, USER_RE, Job
 
 _TOML_HEADER = re.compile(r"\s*\[\[?\s*([^\[\]]+?)\s*\]\]?\s*(?:#.*)?\Z")
-
-
-_TOML_ERROR_LINE = re.compile(r"\s*\(at line (\d+), column \d+\)\s*\Z")
 
 
 def parse_toml(path: str, text: str, default_tz: str) -> tuple[list[Job], list[ScheduleError]]:
@@ -40,10 +37,11 @@ def parse_toml(path: str, text: str, default_tz: str) -> tuple[list[Job], list[S
 
 
 def _toml_syntax_error(path: str, text: str, message: str) -> ScheduleError:
-    match = _TOML_ERROR_LINE.search(message)
-    if match:
-        return ScheduleError(path, int(match.group(1)), message[: match.start()])
-    return ScheduleError(path, text.count("\n") + 1, message)
+    """`file:line:column: message`; an error at the end of the file is on its last line."""
+    message, line, column = toml_position(message)
+    if line is None:
+        return ScheduleError(path, text.count("\n") + 1, message)
+    return ScheduleError(path, line, message, column)
 
 
 def _toml_job(
@@ -85,7 +83,8 @@ def _toml_value(key: str, value: Any) -> Any:
     """A TOML key's value checked and converted; ValueError says what is allowed."""
     check = _TOML_KEYS.get(key)
     if check is None:
-        raise ValueError(f"unknown key (known: {', '.join(_TOML_KEYS)})")
+        known = ", ".join(_TOML_KEYS)
+        raise ValueError(f"unknown key{did_you_mean(key, _TOML_KEYS)} (known: {known})")
     return check(value)
 
 

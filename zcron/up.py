@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import getpass
 import logging
 import os
 import select
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from zcron.auth import CLI_KEY, write_keypair
 from zcron.config import Config, dump_config, load_daemon_config
-from zcron.daemon import Signals, notify
-from zcron.errors import ConfigError
+from zcron.daemon import Signals, notify, slots_option
 from zcron.log import level_name, setup_logging
+from zcron.statedir import hold
 
 log = logging.getLogger(__name__)
 ROLES = ("sink", "worker", "scheduler")  # start order; stopped in reverse
@@ -42,17 +45,14 @@ def child_environment() -> dict[str, str]:
 
 def effective_config(args: dict) -> Config:
     """The configuration file (or defaults) with `up`'s command-line options applied."""
-    config = load_daemon_config(args)
+    config = load_daemon_config(args, up_fallback=False)  # never our own previous output
     data = args.get("--data")
     if data:
         config = config.with_overrides("scheduler", state=f"{data}/scheduler")
         config = config.with_overrides("worker", spool=f"{data}/worker")
         config = config.with_overrides("sink", data=f"{data}/sink")
-    slots = int(args["--slots"]) if args.get("--slots") else None
-    if slots is not None and slots < 1:
-        raise ConfigError("--slots: expected a whole number >= 1")
     config = config.with_overrides("scheduler", schedules=args.get("--schedules"))
-    config = config.with_overrides("worker", slots=slots)
+    config = config.with_overrides("worker", slots=slots_option(args))
     return config.with_overrides("sink", http=args.get("--http"))
 
 
@@ -112,13 +112,42 @@ class Supervisor:
         return code
 
 
+def own_keys(config: Config, data_root: Path) -> Config:
+    """Secure by default (spec §7): without `[cluster] keys`, `up` makes a key pair for
+    each of its processes and for its command line under DATA/keys (owner-only) on first
+    start, and lets that client key run commands as the user who started `up` only."""
+    if config.cluster.keys or config.cluster.insecure:
+        return config
+    keys_dir = (data_root / "keys").resolve()
+    names = [*config.cluster.schedulers, "sink", config.worker.id, CLI_KEY]
+    made = [n for n in names if not (keys_dir / f"{n}.key_secret").exists()]
+    for name in made:
+        write_keypair(str(keys_dir), name)
+    if made:
+        log.info("made keys for %s in %s", ", ".join(made), keys_dir)
+    clients = {CLI_KEY: (getpass.getuser(),), **config.clients}
+    return replace(config, cluster=replace(config.cluster, keys=str(keys_dir)), clients=clients)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write an owner-only file by a fresh name and rename it over `path`: a symlink
+    planted at `path` is replaced, never followed."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(temp, path)
+
+
 def cmd_up(args: dict) -> int:
     config = effective_config(args)
     setup_logging("zcron-up")
-    state_root = Path(config.scheduler.state).parent
-    state_root.mkdir(parents=True, exist_ok=True)
-    config_path = state_root / "zcron-up.conf"
-    config_path.write_text(dump_config(config))
+    data_root = Path(config.scheduler.state).parent
+    lock = hold(str(data_root), "zcron up")  # held until we exit: a second `up` is refused
+    config = own_keys(config, data_root)
+    config_path = data_root / "zcron-up.conf"
+    write_private(config_path, dump_config(config))
     supervisor = Supervisor(config_path)
     supervisor.signals.install()
     supervisor.start()
@@ -130,4 +159,7 @@ def cmd_up(args: dict) -> int:
         http,
     )
     notify("READY=1")
-    return supervisor.wait()
+    try:
+        return supervisor.wait()
+    finally:
+        os.close(lock)

@@ -8,30 +8,33 @@ Results go to a durable spool first and are re-sent until the sink acknowledges 
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
+import os
 import resource
 import select
-import time
-from collections import deque
+import signal
 from collections.abc import Callable
 
 import zmq
 
 from zcron import protocol
 from zcron.auth import Security
-from zcron.config import Config, load_daemon_config
-from zcron.daemon import Notifier, Signals, poll_timeout_ms
+from zcron.clock import SPIN_S, Clock
+from zcron.config import Config, check_secure, load_daemon_config
+from zcron.daemon import Notifier, Rejects, Signals, run_daemon, slots_option
 from zcron.errors import ConfigError
 from zcron.log import setup_logging
-from zcron.net import make_socket, receive, send_nowait
-from zcron.process import KILL_GRACE_S, Refused, Run, arm_run, run_record
+from zcron.net import incarnation, keepalive, make_socket, receive, send_nowait
+from zcron.process import KILL_GRACE_S, Refused, Run, arm_run
+from zcron.protocol import run_record
+from zcron.roles import Roles
+from zcron.runs import RunTable
 from zcron.spawner import Spawner, SpawnerGone
 from zcron.spool import Spool
+from zcron.statedir import hold
 
 log = logging.getLogger(__name__)
-SPIN_S = 0.002  # poll wakes in whole milliseconds: the last stretch to a tick is spun
 # Arming (three pipes and a request to a spawner) costs ~0.1 ms: a burst of thousands of
 # jobs is armed this much per turn of the loop, so releases, results and heartbeats go on
 # meanwhile (a silent worker is taken for dead).
@@ -40,13 +43,20 @@ FDS_PER_RUN = 3  # stdout, stderr, and the parked process's stdin until released
 SPAWNERS = 2
 FDS_RESERVED = 64  # sockets, spool files, logging
 MAX_RUNNING_LISTED = protocol.SCHEMAS["ready"]["running"][2]
+# A scheduler refuses a second process with a live worker's id; the refusals of a restart
+# last until the old incarnation's silence passes peer_timeout. Longer than this many
+# peer_timeouts, another live worker has our id: we stop (exit 2) and say so.
+REFUSED_FOR_TIMEOUTS = 3
 
 
 class Worker:
-    """Run() → poll() → handle_* per ready socket or fd → timed steps."""
+    """start() → run(): poll() → handle_* per ready socket or fd → timed steps → close()."""
 
-    def __init__(self, config: Config, reload: Callable[[], Config] | None = None):
+    def __init__(
+        self, config: Config, reload: Callable[[], Config] | None = None, clock: Clock | None = None
+    ):
         self.config = config
+        self.clock = clock or Clock()
         self.load_config = reload  # SIGHUP: the settings again, as at start
         self.id = config.worker.id
         self.pools = list(config.worker.pool)
@@ -57,21 +67,15 @@ class Worker:
         self.ctx = zmq.Context.instance()
         self.schedulers: dict[zmq.Socket, str] = {}
         self.seen: dict[str, int] = {}
-        self.running: dict[str, Run] = {}
-        self.by_fd: dict[int, Run] = {}  # output pipe -> its run
-        self.by_request: dict[int, Run] = {}  # spawn request -> its run, until answered
-        self.by_pid: dict[int, Run] = {}  # spawned and not yet reaped
-        self.timeouts: list[tuple[float, str]] = []
         self.accepted: list[list] = []  # [job, tick] received since the last `accepted`
-        self.backlog: deque[dict] = deque()  # jobs received, not yet armed
-        self.spawners_full = False  # no spawner had room for the next job in the backlog
-        self.armed: list[tuple[float, str]] = []  # (tick, run_id): parked until their instant
+        self.spawners_full = False  # no spawner had room for the next received job
         self.spool = Spool(config.worker.spool)
         self.poller = zmq.Poller()
         # The runs' pipes sit in one epoll set, polled as one fd: zmq's poll() costs
         # O(fds) a call, and a burst of thousands of runs holds three fds each.
         self.run_fds = select.epoll()
         self.poller.register(self.run_fds.fileno(), zmq.POLLIN)
+        self.runs = RunTable(self.run_fds)
         # Spawns go round the spawners: each waits in a vfork until its child has exec'd,
         # which under load is the slowest step of arming; two wait side by side.
         request_ids = itertools.count(1)
@@ -83,98 +87,135 @@ class Worker:
         self.next_spawner = itertools.cycle(list(self.spawners.values()))
         self.next_heartbeat = 0.0
         self.next_resend = 0.0
-        self.rejected = 0
+        self.drain_until: float | None = None  # set once, when a stop is asked for
         self.drain_killed = False
+        self.refused_since: float | None = None  # the first of an unbroken run of refusals
+        self.refused_last = 0.0
+        self.refusal = ""
         self.freed = False  # a slot freed since the last announcement
-
-    # -- set-up -------------------------------------------------------------------------
-
-    def connect(self) -> None:
-
+        self.rejects = Rejects(self.clock.monotonic)
         # CURVE when [cluster] keys is set: our key, and each server's public key pinned.
-        self.security = Security.from_config(self.config.cluster, self.id)
-        for sid, address in self.config.cluster.schedulers.items():
-            sock = make_socket(self.ctx, zmq.DEALER, identity=self.id)
-            self.security.client(sock, sid)
-            sock.connect(address)
-            self.schedulers[sock] = sid
-            self.seen[sid] = 0
-            self.poller.register(sock, zmq.POLLIN)
-        self.sink = make_socket(self.ctx, zmq.DEALER, identity=self.id)
-        self.security.client(self.sink, "sink")
-        self.sink.connect(self.config.cluster.sink)
-        self.poller.register(self.sink, zmq.POLLIN)
-        self.poller.register(self.signals.fd, zmq.POLLIN)
+        self.security = Security.from_config(config.cluster, self.id)
+        self.clean_stop = True  # False when the runs can no longer be watched
 
-    # -- main loop ----------------------------------------------------------------------
+    # -- lifecycle ----------------------------------------------------------------------
 
-    def run(self) -> int:
+    def start(self) -> None:
+        """Install signal handlers, connect to the schedulers and the sink, tell systemd."""
         self.signals.install()
         self.connect()
         self.notifier.ready(self.status_line())
         log.info("worker %s serving pools %s with %d slots", self.id, self.pools, self.slots)
+
+    def connect(self) -> None:
+        cluster = self.config.cluster
+        identity = incarnation(self.id)  # one per process: a second one is told apart
+        for sid, address in cluster.schedulers.items():
+            sock = make_socket(self.ctx, zmq.DEALER, identity=identity)
+            # A scheduler that stopped answering (paused, link cut) is redialled.
+            keepalive(sock, cluster.heartbeat, 3 * cluster.peer_timeout)
+            self.security.connect(sock, sid, address)
+            self.schedulers[sock] = sid
+            self.seen[sid] = 0
+            self.poller.register(sock, zmq.POLLIN)
+        self.sink = make_socket(self.ctx, zmq.DEALER, identity=identity)
+        self.security.connect(self.sink, "sink", self.config.cluster.sink)
+        self.poller.register(self.sink, zmq.POLLIN)
+        self.poller.register(self.signals.fd, zmq.POLLIN)
+
+    def run(self) -> int:
+        """Serve until drained (or a hard stop); return the exit code."""
         try:
-            while not self.finished_draining():
+            while not self.drained():
                 self.step()
         except SpawnerGone as exc:
             log.error("%s: stopping (its runs can no longer be watched)", exc)
+            self.clean_stop = False
             return 1
-        self.notifier.stopping()
-        self.shutdown()
+        except DuplicateWorker as exc:
+            log.error("%s: stopping; give each worker its own --id", exc)
+            return 2
         return 0
 
+    def close(self) -> None:
+        """Kill what still runs, give the sink a moment, say goodbye, close everything."""
+        self.notifier.stopping()
+        if self.clean_stop and hasattr(self, "sink"):
+            self.stop_runs()
+        for sock in [*self.schedulers, *([self.sink] if hasattr(self, "sink") else [])]:
+            sock.close(linger=0)
+        self.run_fds.close()
+        if self.clean_stop:
+            for spawner in self.spawners.values():
+                spawner.close()
+        self.security.close()
+        log.info("worker %s stopped (%d results left in spool)", self.id, len(self.spool))
+
+    def stop_runs(self) -> None:
+        for run in list(self.runs.by_id.values()):
+            run.begin_kill(self.clock.monotonic(), grace=0.0)
+        # Give the sink a moment to acknowledge what finished during the drain.
+        deadline = self.clock.monotonic() + 2.0
+        while self.spool.pending and self.clock.monotonic() < deadline:
+            if self.sink.poll(100):
+                self.handle_sink()
+        self.announce()
+
     def step(self) -> None:
-        ready = dict(self.poller.poll(self.timeout_ms(time.monotonic())))
+        ready = dict(self.poller.poll(self.timeout_ms()))
         self.handle_ready(ready)
         self.release_due_runs()
-        self.arm_backlog()
+        self.arm_received()
         self.announce_if_freed()
-        now = time.monotonic()
+        now = self.clock.monotonic()
         self.enforce_timeouts(now)
+        self.drain_if_due(now)
         self.heartbeat_if_due(now)
         self.resend_if_due(now)
         self.notifier.watchdog_if_due(now)
 
-    def finished_draining(self) -> bool:
-        """Stop once drained: no run left (a hard stop: at once); past the drain timeout,
-        kill what still runs (TERM, grace, KILL) and stop when it is reaped and recorded."""
-        idle = not self.running and not self.backlog
-        if self.signals.hard_stop or (self.signals.stopping and idle):
-            return True
-        now = time.monotonic()
-        if self.signals.stopping and now > self.drain_deadline() and not self.drain_killed:
-            log.warning("drain timeout: killing %d runs", len(self.running))
-            self.drain_killed = True
-            for run in self.running.values():
-                self.kill(run, now)
-        return False
+    def drained(self) -> bool:
+        """Stop once drained: no run left (a hard stop: at once)."""
+        return self.signals.hard_stop or (self.drain_until is not None and not self.runs)
 
-    def drain_deadline(self) -> float:
-        if not hasattr(self, "_drain_until"):
-            self._drain_until = time.monotonic() + self.config.worker.drain_timeout
-            log.info("draining: no new jobs; waiting for %d runs", len(self.running))
-            self.notifier.status(self.status_line())
-            self.announce()
-        return self._drain_until
+    def begin_drain(self, now: float) -> None:
+        """A stop was asked for: take no new jobs, and give the runs drain_timeout to end."""
+        self.drain_until = now + self.config.worker.drain_timeout
+        log.info("draining: no new jobs; waiting for %d runs", len(self.runs.by_id))
+        self.notifier.status(self.status_line())
+        self.announce()
 
-    def timeout_ms(self, now: float) -> int:
+    def drain_if_due(self, now: float) -> None:
+        """Past the drain timeout, kill what still runs (TERM, grace, KILL); the loop stops
+        when it is reaped and recorded."""
+        if self.drain_until is None or self.drain_killed or now <= self.drain_until:
+            return
+        log.warning("drain timeout: killing %d runs", len(self.runs.by_id))
+        self.drain_killed = True
+        for run in self.runs.by_id.values():
+            self.kill(run, now)
+
+    def timeout_ms(self) -> int:
+        if self.runs.received and not self.spawners_full:
+            return 0
+        now = self.clock.monotonic()
         deadlines = [self.next_heartbeat, self.next_resend if self.spool.pending else now + 5]
         deadlines.append(self.notifier.watchdog_due(now))
-        if self.timeouts:
-            deadlines.append(self.timeouts[0][0])
-        if self.backlog and not self.spawners_full:
-            return 0
-        if self.backlog:  # the spawners' answers (polled) or a millisecond make room
+        timeout = self.runs.next_timeout()
+        if timeout is not None:
+            deadlines.append(timeout)
+        if self.drain_until is not None and not self.drain_killed:
+            deadlines.append(self.drain_until + 0.001)
+        if self.runs.received:  # the spawners' answers (polled) or a millisecond make room
             deadlines.append(now + 0.001)
-        if self.armed:  # tick instants are wall clock; wake just before, then spin
-            deadlines.append(now + self.armed[0][0] - time.time() - SPIN_S)
-        return poll_timeout_ms(min(deadlines), now)
+        # Tick instants are wall clock: wake just before, then spin.
+        tick = self.runs.next_armed()
+        return self.clock.timeout_ms([] if tick is None else [tick - SPIN_S], deadlines)
 
     def handle_ready(self, ready: dict) -> None:
         for item in ready:
             if item is self.signals.fd:
-                self.signals.drain()
-                self.reload_if_asked()
+                self.handle_signals()
             elif item is self.sink:
                 self.handle_sink()
             elif item in self.schedulers:
@@ -185,30 +226,55 @@ class Worker:
             elif item in self.spawners:
                 self.handle_spawner(self.spawners[item])
 
+    def handle_signals(self) -> None:
+        self.signals.drain()
+        if self.signals.stopping and self.drain_until is None:
+            self.begin_drain(self.clock.monotonic())
+        self.reload_if_asked()
+
     # -- scheduler side -----------------------------------------------------------------
 
     def handle_scheduler(self, sock: zmq.Socket) -> None:
         sid = self.schedulers[sock]
         dropped = f"dropped message from scheduler {sid}: "
-        for kind, msg in receive(sock, ("job", "cancel"), lambda why: self.reject(dropped + why)):
+
+        def rejected(why: str) -> None:
+            # What a scheduler sent and we cannot read was most likely a job: it used one
+            # of our slots in the scheduler's count, so count it seen (the credit comes back).
+            self.seen[sid] += 1
+            self.freed = True
+            self.rejects(dropped + why)
+
+        for kind, msg in receive(sock, ("job", "cancel", "refused"), rejected):
             if kind == "cancel":
-                self.cancel(msg["run_id"], msg["reason"], time.monotonic())
+                self.cancel(msg["run_id"], msg["reason"], self.clock.monotonic())
+                continue
+            if kind == "refused":
+                self.refused(msg["reason"], self.clock.monotonic())
                 continue
             self.seen[sid] += 1
             self.accepted.append([msg["job"], msg["tick"]])
-            self.backlog.append(msg)
+            self.runs.receive(msg)
         self.tell_accepted()
+
+    def refused(self, reason: str, now: float) -> None:
+        """A scheduler says our id is a live worker's: wait out a restart's overlap, then
+        stop with the reason (exit 2 under systemd: RestartPreventExitStatus)."""
+        if self.refused_since is None or now - self.refused_last > 3 * self.heartbeat_s:
+            self.refused_since = now
+            log.warning("%s; waiting for it to go silent", reason)
+        self.refused_last, self.refusal = now, reason
+        if now - self.refused_since > REFUSED_FOR_TIMEOUTS * self.config.cluster.peer_timeout:
+            raise DuplicateWorker(reason)
 
     def cancel(self, run_id: str, reason: str, now: float) -> None:
         """The scheduler wants the run gone (overlap = replace): kill its group, record `killed`."""
-        queued = next((m for m in self.backlog if m["run_id"] == run_id), None)
+        queued = self.runs.take_received(run_id)
         if queued is not None:  # received, not yet armed: it never starts
-            self.backlog.remove(queued)
-            rec = run_record(queued, self.id, status="killed", stderr_tail=f"cancelled: {reason}")
-            self.report(rec)
-            self.tell_finished(rec)
+            why = f"cancelled: {reason}"
+            self.finished(run_record(queued, self.id, status="killed", stderr_tail=why))
             return
-        run = self.running.get(run_id)
+        run = self.runs.by_id.get(run_id)
         if run is None or run.cancelled:
             log.info("cancel of run %s: not running here (it may just have ended)", run_id)
             return
@@ -219,7 +285,7 @@ class Worker:
     def kill(self, run: Run, now: float) -> None:
         """SIGTERM the run's group now, SIGKILL it after the grace (see enforce_timeouts)."""
         run.begin_kill(now, KILL_GRACE_S)
-        heapq.heappush(self.timeouts, (run.kill_at, run.run_id))
+        self.runs.add_timeout(run.kill_at, run)
 
     def tell_accepted(self) -> None:
         """Tell every scheduler which ticks we took: if their owner dies before its claim
@@ -231,19 +297,20 @@ class Worker:
             send_nowait(other, frame)
         self.accepted = []
 
-    def arm_backlog(self) -> None:
+    def arm_received(self) -> None:
         """Arm received jobs for at most ARM_BUDGET_S, releasing runs as their ticks come;
         stop for this turn when every spawner has a socket's worth to do."""
-        until = time.monotonic() + ARM_BUDGET_S
+        until = self.clock.monotonic() + ARM_BUDGET_S
         self.spawners_full = False
-        while self.backlog and time.monotonic() < until:
-            if not self.start(self.backlog[0]):
+        received = self.runs.received
+        while received and self.clock.monotonic() < until:
+            if not self.arm(received[0]):
                 self.spawners_full = True
                 return
-            self.backlog.popleft()
+            received.popleft()
             self.release_due_runs()
 
-    def start(self, msg: dict) -> bool:
+    def arm(self, msg: dict) -> bool:
         """Arm the run now; release it at its tick (at once when the tick has come). False
         when no spawner can take it now (it stays where it is, to be armed later)."""
         if self.signals.stopping:
@@ -258,75 +325,44 @@ class Worker:
             return True
         if run is None:
             return False
-        self.running[run.run_id] = run
-        self.by_request[run.request] = run
-        self.watch(run)
-        heapq.heappush(self.armed, (msg["tick"], run.run_id))
+        self.runs.add(run)
         return True
 
     def refuse(self, msg: dict, reason: str) -> None:
-        rec = run_record(msg, self.id, status="refused", stderr_tail=reason)
-        self.report(rec)
-        self.tell_finished(rec)
-        self.freed = True
+        self.finished(run_record(msg, self.id, status="refused", stderr_tail=reason))
 
     def release_due_runs(self) -> None:
         """Release every armed run whose tick has come, spinning the last stretch."""
-        while self.armed and self.armed[0][0] <= time.time() + SPIN_S:
-            tick, run_id = heapq.heappop(self.armed)
-            while time.time() < tick:
-                pass
-            run = self.running.get(run_id)
+        while (due := self.runs.pop_armed(self.clock.now() + SPIN_S)) is not None:
+            tick, run = due
+            self.clock.spin_until(tick)
             if run is not None and not run.killed_by_us:  # cancelled while parked: never runs
-                run.release(time.monotonic())
-                if run.deadline is not None:
-                    heapq.heappush(self.timeouts, (run.deadline, run_id))
-
-    def watch(self, run: Run) -> None:
-        for fd in run.pipes():
-            self.by_fd[fd] = run
-            self.run_fds.register(fd, select.EPOLLIN)
+                run.release(self.clock.now(), self.clock.monotonic())
+                self.runs.released(run)
 
     def handle_fd(self, fd: int) -> None:
-        run = self.by_fd.get(fd)
+        run = self.runs.by_fd.get(fd)
         if run is not None and not run.read_pipe(fd):
-            self.forget_fd(fd)
-            run.close_pipe(fd)
+            self.runs.close_pipe(fd)
 
     def handle_spawner(self, spawner: Spawner) -> None:
         """Pids of runs the spawner started (or why it could not), and exit statuses."""
         for answer in spawner.replies():
             if "id" in answer:
-                run = self.by_request.pop(answer["id"])
+                run = self.runs.spawn_answered(answer["id"], answer.get("pid"), answer.get("at", 0))
                 if "error" in answer:
                     self.spawn_failed(run, answer["error"])
-                else:
-                    run.spawned(answer["pid"], answer["at"])
-                    self.by_pid[answer["pid"]] = run
-            elif (run := self.by_pid.pop(answer["pid"], None)) is not None:
-                run.exited(answer["status"])
-                self.complete(run)
+            elif (run := self.runs.reaped(answer["pid"], answer["status"])) is not None:
+                self.finished(self.runs.forget(run, self.clock.now()))
 
     def spawn_failed(self, run: Run, error: str) -> None:
         log.warning("run %s of %s refused: %s", run.run_id, run.msg["job"], error)
-        for fd in run.pipes():
-            self.forget_fd(fd)
-        run.finish()
-        del self.running[run.run_id]
+        self.runs.forget(run, self.clock.now())
         self.refuse(run.msg, error)
 
-    def forget_fd(self, fd: int) -> None:
-        self.by_fd.pop(fd, None)
-        try:
-            self.run_fds.unregister(fd)
-        except FileNotFoundError:
-            pass  # never registered
-
-    def complete(self, run: Run) -> None:
-        for fd in run.pipes():
-            self.forget_fd(fd)
-        rec = run.finish()
-        del self.running[run.run_id]
+    def finished(self, rec: dict) -> None:
+        """A run's end (or a job that never ran): spool and send its record, tell its
+        scheduler, announce the freed slot."""
         self.report(rec)
         self.tell_finished(rec)
         self.freed = True
@@ -344,21 +380,22 @@ class Worker:
         return next((s for s, sid in self.schedulers.items() if sid == scheduler_id), None)
 
     def enforce_timeouts(self, now: float) -> None:
-        while self.timeouts and self.timeouts[0][0] <= now:
-            _, run_id = heapq.heappop(self.timeouts)
-            run = self.running.get(run_id)
+        while (due := self.runs.pop_timeout(now)) is not None:
+            _, run = due
             if run is None:
                 continue
             if run.kill_at is not None:
                 if now >= run.kill_at:  # else a timeout that came after a cancel or drain kill
-                    run.signal_group(9)
+                    run.signal_group(signal.SIGKILL)
             elif run.msg["on_timeout"] == "kill":
-                log.warning("run %s of %s timed out: killing its group", run_id, run.msg["job"])
+                log.warning("run %s of %s timed out: killing its group", run.run_id, run.msg["job"])
                 run.timed_out = True
                 self.kill(run, now)
             else:
                 log.warning(
-                    "run %s of %s is past its timeout (on_timeout=alert)", run_id, run.msg["job"]
+                    "run %s of %s is past its timeout (on_timeout=alert)",
+                    run.run_id,
+                    run.msg["job"],
                 )
                 run.timed_out = True
 
@@ -366,13 +403,14 @@ class Worker:
 
     def announce(self) -> None:
         """Tell every scheduler (and the sink) how many slots are free right now."""
+        running = self.runs.by_id
         slots = {
             "worker": self.id,
             "pools": self.pools,
             "slots": self.slots,
-            "free": 0 if self.signals.stopping else max(0, self.slots - self.busy()),
-            "running": list(self.running)[:MAX_RUNNING_LISTED],
-            "running_jobs": [r.msg["job"] for r in self.running.values()][:MAX_RUNNING_LISTED],
+            "free": 0 if self.signals.stopping else max(0, self.slots - len(self.runs)),
+            "running": list(running)[:MAX_RUNNING_LISTED],
+            "running_jobs": [r.msg["job"] for r in running.values()][:MAX_RUNNING_LISTED],
             "spool": len(self.spool),
             "handshake_failures": self.security.handshake_failures,
         }
@@ -400,7 +438,7 @@ class Worker:
 
     def status_line(self) -> str:
         if self.signals.stopping:
-            return f"draining {self.busy()} run{'' if self.busy() == 1 else 's'}"
+            return f"draining {len(self.runs)} run{'' if len(self.runs) == 1 else 's'}"
         return f"pools {','.join(self.pools)}, {self.slots} slots"
 
     def announce_if_freed(self) -> None:
@@ -411,18 +449,15 @@ class Worker:
             if self.signals.stopping:
                 self.notifier.status(self.status_line())
 
-    def busy(self) -> int:
-        """Slots in use: runs armed or running, and jobs received but not yet armed."""
-        return len(self.running) + len(self.backlog)
-
     def heartbeat_if_due(self, now: float) -> None:
         if now >= self.next_heartbeat:
+            self.security.redial_failed(now)
             self.announce()
             self.next_heartbeat = now + self.heartbeat_s
 
     def report(self, rec: dict) -> None:
         self.spool.add(rec)
-        self.send_result(rec, time.monotonic())
+        self.send_result(rec, self.clock.monotonic())
 
     def send_result(self, rec: dict, now: float) -> None:
         send_nowait(self.sink, protocol.encode("result", record=rec))
@@ -436,27 +471,11 @@ class Worker:
             self.send_result(rec, now)
 
     def handle_sink(self) -> None:
-        self.spool.take_acks(self.sink, self.reject)
+        self.spool.take_acks(self.sink, self.rejects)
 
-    def reject(self, why: str) -> None:
-        self.rejected += 1
-        log.warning("%s", why)
 
-    def shutdown(self) -> None:
-        for run in list(self.running.values()):
-            run.begin_kill(time.monotonic(), grace=0.0)
-        # Give the sink a moment to acknowledge what finished during the drain.
-        deadline = time.monotonic() + 2.0
-        while self.spool.pending and time.monotonic() < deadline:
-            if self.sink.poll(100):
-                self.handle_sink()
-        self.announce()
-        for sock in [*self.schedulers, self.sink]:
-            sock.close(linger=0)
-        self.run_fds.close()
-        for spawner in self.spawners.values():
-            spawner.close()
-        log.info("worker %s stopped (%d results left in spool)", self.id, len(self.spool))
+class DuplicateWorker(Exception):
+    """Another live worker has our id (spec §7, Identity)."""
 
 
 def usable_slots(slots: int) -> int:
@@ -474,13 +493,22 @@ def worker_config(args: dict) -> Config:
     """The configuration file with the command line's options on top."""
     config = load_daemon_config(args)
     pools = tuple(p for p in (args.get("--pool") or "").split(",") if p) or None
-    slots = int(args["--slots"]) if args.get("--slots") else None
-    if slots is not None and slots < 1:
-        raise ConfigError("--slots: expected a whole number >= 1")
-    return config.with_overrides("worker", id=args.get("--id"), pool=pools, slots=slots)
+    slots = slots_option(args)
+    config = config.with_overrides("worker", id=args.get("--id"), pool=pools, slots=slots)
+    role = Roles(config.cluster.schedulers, config.clients).role_of(config.worker.id)
+    if role != "worker":
+        raise ConfigError(f"worker id {config.worker.id!r} is the name of a {role} key: "
+                          "give the worker an id of its own (--id)")  # fmt: skip
+    return config
 
 
 def cmd_worker(args: dict) -> int:
     config = worker_config(args)
     setup_logging(f"zcron-worker[{config.worker.id}]")
-    return Worker(config, reload=lambda: worker_config(args)).run()
+    check_secure(config, f"worker {config.worker.id}")
+    # per id: workers of one host may share a spool directory, never an id
+    lock = hold(config.worker.spool, f"worker {config.worker.id}", f"lock-{config.worker.id}")
+    try:
+        return run_daemon(Worker(config, reload=lambda: worker_config(args)))
+    finally:
+        os.close(lock)

@@ -131,12 +131,10 @@ def ctx() -> Iterator[zmq.Context]:
     context.destroy(linger=0)
 
 
-def dealer(ctx: zmq.Context, address: str) -> zmq.Socket:
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    sock.sndhwm = 1000
-    sock.connect(address)
-    return sock
+def dealer(ctx: zmq.Context, cluster: Cluster, server: str) -> zmq.Socket:
+    """A connection with worker w1's key: hostile frames from a key holder reach the
+    decoders (a stranger's never get past the handshake)."""
+    return cluster.dealer(ctx, server, as_key="w1")
 
 
 def scheduler_counters(cluster: Cluster) -> dict:
@@ -173,8 +171,8 @@ def test_fuzzed_frames_on_every_socket_are_dropped_counted_and_ticks_run_once(
     cluster = make_cluster(tmp_path)
     start_cluster(procs, cluster)
     targets = [
-        dealer(ctx, f"tcp://127.0.0.1:{cluster.schedulers['a']}"),
-        dealer(ctx, f"tcp://127.0.0.1:{cluster.sink_port}"),
+        dealer(ctx, cluster, "a"),
+        dealer(ctx, cluster, "sink"),
     ]
     first = math.ceil(time.time()) + 1.0
     stop_at = time.monotonic() + FUZZ_S
@@ -241,7 +239,7 @@ def test_a_flood_of_100k_frames_meets_the_hwm_with_sink_memory_bounded(
     # Valid-looking results (one field wrong, so each is fully decoded, then dropped).
     bad = record(run_id="f" * 32, job="flood", tick=1.0, stdout_tail="x" * 400)
     frame = encode("result", record={**bad, "status": "bogus"})
-    flooder = dealer(ctx, f"tcp://127.0.0.1:{cluster.sink_port}")
+    flooder = dealer(ctx, cluster, "sink")
     blocked = 0
     try:
         for _ in range(FLOOD):
@@ -265,8 +263,13 @@ def test_a_flood_of_100k_frames_meets_the_hwm_with_sink_memory_bounded(
     print(f"flood: RSS {base >> 20} MiB, peak {peak[0] >> 20} MiB, HWM met {blocked} times")
     assert peak[0] - base < MAX_RSS_GROWTH, f"RSS grew {(peak[0] - base) >> 20} MiB"
 
-    honest = dealer(ctx, f"tcp://127.0.0.1:{cluster.sink_port}")
-    honest.send(encode("result", record=record(run_id="after", job="after", tick=1.0, status="ok")))
+    honest = dealer(ctx, cluster, "sink")
+    honest.send(
+        encode(
+            "result",
+            record=record(run_id="after", job="after", tick=time.time(), status="ok", worker="w1"),
+        )
+    )
     assert honest.poll(5000), "no ack after the flood"
     assert decode(honest.recv()) == ("ack", {"run_ids": ["after"]})
     assert sink.poll() is None
@@ -293,7 +296,7 @@ def fill(directory: Path) -> Path:
     """Write a filler file until the filesystem is full."""
     filler = directory / "filler"
     chunk = b"\0" * (64 << 10)
-    with open(filler, "wb") as out:
+    with open(filler, "wb", buffering=0) as out:  # nothing left to flush at close
         try:
             while True:
                 out.write(chunk)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import Cluster, Processes, make_cluster, wait_until
 from zcron.errors import ProtocolError
-from zcron.http import merge_jobs
+from zcron.http import Api, HttpServer, merge_jobs
+from zcron.metrics import Metrics
 from zcron.protocol import decode, encode, record
 from zcron.sink import PURGE_BATCH, Reports, check_job_entry
 from zcron.spool import MAX_RESEND_AFTER_S, RESEND_AFTER_S, Spool
@@ -51,16 +54,15 @@ def answers(cluster: Cluster) -> bool:
     return True
 
 
-def connect(ctx: zmq.Context, cluster: Cluster, identity: str = "w1") -> zmq.Socket:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.IDENTITY, identity.encode())
-    sock.connect(f"tcp://127.0.0.1:{cluster.sink_port}")
-    return sock
+def connect(
+    ctx: zmq.Context, cluster: Cluster, identity: str = "w1", key: str | None = None
+) -> zmq.Socket:
+    """A connection to the sink as `identity`, with key `key` (default: worker `identity`)."""
+    return cluster.dealer(ctx, "sink", as_key=key or identity, identity=identity)
 
 
 def run_record(n: int, job: str = "backup", status: str = "ok", base: float = 0.0) -> dict:
-    tick = (base or time.time() - 100) + n
+    tick = (base or time.time() - 500) + n  # within the 10-minute strips, never ahead
     return record(
         run_id=f"{job}-{n}",
         job=job,
@@ -201,9 +203,14 @@ def test_zcron_runs_reads_the_api_with_job_and_since(
     assert listed.returncode == 0, listed.stderr
     assert [json.loads(line)["run_id"] for line in listed.stdout.splitlines()] == ["backup-2"]
     iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(old - 60))
-    lines = zcron_runs(cluster, "--since", iso, "--limit", "2").stdout.splitlines()
+    header, *lines = zcron_runs(cluster, "--since", iso, "--limit", "2").stdout.splitlines()
+    assert header.split()[:2] == ["TICK", "(UTC)"] and header.split()[-1] == "RUN"
     assert [line.split()[-1] for line in lines] == ["report-3", "backup-2"]
     assert " ok " in lines[0] and " report " in lines[0]
+    # --status is the API's status= filter (every record here is ok)
+    assert len(zcron_runs(cluster, "--status", "ok", "--json").stdout.splitlines()) == 3
+    assert zcron_runs(cluster, "--status", "failed", "--json").stdout == ""
+    assert zcron_runs(cluster, "--status", "fine").returncode == 2
     bad = zcron_runs(cluster, "--limit", "20000")
     assert bad.returncode == 2 and "limit: expected a whole number 1..10000" in bad.stderr
     assert zcron_runs(cluster, "--since", "soon").returncode == 2
@@ -237,7 +244,7 @@ def test_jobs_report_shows_in_api_jobs(
     procs: Processes, cluster: Cluster, ctx: zmq.Context
 ) -> None:
     start_sink(procs, cluster)
-    sock = connect(ctx, cluster, identity="scheduler-a")
+    sock = connect(ctx, cluster, identity="scheduler-a", key="a")
     next_tick = time.time() + 60
     job = {
         "name": "backup",
@@ -248,19 +255,31 @@ def test_jobs_report_shows_in_api_jobs(
         "source": "etc/zcron.d/backup.toml:1",
         "next_tick": next_tick,
     }
-    sock.send(encode("jobs", scheduler="a", jobs=[job], sent=time.time()))
-    deliver(sock, [run_record(1), run_record(2, job="pushed-once")])
+    errors = [f"{cluster.root}/zcron.d/broken:2: bad hour field '25'"]
+    sock.send(encode("jobs", scheduler="a", jobs=[job], sent=time.time(), errors=errors))
+    deliver(sock, [run_record(1), run_record(2, job="removed"), run_record(3, job="push:ab12")])
 
-    def both_jobs() -> list[dict] | None:
+    def backup_ran() -> list[dict] | None:
         jobs = cluster.get_json("/api/jobs")
-        return jobs if len(jobs) == 2 else None
+        return jobs if jobs and jobs[0]["last_run"] else None
 
-    jobs = wait_until(both_jobs, 5, "two jobs in /api/jobs")
-    backup, pushed = jobs
+    jobs = wait_until(backup_ran, 5, "backup's run in /api/jobs")
+    assert [j["job"] for j in jobs] == ["backup"], "a removed job and a push are not listed"
+    backup = jobs[0]
     assert backup["job"] == "backup" and backup["schedule"] == "0 3 * * *"
     assert backup["next_tick"] == next_tick and backup["schedulers"] == ["a"]
     assert backup["last_run"]["status"] == "ok" and backup["last_success"] is not None
-    assert pushed["job"] == "pushed-once" and pushed["schedule"] is None
+    summary = cluster.get_json("/api/summary")
+    assert summary["errors"] == [{"error": errors[0], "schedulers": ["a"]}]
+    assert [(s["id"], s["state"]) for s in summary["schedulers"]] == [("a", "live")]
+    assert set(summary["strips"]) == {"backup", "removed", "push"}
+    missed = ("zcron_missed_ticks_total", (("job_name", "backup"),))
+    got = wait_until(lambda: (m := metric_samples(cluster)).get(missed) == 0 and m, 5, "0 series")
+    assert got[("zcron_schedule_errors", (("scheduler", "a"),))] == 1
+    assert got[("zcron_runs_total", (("job_name", "push"), ("status", "ok")))] == 1
+    assert got[("zcron_duplicate_runs_total", (("job_name", "backup"),))] == 0
+    assert got[("zcron_runs_total", (("job_name", "backup"), ("status", "failed")))] == 0
+    assert not any("push:" in str(labels) for _, labels in got), "pushes share job_name=push"
     live = ("zcron_schedulers", (("state", "live"),))
     wait_until(lambda: metric_samples(cluster).get(live) == 1, 5, "scheduler a live")
 
@@ -294,18 +313,89 @@ def test_dashboard_is_served_as_html(procs: Processes, cluster: Cluster) -> None
         page = response.read().decode()
     assert "<title>zcron dashboard</title>" in page
     assert "http://" not in page and "https://" not in page
+    assert "<script>" not in page and "<style>" not in page, "the CSP allows no inline code"
+
+
+def request(cluster: Cluster, path: str, host: str | None = None) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of one GET with an optional Host header."""
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.http_port, timeout=5)
+    try:
+        conn.putrequest("GET", path, skip_host=host is not None)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, dict(response.headers), response.read()
+    finally:
+        conn.close()
+
+
+def test_http_answers_known_hosts_only_with_nosniff_and_a_csp(
+    procs: Processes, cluster: Cluster
+) -> None:
+    cluster.extra = 'http_hosts = ["zcron.example.org"]\n'
+    cluster.write_config()
+    start_sink(procs, cluster)
+    port = cluster.http_port
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "zcron.example.org"):
+        assert request(cluster, "/api/jobs", host)[0] == 200, host
+    for host in ("evil.example.com", f"evil.example.com:{port}", "localhost:1", ""):
+        assert request(cluster, "/api/jobs", host)[0] == 421, host
+    for path in ("/", "/app.js", "/app.css", "/api/summary", "/metrics", "/nope"):
+        status, headers, _ = request(cluster, path)
+        assert headers["X-Content-Type-Options"] == "nosniff", path
+        assert "script-src 'self'" in headers["Content-Security-Policy"], path
+    assert request(cluster, "/app.js")[1]["Content-Type"].startswith("text/javascript")
+
+
+def test_http_refuses_connections_beyond_the_limit_at_once(
+    procs: Processes, cluster: Cluster
+) -> None:
+    start_sink(procs, cluster)
+    idle = [socket.create_connection(("127.0.0.1", cluster.http_port)) for _ in range(40)]
+    try:
+        refused = wait_until(lambda: request_or_busy(cluster), 5, "a quick 503")
+        assert refused == 503
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_until(lambda: request_or_busy(cluster) == 200, 15, "serving again")
+
+
+def request_or_busy(cluster: Cluster) -> int | None:
+    try:
+        return request(cluster, "/api/jobs")[0]
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def test_a_filter_matching_nothing_is_empty_and_complete_below_the_cap(
+    procs: Processes, cluster: Cluster, ctx: zmq.Context
+) -> None:
+    start_sink(procs, cluster)
+    sock = connect(ctx, cluster)
+    deliver(sock, [run_record(n) for n in range(30)])
+    status, headers, body = request(cluster, "/api/runs?status=refused&limit=5")
+    assert status == 200 and json.loads(body) == [] and "X-Zcron-Truncated" not in headers
 
 
 def test_records_past_retention_are_purged(
     procs: Processes, tmp_path: Path, ctx: zmq.Context
 ) -> None:
     cluster = make_cluster(tmp_path, extra='retention = "1h"\n')
+    store = Store(str(cluster.root / "sink"))
+    store.put_many([run_record(1, base=time.time() - 7200)])  # stored while it was young
+    store.close()
     start_sink(procs, cluster)
     sock = connect(ctx, cluster)
-    deliver(sock, [run_record(1, base=time.time() - 7200), run_record(2)])
+    deliver(sock, [run_record(2)])
     records = ("zcron_sink_records", ())
     wait_until(lambda: metric_samples(cluster)[records] == 1, 10, "the old record purged")
     assert [r["run_id"] for r in cluster.runs()] == ["backup-2"]
+    # A record already past retention is refused at the door, never stored (spec §7).
+    sock.send(encode("result", record=run_record(3, base=time.time() - 7200)))
+    assert not sock.poll(500), "a record older than retention was acked"
+    assert metric_samples(cluster)[records] == 1
 
 
 def test_retention_purges_in_steps_while_results_keep_being_acked(
@@ -387,7 +477,7 @@ def test_metrics_of_a_live_cluster_then_without_job_labels(
     # A second first attempt of a tick that ran (as a partitioned peer would fire it),
     # and a hostile frame: counted, not stored as a run twice, not fatal.
     ran = next(r for r in cluster.runs(job="fine") if r["attempt"] == 1)
-    sock = connect(ctx, cluster, identity="scheduler-b")
+    sock = connect(ctx, cluster, identity="w1-again", key="w1")
     sock.send(b"\x93garbage")
     deliver(sock, [{**ran, "run_id": "from-b", "scheduler": "b"}])
     got = metric_samples(cluster)
@@ -428,18 +518,18 @@ def test_jobs_entry_without_a_name_is_rejected_and_odd_fields_are_dropped() -> N
     assert entry["next_tick"] is None and entry["pool"] is None and "extra" not in entry
 
 
-def test_api_jobs_prefers_live_reports_and_adds_store_only_jobs() -> None:
+def test_api_jobs_prefers_live_reports_and_leaves_out_store_only_jobs() -> None:
     reports = [
         {"scheduler": "b", "seen": 5.0, "live": False, "jobs": [{"name": "j", "schedule": "old"}]},
         {"scheduler": "a", "seen": 1.0, "live": True, "jobs": [{"name": "j", "schedule": "new"}]},
     ]
-    last = {"k": {"last_run": None, "last_success": 3.0}}
+    last = {
+        "j": {"last_run": None, "last_success": 2.0},
+        "k": {"last_run": None, "last_success": 3.0},
+    }
     rows = merge_jobs(reports, last)
-    assert [(r["job"], r["schedule"], r["schedulers"]) for r in rows] == [
-        ("j", "new", ["a"]),
-        ("k", None, []),
-    ]
-    assert rows[1]["last_success"] == 3.0
+    assert [(r["job"], r["schedule"], r["schedulers"]) for r in rows] == [("j", "new", ["a"])]
+    assert rows[0]["last_success"] == 2.0
 
 
 def test_spool_resends_less_often_while_the_sink_is_silent_and_promptly_once_it_acks(
@@ -455,3 +545,20 @@ def test_spool_resends_less_often_while_the_sink_is_silent_and_promptly_once_it_
     spool.ack(["backup-1"])
     now = resent_at[-1] + RESEND_AFTER_S
     assert [r["run_id"] for r in spool.due(now)] == ["backup-2"]
+
+
+def test_a_scan_cut_at_max_examined_is_said_in_the_answer(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "sink"))
+    store.put_many(
+        [record(run_id=f"r{n}", job="beat", tick=time.time() - 100 + n) for n in range(20)]
+    )
+    store.max_examined = 5
+    server = HttpServer("127.0.0.1:0", Api(store, Metrics(), Reports()))
+    server.start()
+    try:
+        with urllib.request.urlopen(server.url + "/api/runs?status=refused", timeout=5) as answer:
+            assert json.loads(answer.read()) == []
+            assert answer.headers["X-Zcron-Truncated"] == "examined 5 records"
+    finally:
+        server.stop()
+        store.close()

@@ -174,8 +174,8 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
     worker.sink = worker.ctx.socket(zmq.DEALER)  # connected nowhere: results stay spooled
     worker.announce = lambda: None  # type: ignore[method-assign]  # no scheduler to tell
     yield worker
-    for run in list(worker.running.values()):
-        run.signal_group(9)
+    for run in list(worker.runs.by_id.values()):
+        run.signal_group(signal.SIGKILL)
     worker.sink.close(linger=0)
     worker.run_fds.close()
     for spawner in worker.spawners.values():
@@ -204,29 +204,29 @@ def step_until(worker: Worker, condition: Callable[[], object], what: str) -> ob
 
 def test_cancel_kills_the_group_and_records_killed_with_the_reason(worker: Worker) -> None:
     command = "trap 'echo bye >&2; exit 3' TERM; echo trapped; sleep 60 & wait"
-    worker.start(job_message("r1", command))
-    run = worker.running["r1"]
+    worker.arm(job_message("r1", command))
+    run = worker.runs.by_id["r1"]
     step_until(worker, lambda: run.tails[0].text() == "trapped\n", "the job's trap")
     worker.cancel("r1", "overlap = replace: a newer tick", time.monotonic())
     rec = step_until(worker, lambda: worker.spool.pending.get("r1"), "the record")
     assert (rec["status"], rec["exit_code"]) == ("killed", 3), rec
     assert rec["stderr_tail"].startswith("bye\n")
     assert rec["stderr_tail"].endswith("cancelled: overlap = replace: a newer tick\n")
-    assert live_group(run.pid) == [] and worker.running == {}
+    assert live_group(run.pid) == [] and worker.runs.by_id == {}
 
 
 def test_cancel_of_a_parked_run_never_starts_it(worker: Worker, tmp_path: Path) -> None:
     mark = tmp_path / "ran"
-    worker.start(job_message("r2", f"touch {mark}", tick=time.time() + 30))
+    worker.arm(job_message("r2", f"touch {mark}", tick=time.time() + 30))
     worker.cancel("r2", "replaced", time.monotonic())
     rec = step_until(worker, lambda: worker.spool.pending.get("r2"), "the record")
     assert (rec["status"], rec["started"]) == ("killed", None)
-    assert not mark.exists() and worker.running == {}
+    assert not mark.exists() and worker.runs.by_id == {}
 
 
 def test_cancel_of_an_unknown_run_is_ignored(worker: Worker) -> None:
     worker.cancel("nope", "replaced", time.monotonic())
-    assert worker.running == {} and worker.spool.pending == {}
+    assert worker.runs.by_id == {} and worker.spool.pending == {}
 
 
 def test_sighup_keeps_the_settings_when_the_file_is_bad(worker: Worker) -> None:
@@ -249,7 +249,7 @@ def test_sighup_takes_new_pools_and_slots(worker: Worker) -> None:
 def test_memory_max_fails_an_allocation_above_it_and_allows_one_below(worker: Worker) -> None:
     for run_id, mib in (("big", 512), ("small", 16)):
         command = ["python3", "-c", f"bytearray({mib} << 20)"]
-        worker.start(job_message(run_id, command, memory_max=128 << 20))
+        worker.arm(job_message(run_id, command, memory_max=128 << 20))
     big = step_until(worker, lambda: worker.spool.pending.get("big"), "the big record")
     small = step_until(worker, lambda: worker.spool.pending.get("small"), "the small record")
     assert (big["status"], big["exit_code"]) == ("failed", 1), big
@@ -258,8 +258,8 @@ def test_memory_max_fails_an_allocation_above_it_and_allows_one_below(worker: Wo
 
 
 def test_cancel_of_a_job_not_yet_armed_records_it_killed(worker: Worker) -> None:
-    worker.backlog.append(job_message("r3", "true"))
+    worker.runs.receive(job_message("r3", "true"))
     worker.cancel("r3", "replaced", time.monotonic())
     rec = worker.spool.pending["r3"]
     assert (rec["status"], rec["stderr_tail"]) == ("killed", "cancelled: replaced")
-    assert not worker.backlog
+    assert not worker.runs.received

@@ -113,3 +113,32 @@ def test_job_labels_off_drops_job_name() -> None:
     assert got[("zcron_missed_ticks_total", ())] == 1
     assert got[("zcron_duplicate_runs_total", ())] == 1
     assert got[("zcron_job_last_success_timestamp_seconds", ())] == T0 + 9
+
+
+def test_known_jobs_have_counters_at_zero_and_pushes_share_one_label() -> None:
+    metrics = Metrics()
+    metrics.know_jobs(["nightly", "push:1a2b3c"])
+    got = samples(metrics)
+    assert got[("zcron_missed_ticks_total", (("job_name", "nightly"),))] == 0
+    assert got[("zcron_duplicate_runs_total", (("job_name", "nightly"),))] == 0
+    assert got[("zcron_runs_total", (("job_name", "nightly"), ("status", "missed")))] == 0
+    metrics.observe_new([finished("push:aaaa"), finished("push:bbbb")], T0 + 10)
+    metrics.set_last_success({"push:aaaa": T0 + 2})
+    got = samples(metrics)
+    assert got[("zcron_runs_total", (("job_name", "push"), ("status", "ok")))] == 2
+    assert got[("zcron_job_last_success_timestamp_seconds", (("job_name", "push"),))] == T0 + 2
+    assert not any("push:" in str(labels) for _, labels in got)
+
+
+def test_schedule_errors_count_broken_files_per_live_scheduler() -> None:
+    metrics = Metrics()
+    reports = [
+        {"scheduler": "a", "live": True, "errors": ["f:1: x", "f:3: y", "g:2: z"]},
+        {"scheduler": "b", "live": True, "stats": {}},
+        {"scheduler": "c", "live": False, "errors": ["f:1: x"]},
+    ]
+    metrics.watch_cluster(lambda: reports, lambda: [])
+    got = samples(metrics)
+    assert got[("zcron_schedule_errors", (("scheduler", "a"),))] == 2
+    assert got[("zcron_schedule_errors", (("scheduler", "b"),))] == 0
+    assert ("zcron_schedule_errors", (("scheduler", "c"),)) not in got

@@ -371,9 +371,9 @@ def test_toml_sub_table_is_an_unknown_key():
     assert "[job] extra: unknown key" in error
 
 
-def test_toml_syntax_error_names_its_line():
+def test_toml_syntax_error_names_its_line_and_column():
     (error,) = toml_errors('[job]\nschedule = "@daily"\ncommand = \n')
-    assert error.startswith("jobs.toml:3: ")
+    assert error.startswith("jobs.toml:3:11: ")
     (error,) = toml_errors("[job]\nschedule = [\n")
     assert error.startswith("jobs.toml:")
 
@@ -403,7 +403,8 @@ def test_duplicate_names_across_files_keep_the_first(tmp_path):
     (error,) = result.errors
     assert (
         str(error)
-        == f'{tmp_path}/b:2: job "x" also defined at {tmp_path}/a.toml:3 (this one is ignored)'
+        == f'{tmp_path}/b:2: job "x" also defined at {tmp_path}/a.toml:3: this definition is '
+        "ignored, the rest of its file is loaded"
     )
 
 
@@ -412,8 +413,41 @@ def test_duplicate_names_in_one_file(tmp_path):
     result = ScheduleDir(str(tmp_path)).load()
     assert result.jobs["x"].command == "one"
     assert [str(e) for e in result.errors] == [
-        f'{tmp_path}/a:4: job "x" also defined at {tmp_path}/a:2 (this one is ignored)'
+        f'{tmp_path}/a:4: job "x" also defined at {tmp_path}/a:2: this definition is ignored, '
+        "the rest of its file is loaded"
     ]
+
+
+def test_a_duplicate_is_reported_without_claiming_an_old_version_stays(tmp_path):
+    write(tmp_path, "a", "# name: x\n@daily root one\n# name: x\n@daily root two\n@hourly - y\n")
+    result = ScheduleDir(str(tmp_path)).load()
+    assert len(result.jobs) == 2  # the rest of the file loaded
+    (said,) = result.appeared
+    assert "this definition is ignored" in said and "last good version" not in said
+
+
+def test_a_broken_file_says_whether_a_good_version_stays_in_force(tmp_path):
+    schedules = ScheduleDir(str(tmp_path))
+    write(tmp_path, "a.toml", "[x]\nschedule = \n")
+    (said,) = schedules.load().appeared
+    assert said.startswith(f"{tmp_path}/a.toml:2:") and "no job of this file is loaded" in said
+    write(tmp_path, "a.toml", '[x]\nschedule = "@daily"\ncommand = "x"\n')
+    assert schedules.load().appeared == []
+    write(tmp_path, "a.toml", "[x]\nschedule = \n")
+    (said,) = schedules.load().appeared
+    assert said.endswith("(the file's last good version stays in force)")
+
+
+def test_each_error_appears_once_not_at_every_reload(tmp_path):
+    schedules = ScheduleDir(str(tmp_path))
+    write(tmp_path, "a", "not a cron line\n")
+    first = schedules.load()
+    assert len(first.appeared) == 1 and len(first.errors) == 1
+    write(tmp_path, "b", "@daily - true\n")
+    again = schedules.load()
+    assert again.appeared == [] and len(again.errors) == 1  # still broken, still listed
+    write(tmp_path, "a", "\n\nnot a cron line\n")
+    assert [m.split(": ")[0] for m in schedules.load().appeared] == [f"{tmp_path}/a:3"]
 
 
 def test_files_are_read_in_lexical_order(tmp_path):

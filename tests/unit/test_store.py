@@ -191,9 +191,12 @@ def test_last_runs_keep_the_newest_even_when_older_records_arrive_late(store: St
         "last_run": {
             "status": "ok",
             "tick": T0 + 5,
+            "attempt": 1,
+            "dispatched": T0 + 5.0004,
             "started": T0 + 5.001,
             "finished": T0 + 5.5,
             "exit_code": 0,
+            "signal": None,
         },
         "last_success": T0 + 5.5,
     }
@@ -238,3 +241,12 @@ def test_reopens_after_sigkill_mid_write_with_every_returned_batch(tmp_path: Pat
         assert store.put_many([run(1)]).new, "the reopened store takes writes"
     finally:
         store.close()
+
+
+def test_a_filter_matching_nothing_stops_after_max_examined_and_says_so(store: Store) -> None:
+    store.put_many([run(n) for n in range(50)])
+    store.max_examined = 20
+    found, complete = store.scan(status="refused", limit=10)
+    assert found == [] and complete is False
+    found, complete = store.scan(limit=10)
+    assert len(found) == 10 and complete is True

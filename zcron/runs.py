@@ -1,0 +1,123 @@
+"""The worker's run table: every run it holds, in one state, with every index to it.
+
+A run goes received → armed → released → exited → reported. Received jobs wait in
+order to be armed; from arming on, the run is indexed by run id, by its output pipes, by
+its spawn request (until the spawner answers), by its pid (until reaped), and on the
+armed and timeout heaps. `forget` is the one way out: it drops every index at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import select
+from collections import deque
+
+from zcron.process import Run
+
+RECEIVED, ARMED, RELEASED, EXITED, REPORTED = (
+    "received", "armed", "released", "exited", "reported",
+)  # fmt: skip
+
+
+class RunTable:
+    """Runs by state and index; heap entries of forgotten runs are skipped when popped."""
+
+    def __init__(self, epoll: select.epoll) -> None:
+        self.epoll = epoll  # the runs' output pipes, polled as one fd
+        self.received: deque[dict] = deque()  # jobs received, not yet armed
+        self.by_id: dict[str, Run] = {}
+        self.by_fd: dict[int, Run] = {}
+        self.by_request: dict[int, Run] = {}  # spawn request -> its run, until answered
+        self.by_pid: dict[int, Run] = {}  # spawned and not yet reaped
+        self.armed: list[tuple[float, str]] = []  # (tick, run id): parked until the tick
+        self.timeouts: list[tuple[float, str]] = []  # (monotonic deadline, run id)
+
+    def __len__(self) -> int:
+        """Slots in use: runs armed or running, and jobs received but not yet armed."""
+        return len(self.by_id) + len(self.received)
+
+    def receive(self, msg: dict) -> None:
+        self.received.append(msg)
+
+    def take_received(self, run_id: str) -> dict | None:
+        """Remove a received job that is not armed yet; None if there is none."""
+        msg = next((m for m in self.received if m["run_id"] == run_id), None)
+        if msg is not None:
+            self.received.remove(msg)
+        return msg
+
+    def add(self, run: Run) -> None:
+        """An armed run: parked until its tick, waiting for its spawner's answer."""
+        run.state = ARMED
+        self.by_id[run.run_id] = run
+        self.by_request[run.request] = run
+        for fd in run.pipes():
+            self.by_fd[fd] = run
+            self.epoll.register(fd, select.EPOLLIN)
+        heapq.heappush(self.armed, (run.msg["tick"], run.run_id))
+
+    def next_armed(self) -> float | None:
+        return self.armed[0][0] if self.armed else None
+
+    def pop_armed(self, until: float) -> tuple[float, Run | None] | None:
+        """The next armed (tick, run) due by `until` (run None: forgotten meanwhile)."""
+        if not self.armed or self.armed[0][0] > until:
+            return None
+        tick, run_id = heapq.heappop(self.armed)
+        return tick, self.by_id.get(run_id)
+
+    def released(self, run: Run) -> None:
+        run.state = RELEASED
+        if run.deadline is not None:
+            self.add_timeout(run.deadline, run)
+
+    def add_timeout(self, at: float, run: Run) -> None:
+        heapq.heappush(self.timeouts, (at, run.run_id))
+
+    def pop_timeout(self, now: float) -> tuple[float, Run | None] | None:
+        """The next timeout due by `now` (run None: forgotten meanwhile)."""
+        if not self.timeouts or self.timeouts[0][0] > now:
+            return None
+        at, run_id = heapq.heappop(self.timeouts)
+        return at, self.by_id.get(run_id)
+
+    def next_timeout(self) -> float | None:
+        return self.timeouts[0][0] if self.timeouts else None
+
+    def spawn_answered(self, request: int, pid: int | None, at: float = 0.0) -> Run:
+        """The spawner answered a request: it started the process at `at`, or (pid None)
+        it could not."""
+        run = self.by_request.pop(request)
+        if pid is not None:
+            run.spawned(pid, at)
+            self.by_pid[pid] = run
+        return run
+
+    def reaped(self, pid: int, wait_status: int) -> Run | None:
+        run = self.by_pid.pop(pid, None)
+        if run is not None:
+            run.exited(wait_status)
+            run.state = EXITED
+        return run
+
+    def close_pipe(self, fd: int) -> None:
+        """Stop watching one output pipe (at its end) and close it."""
+        run = self.by_fd.pop(fd)
+        self.epoll.unregister(fd)
+        run.close_pipe(fd)
+
+    def forget(self, run: Run, now: float) -> dict:
+        """Drop the run from every index and release its fds; its record."""
+        for fd in run.pipes():
+            self.by_fd.pop(fd, None)
+            try:
+                self.epoll.unregister(fd)
+            except FileNotFoundError:
+                pass  # never registered
+        self.by_id.pop(run.run_id, None)
+        self.by_request.pop(run.request, None)
+        if run.pid is not None:
+            self.by_pid.pop(run.pid, None)
+        rec = run.finish(now)
+        run.state = REPORTED
+        return rec
