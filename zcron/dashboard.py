@@ -118,10 +118,11 @@ def on_schedule(cron: CronSchedule, tick: float) -> bool:
 
 
 def lateness_s(rec: dict) -> float | None:
-    """Started minus tick for first attempts; a retry waits its retry_delay on purpose."""
+    """Started minus the instant it was due (tick plus jitter delay) for first attempts;
+    a retry waits its retry_delay on purpose."""
     if rec.get("attempt", 1) != 1 or rec.get("started") is None or rec.get("tick") is None:
         return None
-    return max(0.0, rec["started"] - rec["tick"])
+    return max(0.0, rec["started"] - rec["tick"] - (rec.get("delay") or 0.0))
 
 
 def lateness_summary(records: list[dict], jobs: dict[str, dict]) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -62,6 +63,20 @@ class Job:
     def next_after(self, t: float) -> float | None:
         """The first fire instant strictly after `t` (Unix seconds); None if none is left."""
         return self.cron.next_after(t)
+
+    @property
+    def delay_s(self) -> float:
+        """This job's share of its `jitter`: a stable delay in [0, jitter) from its name."""
+        return jitter_delay(self.name, self.jitter)
+
+
+def jitter_delay(name: str, jitter: float) -> float:
+    """Dkron's `~`, Jenkins' `H`: the same delay for a name every time (and on every
+    scheduler), spread evenly over [0, jitter) across names; to the microsecond."""
+    if jitter <= 0:
+        return 0.0
+    spread = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2.0**64
+    return round(spread * jitter, 6)
 
 
 NAME_RULE = "use 1-200 characters of A-Z a-z 0-9 _ . : @ -"

@@ -145,7 +145,8 @@ class Metrics:
         """Lateness (first attempts only: retries wait on purpose), duration, ingest lag."""
         tick, started, finished = rec.get("tick"), rec.get("started"), rec.get("finished")
         if rec.get("attempt") == 1 and started is not None and tick is not None:
-            self.lateness.observe(max(0.0, started - tick))
+            # from the instant it was due: the tick plus its jitter delay (spec §3)
+            self.lateness.observe(max(0.0, started - tick - (rec.get("delay") or 0.0)))
         if started is not None and finished is not None:
             self.duration.observe(max(0.0, finished - started))
         if finished is not None:

@@ -66,7 +66,8 @@ class Plan:
         lead = LEAD_S + min(MAX_EXTRA_LEAD_S, ahead / ARM_RATE_PER_S)
         if job.overlap != "allow":
             lead = 0.0
-        heapq.heappush(self.due, Due(instant - lead, instant, generation, job.name))
+        start = instant + job.delay_s  # jitter: the worker releases it this much later
+        heapq.heappush(self.due, Due(start - lead, instant, generation, job.name))
 
     def plan_push(self, name: str, msg: dict) -> None:
         """A one-off from `zcron push`: dispatched LEAD_S before its instant, then gone."""

@@ -26,6 +26,7 @@ MAX_SLOTS = 100_000
 # stopped a job for good, and NaN breaks heap order silently): Unix seconds, counts, ids.
 MAX_NUMBER = float(1 << 53)
 MAX_ATTEMPT = 1000
+MAX_DELAY_S = 86400.0  # jitter
 # How far ahead of its instant a tick may be dispatched (takeover.LEAD_S + MAX_EXTRA_LEAD_S):
 # with max_clock_skew, the bound on how far in the future a tick or a record time may lie.
 MAX_LEAD_S = 3.0
@@ -53,6 +54,7 @@ RECORD = {
     "status": (str, True, 16),
     "stdout_tail": (str, True, MAX_TEXT),
     "stderr_tail": (str, True, MAX_TEXT),
+    "delay": (OPT_NUM, False, 0),  # the job's jitter delay after its tick, when it has one
 }
 
 SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
@@ -85,6 +87,7 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "on_timeout": (str, True, 16),
         "dispatched": (NUM, True, 0),
         "memory_max": (OPT_INT, False, 0),  # bytes (RLIMIT_AS); absent or None: no limit
+        "delay": (NUM, False, 0),  # jitter: start this long after the tick (0 <= delay < 1 d)
     },
     # scheduler -> worker: kill this run's process group (overlap = replace), record `killed`
     "cancel": {"run_id": (str, True, MAX_NAME), "reason": (str, True, 256)},
@@ -210,6 +213,7 @@ def _check_job(msg: dict) -> None:
     _require(msg["timeout"] is None or msg["timeout"] > 0, "job.timeout must be > 0")
     _require(msg.get("memory_max") is None or msg["memory_max"] > 0, "job.memory_max > 0")
     _require(msg["on_timeout"] in ("kill", "alert"), "job.on_timeout: kill or alert")
+    _require(0 <= msg.get("delay", 0) <= MAX_DELAY_S, "job.delay: 0 to a day")
     _require(all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()),
              "job.env must map strings to strings")  # fmt: skip
     _require(not isinstance(command, list) or (command and _strings(command)),
@@ -337,5 +341,6 @@ def run_record(msg: dict, worker_id: str | None, **values: object) -> dict:
         worker=worker_id,
         pool=msg["pool"],
         dispatched=msg["dispatched"] or None,  # 0.0: made before any dispatch (skipped)
+        delay=msg.get("delay") or None,
         **values,
     )

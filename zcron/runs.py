@@ -54,7 +54,8 @@ class RunTable:
         for fd in run.pipes():
             self.by_fd[fd] = run
             self.epoll.register(fd, select.EPOLLIN)
-        heapq.heappush(self.armed, (run.msg["tick"], run.run_id))
+        # released at its tick, or its jitter delay after it
+        heapq.heappush(self.armed, (run.msg["tick"] + run.msg.get("delay", 0.0), run.run_id))
 
     def next_armed(self) -> float | None:
         return self.armed[0][0] if self.armed else None
