@@ -157,6 +157,11 @@ class Metrics:
         for rec in records:
             self._job(self.duplicates, rec["job"]).inc()
 
+    def restore_duplicates(self, counts: Mapping[str, int]) -> None:
+        """After a restart: the duplicates the store has counted since it was created."""
+        for job, count in counts.items():
+            self._job(self.duplicates, job).inc(count)
+
     def set_last_success(self, last: Mapping[str, float]) -> None:
         """Raise each job's last-success time (the unlabelled gauge keeps the newest of all)."""
         for job, when in last.items():

@@ -276,6 +276,7 @@ class Sink:
             {job: row["last_success"] for job, row in last if row["last_success"] is not None}
         )
         self.metrics.records.set(self.store.count())
+        self.metrics.restore_duplicates(self.store.duplicate_counts())
         self.metrics.know_jobs(job for job, _ in last)
 
     def run(self) -> int:
@@ -356,6 +357,9 @@ class Sink:
         self.metrics.records.set(stored.records)
         for rec in stored.duplicates:
             log.warning("duplicate run of %s tick %.6f: %s", rec["job"], rec["tick"], rec["run_id"])
+        for rec in stored.superseded:
+            log.info("run %s of %s ran after all (%s): its record replaces the scheduler's "
+                     "guess", rec["run_id"], rec["job"], rec["status"])  # fmt: skip
         self.ack(batch.senders)
 
     def ack(self, senders: dict[bytes, list[str]]) -> None:

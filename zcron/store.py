@@ -32,6 +32,9 @@ MAX_KEY_PART = 200
 # of scanning millions of records while holding the map lock (HTTP says so in its answer).
 MAX_EXAMINED = 200_000
 NOT_STARTED = ("skipped", "missed")  # records of ticks that never ran: not runs, not duplicates
+# What a scheduler writes for a run it could not see end (the worker went silent, no slot
+# came): the worker's own record of the same run id, when it comes, is the truth (spec §8.11).
+GUESSES = ("lost", "missed")
 _DB_NAMES = (b"runs", b"time", b"job", b"tick", b"jobs")
 _TOP = b"\xff" * 9
 
@@ -47,6 +50,7 @@ class Stored:
 
     new: list[dict] = field(default_factory=list)
     duplicates: list[dict] = field(default_factory=list)
+    superseded: list[dict] = field(default_factory=list)  # new records that replaced a guess
     last_success: dict[str, float] = field(default_factory=dict)
     records: int = 0
 
@@ -96,6 +100,16 @@ def _pack(value: Any) -> bytes:
 
 def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
+
+
+def tick_key(rec: dict) -> bytes:
+    """The (job, tick, attempt) a run is filed under for duplicate detection."""
+    return job_prefix(rec["job"]) + time_key(rec["tick"]) + struct.pack(">H", rec["attempt"])
+
+
+def supersedes(new: dict, old: dict) -> bool:
+    """A worker's record of a run replaces a scheduler's guess about it (lost, missed)."""
+    return old["status"] in GUESSES and new["status"] not in GUESSES and bool(new.get("worker"))
 
 
 def _last_run(rec: dict) -> dict:
@@ -154,39 +168,63 @@ class Store:
         stored = Stored()
         rows: dict[str, dict] = {}
         for rec in records:
-            if not self._put_one(txn, rec):
+            if not self._put_one(txn, rec, stored):
                 continue
             stored.new.append(rec)
             if self._is_duplicate(txn, rec):
                 stored.duplicates.append(rec)
+                self._row(txn, rows, rec["job"])["duplicates"] += 1
             self._note_last(txn, rows, rec, stored)
         for job, row in rows.items():
             txn.put(name_key(job), _pack(row), db=self.jobs)
         stored.records = txn.stat(self.runs)["entries"]
         return stored
 
-    def _put_one(self, txn: lmdb.Transaction, rec: dict) -> bool:
+    def _put_one(self, txn: lmdb.Transaction, rec: dict, stored: Stored) -> bool:
+        """Store a record unless its run id is stored already; one record per run id, the
+        true one: a worker's record replaces a scheduler's `lost`/`missed` guess."""
         run = name_key(rec["run_id"])
         tkey = time_key(record_time(rec)) + run
         if not txn.put(run, tkey, overwrite=False, db=self.runs):
-            return False
+            old_tkey = txn.get(run, db=self.runs)
+            old = _unpack(txn.get(old_tkey, db=self.time))
+            if not supersedes(rec, old):
+                return False
+            self._unfile(txn, old_tkey, old)
+            txn.put(run, tkey, db=self.runs)
+            stored.superseded.append(rec)
         txn.put(tkey, _pack(rec), db=self.time)
         txn.put(job_prefix(rec["job"]) + tkey, b"", db=self.job)
         return True
 
-    def _is_duplicate(self, txn: lmdb.Transaction, rec: dict) -> bool:
-        """File the first attempt-1 run of each (job, tick); a second one is a duplicate run."""
-        if rec.get("attempt") != 1 or rec.get("status") in NOT_STARTED:
-            return False
-        key = job_prefix(rec["job"]) + time_key(rec["tick"])
-        return not txn.put(key, name_key(rec["run_id"]), overwrite=False, db=self.tick)
+    def _unfile(self, txn: lmdb.Transaction, tkey: bytes, rec: dict) -> None:
+        """Remove a record from the time and job indexes and the duplicate index."""
+        run = tkey[8:]
+        txn.delete(tkey, db=self.time)
+        txn.delete(job_prefix(rec["job"]) + tkey, db=self.job)
+        for tick in (tick_key(rec), tick_key(rec)[:-2]):  # the second: stores before 0.2
+            if txn.get(tick, db=self.tick) == run:
+                txn.delete(tick, db=self.tick)
 
-    def _note_last(self, txn: lmdb.Transaction, rows: dict, rec: dict, stored: Stored) -> None:
-        job = rec["job"]
+    def _is_duplicate(self, txn: lmdb.Transaction, rec: dict) -> bool:
+        """File the first run of each (job, tick, attempt); a second one is a duplicate."""
+        if rec.get("status") in NOT_STARTED:
+            return False
+        run = name_key(rec["run_id"])
+        if txn.put(tick_key(rec), run, overwrite=False, db=self.tick):
+            return False
+        return txn.get(tick_key(rec), db=self.tick) != run
+
+    def _row(self, txn: lmdb.Transaction, rows: dict, job: str) -> dict:
         if job not in rows:
             raw = txn.get(name_key(job), db=self.jobs)
             rows[job] = _unpack(raw) if raw else {"job": job, "last_time": None}
-        row, when = rows[job], record_time(rec)
+        rows[job].setdefault("duplicates", 0)
+        return rows[job]
+
+    def _note_last(self, txn: lmdb.Transaction, rows: dict, rec: dict, stored: Stored) -> None:
+        job = rec["job"]
+        row, when = self._row(txn, rows, job), record_time(rec)
         if row["last_time"] is None or when >= row["last_time"]:
             row.update(last_time=when, last_run=_last_run(rec))
         if rec["status"] == "ok" and when > (row.get("last_success") or float("-inf")):
@@ -233,6 +271,13 @@ class Store:
             for row in rows
         }
 
+    def duplicate_counts(self) -> dict[str, int]:
+        """Per job: duplicate runs stored since the store was created (kept across restarts
+        and purges, so zcron_duplicate_runs_total does not start over)."""
+        with self._reader() as txn:
+            rows = [_unpack(raw) for _, raw in txn.cursor(self.jobs)]
+        return {row["job"]: row["duplicates"] for row in rows if row.get("duplicates")}
+
     def count(self) -> int:
         """How many run records are stored."""
         with self._reader() as txn:
@@ -249,13 +294,8 @@ class Store:
                 break
             doomed.append((tkey, _unpack(raw)))
         for tkey, rec in doomed:
-            run, prefix = tkey[8:], job_prefix(rec["job"])
-            txn.delete(tkey, db=self.time)
-            txn.delete(run, db=self.runs)
-            txn.delete(prefix + tkey, db=self.job)
-            tick = prefix + time_key(rec["tick"])
-            if txn.get(tick, db=self.tick) == run:
-                txn.delete(tick, db=self.tick)
+            self._unfile(txn, tkey, rec)
+            txn.delete(tkey[8:], db=self.runs)
         return len(doomed)
 
     def _reader(self) -> _Reader:

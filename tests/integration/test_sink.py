@@ -562,3 +562,22 @@ def test_a_scan_cut_at_max_examined_is_said_in_the_answer(tmp_path: Path) -> Non
     finally:
         server.stop()
         store.close()
+
+
+def test_duplicates_stay_counted_and_a_lost_guess_gives_way_across_sink_restarts(
+    procs: Processes, cluster: Cluster, ctx: zmq.Context
+) -> None:
+    sink = start_sink(procs, cluster)
+    sock = connect(ctx, cluster)
+    first, second = run_record(1), run_record(2)
+    lost = {**second, "status": "lost", "started": None, "finished": None}
+    deliver(sock, [first, {**first, "run_id": "twin"}, lost])
+    dup = ("zcron_duplicate_runs_total", (("job_name", "backup"),))
+    assert metric_samples(cluster)[dup] == 1
+    procs.stop(sink, signal.SIGKILL)
+    start_sink(procs, cluster)
+    sock = connect(ctx, cluster)
+    assert metric_samples(cluster)[dup] == 1  # counted since the store was created
+    deliver(sock, [second])  # the worker ran it after all: its record is the truth
+    assert [r["status"] for r in cluster.runs(job="backup") if r["run_id"] == "backup-2"] == ["ok"]
+    assert metric_samples(cluster)[dup] == 1

@@ -142,6 +142,36 @@ def test_retries_and_skipped_ticks_are_not_duplicates(store: Store) -> None:
     assert retry.duplicates == skipped.duplicates == redelivered.duplicates == []
 
 
+def test_a_second_run_of_one_attempt_is_a_duplicate_too(store: Store) -> None:
+    store.put_many([run(1, status="failed"), run(1, run_id="retry", attempt=2)])
+    again = store.put_many([run(1, run_id="retry-elsewhere", attempt=2, scheduler="b")])
+    assert [r["run_id"] for r in again.duplicates] == ["retry-elsewhere"]
+
+
+def test_the_workers_record_replaces_a_schedulers_lost_guess(store: Store) -> None:
+    guess = run(1, status="lost", worker=None, started=None, finished=None)
+    store.put_many([guess])
+    truth = store.put_many([run(1)])  # the worker was paused, not dead: it ran the run
+    assert [r["status"] for r in truth.superseded] == ["ok"] and truth.duplicates == []
+    assert [(r["run_id"], r["status"]) for r in store.query()] == [("backup-1", "ok")]
+    assert store.last_runs()["backup"]["last_success"] is not None
+    late_guess = store.put_many([guess])  # a guess never replaces what the worker said
+    assert late_guess.new == [] and store.query()[0]["status"] == "ok"
+    assert store.count() == 1
+
+
+def test_duplicates_are_counted_across_restarts_and_purges(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "runs"))
+    store.put_many([run(1), run(1, run_id="twin", scheduler="b"), run(2)])
+    store.put_many([run(2, run_id="twin-2", scheduler="b")])
+    store.close()
+    store = Store(str(tmp_path / "runs"))
+    assert store.duplicate_counts() == {"backup": 2}
+    store.purge_older_than(T0 + 1000)
+    assert store.count() == 0 and store.duplicate_counts() == {"backup": 2}
+    store.close()
+
+
 def test_map_grows_when_full(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "sink"), map_size=64 * 1024)
     before = store.map_size()
