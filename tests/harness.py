@@ -39,8 +39,14 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `condition` until it returns something truthy; fail the test at the deadline."""
+def wait_until(
+    condition: Callable[[], Any],
+    timeout: float = 10.0,
+    what: str = "condition",
+    every: float = 0.02,
+) -> Any:
+    """Poll `condition` every `every` s until it returns something truthy; fail the test
+    at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -48,7 +54,7 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = 
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(every)
 
 
 @dataclass

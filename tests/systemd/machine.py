@@ -3,11 +3,16 @@ root file system, driven with `nsenter` (no machined here: PID 1 may not be syst
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import subprocess
-import time
 from pathlib import Path
+
+from tests import harness
+
+# Each look into a machine is a process (nsenter systemctl ...): a few a second is plenty.
+wait_until = functools.partial(harness.wait_until, every=0.2)
 
 BOOT_TIMEOUT_S = 60
 CGROUP_HIERARCHIES = ("systemd", "unified")
@@ -20,18 +25,6 @@ ENV = [
     "LANG=C.UTF-8",
 ]
 SHOW = "ActiveState,SubState,Result,ExecMainStatus,ExecMainPID,NRestarts,StatusText"
-
-
-def wait_until(cond, timeout: float, what: str, every: float = 0.2):
-    """Poll `cond` until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 class Machine:

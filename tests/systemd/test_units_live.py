@@ -147,13 +147,18 @@ def test_the_watchdog_restarts_a_stopped_scheduler(node: Machine) -> None:
     wait_until(lambda: node.show(SCHEDULER)["SubState"] == "running", 10, "the scheduler back")
 
 
-def test_a_config_error_exits_2_is_not_restarted_and_logs_at_err(node: Machine) -> None:
+def override_scheduler(node: Machine, name: str, *options: str) -> None:
+    """A drop-in that runs the scheduler with extra command-line options."""
     node.sh(f"mkdir -p {DROPIN}", check=True)
     node.write(
-        f"{DROPIN}/bad.conf",
+        f"{DROPIN}/{name}.conf",
         "[Service]\nExecStart=\n"
-        "ExecStart=/usr/local/bin/zcron scheduler -c /etc/zcron/zcron.conf --id nosuch\n",
+        f"ExecStart=/usr/local/bin/zcron scheduler -c /etc/zcron/zcron.conf {' '.join(options)}\n",
     )
+
+
+def test_a_config_error_exits_2_is_not_restarted_and_logs_at_err(node: Machine) -> None:
+    override_scheduler(node, "bad", "--id", "nosuch")
     node.sh(
         f"systemctl daemon-reload && systemctl reset-failed {SCHEDULER}; "
         f"systemctl restart {SCHEDULER}"
@@ -171,12 +176,7 @@ def test_a_config_error_exits_2_is_not_restarted_and_logs_at_err(node: Machine) 
 
 
 def test_log_level_option_leaves_info_lines_out(node: Machine) -> None:
-    node.sh(f"mkdir -p {DROPIN}", check=True)
-    node.write(
-        f"{DROPIN}/quiet.conf",
-        "[Service]\nExecStart=\n"
-        "ExecStart=/usr/local/bin/zcron scheduler -c /etc/zcron/zcron.conf --log-level warning\n",
-    )
+    override_scheduler(node, "quiet", "--log-level", "warning")
     since = node.sh("date +%s", check=True).stdout.strip()
     node.sh(f"systemctl daemon-reload && systemctl restart {SCHEDULER}", check=True)
     assert node.show(SCHEDULER)["SubState"] == "running"
