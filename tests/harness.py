@@ -291,8 +291,11 @@ def cmdline(pid: int) -> str:
 
 def metric_samples(cluster: Cluster, name: str) -> list[tuple[dict[str, str], float]]:
     """(labels, value) of every sample named `name` on the sink's /metrics."""
-    with urllib.request.urlopen(cluster.http + "/metrics", timeout=5) as response:
-        text = response.read().decode()
+    try:
+        with urllib.request.urlopen(cluster.http + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return []  # the sink is not serving (yet): no samples, for wait_until to retry
     return [
         (sample.labels, sample.value)
         for family in text_string_to_metric_families(text)

@@ -401,6 +401,9 @@ class Scheduler:
         self.router.send_multipart([identity, frame])
 
     def on_ready(self, identity: bytes, msg: dict) -> None:
+        if not identity.startswith(msg["worker"].encode() + b"."):  # net.incarnation's form
+            return self.rejects(f"ready as worker {msg['worker']!r:.40} on another's routing "
+                                f"id {identity[:60]!r}", "impersonation")  # fmt: skip
         now_mono = self.clock.monotonic()
         taken = self.workers.taken_by(identity, msg["worker"], now_mono)
         if taken is not None:
