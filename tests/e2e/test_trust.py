@@ -26,7 +26,7 @@ import pytest
 import zmq
 
 from tests.harness import REPO, Cluster, Processes, make_cluster, spooled, wait_until
-from zcron.protocol import encode, record
+from zcron.protocol import decode, encode, record
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -389,3 +389,43 @@ def test_up_makes_owner_only_keys_that_its_own_cli_uses(
     (public_dir / "up.conf").chmod(0o644)
     out = as_probe(probe, "-m", "zcron", "push", "-c", str(public_dir / "up.conf"), "--", "true")
     assert out.returncode != 0 and any(why in out.stderr for why in REFUSALS[:2]), out
+
+
+def test_jobs_a_worker_cannot_read_give_their_slots_back(
+    procs: Processes, cluster: Cluster
+) -> None:
+    """`timeout = "x"` once was dropped by the worker but counted in flight for ever: `slots`
+    such jobs left the pool at 0 free slots. Here the test is scheduler a (it holds a's key)."""
+    import zmq.auth
+
+    ctx = zmq.Context()
+    try:
+        router = ctx.socket(zmq.ROUTER)
+        router.linger = 0
+        router.curve_server = True
+        router.curve_publickey, router.curve_secretkey = zmq.auth.load_certificate(
+            str(cluster.keys / "a.key_secret")
+        )
+        router.bind(f"tcp://127.0.0.1:{cluster.schedulers['a']}")  # no ZAP: any client key
+        procs.start("worker", "-c", str(cluster.config_path), "--id", "w1")
+
+        def ready() -> tuple[bytes, dict]:
+            while True:
+                assert router.poll(10_000), "no ready from the worker"
+                identity, frame = router.recv_multipart()
+                kind, msg = decode(frame)
+                if kind == "ready":
+                    return identity, msg
+
+        identity, first = ready()
+        bad = encode("job", run_id="bad", job="j", tick=time.time(), attempt=1, scheduler="a",
+                     pool="default", command="true", shell="/bin/sh", user=None, env={},
+                     cwd=None, timeout="x", on_timeout="kill", dispatched=time.time())  # fmt: skip
+        for _ in range(first["slots"] + 1):
+            router.send_multipart([identity, bad])
+        deadline = time.monotonic() + 10
+        while (msg := ready()[1])["seen"] < first["slots"] + 1:
+            assert time.monotonic() < deadline, msg
+        assert msg["free"] == msg["slots"]  # every slot is free again
+    finally:
+        ctx.destroy(linger=0)
