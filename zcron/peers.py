@@ -59,6 +59,12 @@ class Membership:
             peer.job_names = None
         return changed
 
+    def refresh(self, stalled_from: float, now_mono: float) -> None:
+        """After our own stall: each peer live when it began gets a fresh peer_timeout to be
+        heard (its silence was ours); one dead in truth is declared dead that much later."""
+        for peer in self.live(stalled_from):
+            peer.last_heard = max(peer.last_heard, now_mono)
+
     def is_live(self, peer: Peer, now_mono: float) -> bool:
         return now_mono - peer.last_heard <= self.peer_timeout
 

@@ -156,6 +156,7 @@ class Run:
     timed_out: bool = False
     killed_by_us: bool = False
     cancelled: str | None = None  # why the scheduler had the run killed (overlap = replace)
+    fenced: str | None = None  # why a parked run was not released after the worker stalled
     state: str = "armed"  # armed → released → exited → reported (see zcron/runs.py)
 
     @property
@@ -253,6 +254,8 @@ class Run:
         out, err = self.tails
         if self.cancelled:  # the job may have printed on its way out: the reason comes last
             err.feed(f"\nzcron: cancelled: {self.cancelled}\n".encode())
+        if self.fenced:
+            err.feed(f"zcron: {self.fenced}\n".encode())
         return run_record(
             self.msg,
             self.worker_id,
@@ -267,6 +270,8 @@ class Run:
 
     def status(self, exit_code: int | None, signum: int | None) -> str:
         """killed (cancelled, or by a signal), timeout (also on_timeout = alert), ok, failed."""
+        if self.fenced and self.started is None:
+            return "refused"  # never released: the command never started
         if self.cancelled:
             return "killed"
         if self.timed_out:

@@ -28,6 +28,7 @@ from zcron.config import Config, check_secure, load_daemon_config
 from zcron.control import ClientRequests, job_message_defaults
 from zcron.daemon import Notifier, Rejects, Signals, run_daemon
 from zcron.errors import ProtocolError
+from zcron.fence import Stalled, stall_bound_s
 from zcron.job import Job
 from zcron.ledger import TickLedger
 from zcron.log import iso_utc, setup_logging
@@ -94,6 +95,8 @@ class Scheduler:
         self.roles = Roles(config.cluster.schedulers, config.clients)
         self.sender: Sender = ANYONE  # the key behind the message being handled
         self.rejects = Rejects(self.clock.monotonic, self.count_reject)
+        self.stall_bound = stall_bound_s(cluster)
+        self.awake_since = self.clock.monotonic()
         # CURVE when [cluster] keys is set; failed handshakes land in counters (status --json).
         self.security = Security.from_config(cluster, self.id, self.counters)
 
@@ -150,12 +153,48 @@ class Scheduler:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit code."""
         while not self.signals.stopping:
-            ready = dict(self.poller.poll(self.timeout_ms()))
-            self.handle_events(ready)
-            now, now_mono = self.clock.now(), self.clock.monotonic()
-            self.step(now, now_mono)
-            self.notifier.watchdog_if_due(now_mono)
+            timeout_ms = self.timeout_ms()
+            slept_at = self.clock.monotonic()
+            ready = dict(self.poller.poll(timeout_ms))
+            self.awake_since = now_mono = self.clock.monotonic()
+            try:
+                if now_mono - (slept_at + timeout_ms / 1000) > self.stall_bound:
+                    raise Stalled(slept_at)  # stopped (or starved) in poll
+                self.handle_events(ready)
+                self.step(self.clock.now(), now_mono)
+            except Stalled as stall:
+                self.fence(stall.since)
+            self.notifier.watchdog_if_due(self.clock.monotonic())
         return 0
+
+    def check_awake(self) -> None:
+        """Raise Stalled when this turn of the loop has lasted past the stall bound: what
+        it was about to send may have been done by a peer meanwhile (fence.py)."""
+        if self.clock.monotonic() - self.awake_since > self.stall_bound:
+            raise Stalled(self.awake_since)
+
+    def fence(self, last_awake: float) -> None:
+        """After a stall: read what the sockets hold (peers' heartbeats and claims, workers'
+        slots), give peers and workers a fresh peer_timeout to speak, re-plan every job from
+        now, and rejoin as a new incarnation: peers own the ticks until our warm-up ends."""
+        now_mono = self.clock.monotonic()
+        self.counters["stalls"] = self.counters.get("stalls", 0) + 1
+        stalled_s = now_mono - last_awake
+        log.warning("scheduler %s stalled for %.1fs (bound %.2fs): fencing, then rejoining "
+                    "as a new incarnation", self.id, stalled_s, self.stall_bound)  # fmt: skip
+        drain_until = now_mono + 2 * self.config.cluster.heartbeat
+        while (left := drain_until - self.clock.monotonic()) > 0:
+            if self.router.poll(max(1, int(left * 1000))):
+                self.handle_router()
+        now, now_mono = self.clock.now(), self.clock.monotonic()
+        self.members.refresh(last_awake, now_mono)
+        self.workers.refresh(last_awake, now_mono)
+        self.takeover.last_expire_check = now_mono
+        self.takeover.start_firing(now)
+        self.takeover.next_heartbeat = 0.0
+        for job in self.plan.jobs.values():
+            self.plan.plan(job, job.next_after(now) if job.enabled else None)
+        self.awake_since = self.clock.monotonic()
 
     def close(self) -> None:
         """Say we leave (peers take our jobs at once), then close the ledger and sockets."""
@@ -317,6 +356,7 @@ class Scheduler:
         worker = self.workers.pick(msg["pool"], avoid)
         if worker is None:
             return False
+        self.check_awake()  # never send on a view a stall made stale
         msg["dispatched"] = self.clock.now()
         self.router.send_multipart([worker.identity, protocol.encode("job", **msg)])
         worker.assign(msg)

@@ -120,6 +120,13 @@ class WorkerTable:
             ]
         return found
 
+    def refresh(self, stalled_from: float, now: float) -> None:
+        """After the scheduler's own stall: each worker live when it began gets a fresh
+        timeout to be heard."""
+        for worker in self.workers.values():
+            if stalled_from - worker.last_seen <= self.timeout_s:
+                worker.last_seen = max(worker.last_seen, now)
+
     def expire(self, now: float) -> list[WorkerSlots]:
         """Forget workers silent for longer than the timeout; return them."""
         dead = [w for w in self.workers.values() if now - w.last_seen > self.timeout_s]

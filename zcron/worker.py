@@ -24,6 +24,7 @@ from zcron.clock import SPIN_S, Clock
 from zcron.config import Config, check_secure, load_daemon_config
 from zcron.daemon import Notifier, Rejects, Signals, run_daemon, slots_option
 from zcron.errors import ConfigError
+from zcron.fence import is_stale, lease_s, stall_bound_s
 from zcron.log import setup_logging
 from zcron.net import incarnation, keepalive, make_socket, receive, send_nowait
 from zcron.process import KILL_GRACE_S, Refused, Run, arm_run
@@ -94,6 +95,9 @@ class Worker:
         self.refusal = ""
         self.freed = False  # a slot freed since the last announcement
         self.rejects = Rejects(self.clock.monotonic)
+        self.lease_s = lease_s(config.cluster)
+        self.stall_bound = stall_bound_s(config.cluster)
+        self.stale = Rejects(self.clock.monotonic)  # stale dispatches refused
         # CURVE when [cluster] keys is set: our key, and each server's public key pinned.
         self.security = Security.from_config(config.cluster, self.id)
         self.clean_stop = True  # False when the runs can no longer be watched
@@ -162,7 +166,11 @@ class Worker:
         self.announce()
 
     def step(self) -> None:
-        ready = dict(self.poller.poll(self.timeout_ms()))
+        timeout_ms = self.timeout_ms()
+        slept_at = self.clock.monotonic()
+        ready = dict(self.poller.poll(timeout_ms))
+        if self.clock.monotonic() - (slept_at + timeout_ms / 1000) > self.stall_bound:
+            self.fence_parked_runs()  # before anything is released on a stale plan
         self.handle_ready(ready)
         self.release_due_runs()
         self.arm_received()
@@ -253,9 +261,21 @@ class Worker:
                 self.refused(msg["reason"], self.clock.monotonic())
                 continue
             self.seen[sid] += 1
+            now = self.clock.now()
+            if is_stale(msg["dispatched"], now, self.lease_s):
+                self.refuse_stale(msg, sid, now - msg["dispatched"])
+                continue
             self.accepted.append([msg["job"], msg["tick"]])
             self.runs.receive(msg)
         self.tell_accepted()
+
+    def refuse_stale(self, msg: dict, sid: str, age: float) -> None:
+        """A dispatch past its lease (its sender or we were stalled, or a link held it):
+        its tick may have moved to another scheduler meanwhile, so it is not run (fence.py)."""
+        why = (f"stale dispatch: sent by scheduler {sid} {age:.2f}s ago, past the "
+               f"{self.lease_s:.2f}s lease; not run")  # fmt: skip
+        self.stale(why, "stale_dispatch")  # counted, logged at most once per interval
+        self.refuse(msg, why)
 
     def refused(self, reason: str, now: float) -> None:
         """A scheduler says our id is a live worker's: wait out a restart's overlap, then
@@ -281,6 +301,22 @@ class Worker:
         log.warning("run %s of %s cancelled: %s", run_id, run.msg["job"], reason)
         run.cancelled = reason
         self.kill(run, now)
+
+    def fence_parked_runs(self) -> None:
+        """We were stalled (SIGSTOP, a starved host): a parked run whose instant is more
+        than the lease ago is not released; its scheduler took it for lost meanwhile and may
+        have fired it again elsewhere (fence.py). It is recorded `refused`, never run."""
+        now, now_mono = self.clock.now(), self.clock.monotonic()
+        while (due := self.runs.pop_armed(now - self.lease_s)) is not None:
+            release_at, run = due
+            if run is None or run.killed_by_us:
+                continue
+            late = now - release_at
+            why = (f"fenced: the worker was stalled and the run's instant passed {late:.2f}s "
+                   f"ago, past the {self.lease_s:.2f}s lease; not run")  # fmt: skip
+            self.stale(why, "stale_release")
+            run.fenced = why
+            self.kill(run, now_mono)
 
     def kill(self, run: Run, now: float) -> None:
         """SIGTERM the run's group now, SIGKILL it after the grace (see enforce_timeouts)."""
