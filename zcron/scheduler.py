@@ -57,6 +57,7 @@ class Waiting:
     msg: dict
     give_up_at: float  # wall clock: the tick plus the job's misfire_grace
     claim: bool
+    superseded: bool = False  # a newer tick of the job came: this one is recorded missed
 
 
 class Scheduler:
@@ -77,6 +78,7 @@ class Scheduler:
         self.watch = DirectoryWatch(config.scheduler.schedules)
         self.plan = Plan()
         self.waiting: dict[str, deque[Waiting]] = {}
+        self.waiting_tick: dict[str, Waiting] = {}  # job -> its one tick waiting for a slot
         self.workers = WorkerTable(cluster.peer_timeout)
         self.spool = Spool(f"{config.scheduler.state}/spool")
         self.ledger = TickLedger(f"{config.scheduler.state}/ledger")
@@ -95,6 +97,7 @@ class Scheduler:
         self.roles = Roles(config.cluster.schedulers, config.clients)
         self.sender: Sender = ANYONE  # the key behind the message being handled
         self.rejects = Rejects(self.clock.monotonic, self.count_reject)
+        self.misses = Rejects(self.clock.monotonic)  # missed ticks: logged once per interval
         self.stall_bound = stall_bound_s(cluster)
         self.awake_since = self.clock.monotonic()
         # CURVE when [cluster] keys is set; failed handshakes land in counters (status --json).
@@ -336,10 +339,30 @@ class Scheduler:
         """Dispatch now, or queue the tick for a free slot until tick + grace."""
         if not self.dispatch(msg, claim):
             queue = self.waiting.setdefault(msg["pool"], deque())
-            queue.append(Waiting(msg, tick + grace, claim))
+            waiting = Waiting(msg, tick + grace, claim)
+            queue.append(waiting)
             if claim:  # ours, in hand: catch-up must not fire it again while it waits
                 queued = self.plan.queued
                 queued[msg["job"]] = max(tick, queued.get(msg["job"], tick))
+                self.keep_newest_waiting(waiting)
+
+    def keep_newest_waiting(self, newest: Waiting) -> None:
+        """Spec §8.13: each job keeps at most one tick waiting for a slot, the newest; the
+        older one is recorded `missed` now, so an overloaded pool runs each job about once
+        per period, on time, instead of a backlog of stale ticks (APScheduler's coalesce)."""
+        job = newest.msg["job"]
+        older = self.waiting_tick.get(job)
+        self.waiting_tick[job] = newest
+        if older is None or older.superseded:
+            return
+        older.superseded = True
+        self.count_missed(older.msg, f"tick {newest.msg['tick']:.3f} came before a slot did "
+                          "(at most one tick of a job waits)")  # fmt: skip
+
+    def count_missed(self, msg: dict, why: str) -> None:
+        self.counters["missed"] += 1
+        self.misses(f"tick {msg['tick']:.3f} of {msg['job']} missed: {why}")
+        self.record(run_record(msg, None, status="missed", stderr_tail=why))
 
     def job_message(self, job: Job, tick: float, attempt: int) -> dict:
         return {
@@ -386,25 +409,23 @@ class Scheduler:
 
     def dispatch_waiting(self) -> None:
         for pool, queue in list(self.waiting.items()):
-            while queue and self.dispatch(queue[0].msg, queue[0].claim):
-                queue.popleft()
+            while queue and (queue[0].superseded or self.dispatch(queue[0].msg, queue[0].claim)):
+                self.forget_waiting(queue.popleft())
             if not queue:
                 del self.waiting[pool]
+
+    def forget_waiting(self, waiting: Waiting) -> None:
+        if self.waiting_tick.get(waiting.msg["job"]) is waiting:
+            del self.waiting_tick[waiting.msg["job"]]
 
     def expire_waiting(self, now: float) -> None:
         """Ticks that waited past their misfire_grace for a slot are recorded `missed`."""
         for pool, queue in list(self.waiting.items()):
-            while queue and queue[0].give_up_at <= now:
-                msg = queue.popleft().msg
-                log.warning(
-                    "tick %.3f of %s missed: no free slot in pool %r", msg["tick"], msg["job"], pool
-                )
-                self.counters["missed"] += 1
-                self.record(
-                    run_record(
-                        msg, None, status="missed", stderr_tail=f"no free slot in pool {pool!r}"
-                    )
-                )
+            while queue and (queue[0].superseded or queue[0].give_up_at <= now):
+                waiting = queue.popleft()
+                self.forget_waiting(waiting)
+                if not waiting.superseded:
+                    self.count_missed(waiting.msg, f"no free slot in pool {pool!r}")
             if not queue:
                 del self.waiting[pool]
 

@@ -138,3 +138,25 @@ def test_ticks_waiting_for_a_slot_start_once(tmp_path: Path, procs: Processes) -
     started = [r["tick"] for r in runs if r["attempt"] == 1 and r["status"] != "missed"]
     assert len(started) == len(set(started)), "a waiting tick was started twice"
     assert any(r["status"] == "missed" for r in runs), "ticks waited past the grace"
+
+
+def test_an_overloaded_pool_keeps_one_waiting_tick_per_job_and_runs_it_on_time(
+    tmp_path: Path, procs: Processes
+) -> None:
+    """Spec §8.13: a job that takes 2.5 s on the only slot, due every second, with a minute
+    of misfire_grace: its older waiting ticks are recorded missed as newer ones come, so
+    each run starts within about one run's length of its tick, not a growing backlog."""
+    cluster = make_cluster(tmp_path, slots=1)
+    (cluster.schedules / "slow.toml").write_text(
+        '[slow]\nschedule = "* * * * * *"\ncommand = "sleep 2.5"\nmisfire_grace = "60s"\n'
+    )
+    start(procs, cluster)
+    runs = wait_until(lambda: (r := cluster.runs(job="slow", limit=200)) and
+                      sum(x["status"] == "ok" for x in r) >= 4 and r, 40, "four runs")  # fmt: skip
+    started = [r for r in runs if r["status"] == "ok"]
+    late = [r["started"] - r["tick"] for r in started]
+    assert max(late) < 3.5, f"a backlog built up: lateness {late}"
+    missed = [r for r in runs if r["status"] == "missed"]
+    assert missed and all("at most one tick of a job waits" in r["stderr_tail"] for r in missed)
+    ticks = [r["tick"] for r in runs if r["attempt"] == 1]
+    assert len(ticks) == len(set(ticks)), "a tick was both run and missed, or run twice"
