@@ -28,6 +28,7 @@ Usage:
   zcron next      [-c FILE] [-n N] [--json] [JOB]
   zcron run       [-c FILE] JOB
   zcron push      [-c FILE] [--pool NAME] [--user NAME] [--at TIME | --in DURATION] [--timeout DURATION] -- COMMAND...
+  zcron cancel    [-c FILE] RUN_ID
   zcron status    [-c FILE] [--json]
   zcron runs      [-c FILE] [JOB] [--since TIME] [--status STATUS] [--limit N] [--json]
   zcron keygen    DIR NAME
@@ -42,6 +43,7 @@ Commands:
   next       The next fire instants of one job or all, in the job's timezone and UTC.
   run        Fire a job now, out of schedule.
   push       Run a one-off command, now or later.
+  cancel     Stop a running or parked run (recorded killed) or drop a delayed push (skipped).
   status     Schedulers, worker pools and free slots, config digest agreement.
   runs       Run records from the sink, newest first.
   keygen     Write a CURVE key pair NAME.key and NAME.key_secret into DIR.
@@ -80,6 +82,7 @@ COMMANDS = {
     "next": "zcron.commands",
     "run": "zcron.commands",
     "push": "zcron.commands",
+    "cancel": "zcron.commands",
     "status": "zcron.commands",
     "runs": "zcron.commands",
     "keygen": "zcron.commands",

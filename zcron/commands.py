@@ -228,6 +228,13 @@ def cmd_push(args: dict) -> int:
     return 0
 
 
+def cmd_cancel(args: dict) -> int:
+    config = load_config(args.get("--config"))
+    body = ask_any(config, "cancel", {"run_id": args["RUN_ID"]})
+    print(f"cancelled run {body['run_id']} of {body['job']} ({body['cancelled']})")
+    return 0
+
+
 def cmd_status(args: dict) -> int:
     config = load_config(args.get("--config"))
     views = {}

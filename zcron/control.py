@@ -35,12 +35,15 @@ class ClientRequests:
         send: Callable[[bytes, bytes], None],
         roles: Roles,
         sender: Callable[[], Sender],
+        cancel_run: Callable[[str, Callable[[str | None, str], object]], dict | None],
     ) -> None:  # fmt: skip
         self.id, self.clock, self.plan, self.ledger = scheduler_id, clock, plan, ledger
         self.job_message, self.fire_message, self.send = job_message, fire_message, send
         self.roles, self.sender = roles, sender  # sender(): the key behind this request
+        self.cancel_run = cancel_run
         self.handlers: dict[str, Callable[[dict], dict]] = {
             "run": self.run, "push": self.push, "status": lambda args: status(),
+            "cancel": self.cancel,
         }  # fmt: skip
 
     def on_request(self, identity: bytes, msg: dict) -> None:
@@ -106,6 +109,26 @@ class ClientRequests:
         self.ledger.save_push(name, msg)
         self.plan.plan_push(name, msg)
         return {"job": name, "run_id": run_id, "tick": msg["tick"], "user": msg["user"]}
+
+    def cancel(self, args: dict) -> dict:
+        """`zcron cancel RUN_ID`: a delayed push that has not started is dropped (recorded
+        `skipped`); a running or parked run is killed by its worker (recorded `killed`).
+        The client must be allowed to run as the run's user (spec §7)."""
+        run_id = args["run_id"]
+        if not isinstance(run_id, str) or not 0 < len(run_id) <= protocol.MAX_NAME:
+            raise ValueError("cancel: a run id, as `zcron runs` shows it")
+        found = self.cancel_run(run_id, self.may_cancel)
+        if found is None:
+            raise KeyError(f"no run {run_id} is running, parked or waiting on scheduler {self.id}")
+        return found
+
+    def may_cancel(self, user: str | None, run_id: str) -> None:
+        """A run of a user the client may run as (a user-less one: any client with users)."""
+        allowed = self.roles.users_of(self.sender().name)
+        if allowed is None or (user is None and allowed) or user in allowed:
+            return
+        raise ValueError(f"client key {self.sender().name!r} may not cancel run {run_id} "
+                         f"of user {user or 'the worker'}")  # fmt: skip
 
 
 def job_message_defaults(scheduler_id: str) -> dict:

@@ -81,6 +81,11 @@ class Plan:
             return heapq.heappop(self.due)
         return None
 
+    def drop_push(self, name: str) -> None:
+        """Forget a delayed push before it fires (its heap entry is skipped when it comes)."""
+        self.pushed.pop(name, None)
+        self.generation.pop(name, None)
+
     def take_push(self, entry: Due) -> dict | None:
         """The one-off this entry is for (forgotten: it fires once), or None."""
         msg = self.pushed.pop(entry.job, None)

@@ -113,7 +113,8 @@ class Scheduler:
                                  self.mesh, self.counters, self.fire, self.rejects)  # fmt: skip
         self.requests = ClientRequests(self.id, self.clock, self.plan, self.ledger,
                                        self.job_message, self.fire_message, self.status,
-                                       self.reply, self.roles, lambda: self.sender)  # fmt: skip
+                                       self.reply, self.roles, lambda: self.sender,
+                                       self.cancel_run)  # fmt: skip
         self.handlers = self.message_handlers()
         self.reload(self.clock.now())
         for name, msg in self.ledger.pushes().items():
@@ -560,6 +561,40 @@ class Scheduler:
             "digests_agree": int(self.members.digests_agree(now_mono)),
             "live_peers": len(self.members.live(now_mono)),
         }
+
+    def cancel_run(
+        self, run_id: str, may_cancel: Callable[[str | None, str], object]
+    ) -> dict | None:
+        """Cancel a run we know of: one waiting here for a slot (recorded `skipped`), or one
+        a worker runs or holds parked, whoever dispatched it (the worker kills its group
+        and records `killed`), or a delayed push (dropped, recorded `skipped`). None when we
+        know no such run."""
+        for name, msg in list(self.plan.pushed.items()):
+            if msg["run_id"] == run_id:
+                may_cancel(msg["user"], run_id)
+                self.plan.drop_push(name)
+                self.ledger.drop_push(name)
+                self.record(run_record(msg, None, status="skipped",
+                                       stderr_tail="cancelled by zcron cancel"))  # fmt: skip
+                return {"run_id": run_id, "job": name, "cancelled": "delayed push"}
+        for queue in self.waiting.values():
+            for waiting in queue:
+                if waiting.msg["run_id"] == run_id and not waiting.superseded:
+                    may_cancel(waiting.msg["user"], run_id)
+                    waiting.superseded = True
+                    self.record(run_record(waiting.msg, None, status="skipped",
+                                           stderr_tail="cancelled by zcron cancel"))  # fmt: skip
+                    return {"run_id": run_id, "job": waiting.msg["job"], "cancelled": "waiting"}
+        for worker, job, user in self.workers.holding(run_id):
+            may_cancel(user if user is not None else self.job_user(job), run_id)
+            self.router.send_multipart([worker.identity, protocol.encode(
+                "cancel", run_id=run_id, reason="zcron cancel")])  # fmt: skip
+            return {"run_id": run_id, "job": job, "cancelled": f"on worker {worker.id}"}
+        return None
+
+    def job_user(self, job: str) -> str | None:
+        known = self.plan.jobs.get(job)
+        return known.user if known is not None else None
 
     def status(self) -> dict:
         """The reply to `zcron status`: this scheduler, its peers, pools and workers."""

@@ -23,6 +23,7 @@ from prometheus_client import disable_created_metrics
 from zcron.auth import Security
 from zcron.clock import Clock
 from zcron.config import Config, check_secure, load_daemon_config
+from zcron.control import MAX_PUSH_AHEAD_S
 from zcron.daemon import Notifier, Rejects, Signals, run_daemon
 from zcron.errors import ProtocolError
 from zcron.http import Api, HttpServer
@@ -78,10 +79,13 @@ def check_record(rec: dict, now: float, retention: float, ahead: float) -> dict:
     for name in ("run_id", "job"):
         if not rec[name]:
             raise ProtocolError("bad_field", f"record.{name} is empty")
+    # A delayed push cancelled before it ran is recorded `skipped` with its future tick.
+    never_ran = rec["status"] == "skipped" and rec["started"] is None
     for name in RECORD_TIMES:
         if rec[name] is not None and not math.isfinite(rec[name]):
             raise ProtocolError("bad_field", f"record.{name} is not finite")
-        check_window(rec[name], now, retention, ahead, f"record.{name}")
+        limit = MAX_PUSH_AHEAD_S if name == "tick" and never_ran else ahead
+        check_window(rec[name], now, retention, limit, f"record.{name}")
     return rec
 
 

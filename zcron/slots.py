@@ -127,6 +127,19 @@ class WorkerTable:
             if stalled_from - worker.last_seen <= self.timeout_s:
                 worker.last_seen = max(worker.last_seen, now)
 
+    def holding(self, run_id: str) -> list[tuple[WorkerSlots, str, str | None]]:
+        """(worker, job, user) for a run a worker holds: one we sent it (user known) or one
+        it reports running for another scheduler (user from the job)."""
+        found = []
+        for worker in self.workers.values():
+            ours = [*worker.running.values(), *(m for _, m in worker.in_flight)]
+            msg = next((m for m in ours if m["run_id"] == run_id), None)
+            if msg is not None:
+                found.append((worker, msg["job"], msg["user"]))
+            elif run_id in worker.reported:
+                found.append((worker, worker.reported[run_id], None))
+        return found
+
     def expire(self, now: float) -> list[WorkerSlots]:
         """Forget workers silent for longer than the timeout; return them."""
         dead = [w for w in self.workers.values() if now - w.last_seen > self.timeout_s]

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tests.harness import REPO, Cluster, Processes, make_cluster, spooled, wait_until
+from tests.harness import REPO, Cluster, Processes, ensure_key, make_cluster, spooled, wait_until
 from zcron.protocol import decode, encode, record
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -429,3 +429,42 @@ def test_jobs_a_worker_cannot_read_give_their_slots_back(
         assert msg["free"] == msg["slots"]  # every slot is free again
     finally:
         ctx.destroy(linger=0)
+
+
+def test_cancel_kills_a_running_command_and_drops_a_delayed_push_for_allowed_clients_only(
+    procs: Processes, cluster: Cluster
+) -> None:
+    text = cluster.config_path.read_text()
+    cluster.config_path.write_text(text.replace("[clients]\n", '[clients]\nops = ["nobody"]\n'))
+    # the ops client's own keys directory: the servers' public keys and its own pair only
+    ops_keys = cluster.root / "ops-keys"
+    ops_keys.mkdir(mode=0o700)
+    ensure_key(cluster.keys, "ops")
+    for name in ("a.key", "sink.key", "ops.key", "ops.key_secret"):
+        shutil.copy2(cluster.keys / name, ops_keys / name)
+    ops_config = cluster.root / "ops.conf"
+    ops_config.write_text(cluster.config_path.read_text().replace(str(cluster.keys), str(ops_keys)))
+    start(procs, cluster)
+    config = ["-c", str(cluster.config_path)]
+
+    def cli(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "zcron", *argv], capture_output=True,
+                              text=True, timeout=30)  # fmt: skip
+
+    def run_id_of(out: subprocess.CompletedProcess) -> str:
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split("(run ")[1].split(")")[0]
+
+    running = run_id_of(cli("push", *config, "--", "sleep", "300"))
+    delayed = run_id_of(cli("push", *config, "--in", "1h", "--", "touch", "/nonexistent/x"))
+    wait_until(lambda: '"running": 1' in cli("status", *config, "--json").stdout, 20,
+               "the sleep to run")  # fmt: skip
+    refused = cli("cancel", "-c", str(ops_config), running)
+    assert refused.returncode == 1 and "may not cancel" in refused.stderr, refused
+    for run_id, status in ((running, "killed"), (delayed, "skipped")):
+        out = cli("cancel", *config, run_id)
+        assert out.returncode == 0 and f"cancelled run {run_id}" in out.stdout, out
+        rec = wait_until(lambda r=run_id: [x for x in cluster.runs(limit=50) if x["run_id"] == r],
+                         20, f"{status} record")  # fmt: skip
+        assert rec[0]["status"] == status, rec
+    assert cli("cancel", *config, "no-such-run").returncode == 1
