@@ -67,6 +67,7 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "seen": (int, True, 0),
         "running": (list, True, 4096),
         "running_jobs": (list, False, 4096),  # the job of each run in `running`, same order
+        "parked": (list, False, 4096),  # runs received or armed, not released yet
         "spool": (int, False, 0),  # results waiting for the sink's ack
         "handshake_failures": (int, False, 0),  # refused CURVE handshakes (with keys)
     },
@@ -234,7 +235,7 @@ def _strings(values: list) -> bool:
 
 
 def _check_ready(msg: dict) -> None:
-    lists = (msg["pools"], msg["running"], msg.get("running_jobs", []))
+    lists = (msg["pools"], msg["running"], msg.get("running_jobs", []), msg.get("parked", []))
     _require(all(map(_strings, lists)), "ready lists must hold strings")
     _require(0 <= msg["free"] <= msg["slots"] <= MAX_SLOTS and msg["seen"] >= 0,
              "ready: 0 <= free <= slots <= MAX_SLOTS, seen >= 0")  # fmt: skip

@@ -57,6 +57,11 @@ class RunTable:
         # released at its tick, or its jitter delay after it
         heapq.heappush(self.armed, (run.msg["tick"] + run.msg.get("delay", 0.0), run.run_id))
 
+    def parked(self) -> list[str]:
+        """Run ids not released yet: received, or armed and waiting for their instant."""
+        waiting = [m["run_id"] for m in self.received]
+        return waiting + [r.run_id for r in self.by_id.values() if r.state == ARMED]
+
     def next_armed(self) -> float | None:
         return self.armed[0][0] if self.armed else None
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from zcron.plan import Due, Plan
 from zcron.protocol import run_record
 from zcron.roles import ANYONE, Roles, Sender
 from zcron.schedule import ScheduleDir, to_wire
-from zcron.slots import WorkerTable
+from zcron.slots import WorkerSlots, WorkerTable
 from zcron.spool import Spool
 from zcron.statedir import hold
 from zcron.takeover import Takeover
@@ -48,6 +49,9 @@ from zcron.watch import POLL_INTERVAL_S, DirectoryWatch
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 2.0
 RELOAD_SETTLE_S = 0.05  # let an editor finish writing before re-reading
+
+
+PARKED_MARGIN_S = 0.05  # transit of a last `ready`, and loop jitter
 
 
 @dataclass
@@ -494,14 +498,37 @@ class Scheduler:
     def expire_workers(self, now_mono: float) -> None:
         for worker in self.workers.expire(now_mono):
             runs = [*worker.running.values(), *(j for _, j in worker.in_flight)]
-            log.warning(
-                "worker %s silent for %.1fs: %d runs lost",
-                worker.id,
-                now_mono - worker.last_seen,
-                len(runs),
-            )
-            for job in runs:
-                self.run_lost(job, f"worker {worker.id} stopped answering")
+            # Its last sign of life, on the wall clock: a run whose instant comes more than a
+            # heartbeat after it was still parked when the worker died (or fences it, if
+            # it was only stalled): it never started, and goes to another worker.
+            alive_until = self.clock.now() - (now_mono - worker.last_seen)
+            alive_until += self.config.cluster.heartbeat + PARKED_MARGIN_S
+            unstarted = {m["run_id"] for m in runs if self.never_started(worker, m, alive_until)}
+            log.warning("worker %s silent for %.1fs: %d runs lost, %d parked runs dispatched "
+                        "again", worker.id, now_mono - worker.last_seen,
+                        len(runs) - len(unstarted), len(unstarted))  # fmt: skip
+            for msg in runs:
+                if msg["run_id"] in unstarted:
+                    self.redispatch(msg, worker.id)
+                else:
+                    self.run_lost(msg, f"worker {worker.id} stopped answering")
+
+    @staticmethod
+    def never_started(worker: WorkerSlots, msg: dict, alive_until: float) -> bool:
+        """Parked (or never acknowledged) when the worker was last heard, with its instant
+        after the worker's last possible moment of life."""
+        parked = msg["run_id"] in worker.parked or msg["run_id"] not in worker.reported
+        return parked and msg["tick"] + msg.get("delay", 0.0) > alive_until
+
+    def redispatch(self, msg: dict, dead: str) -> None:
+        """Dispatch a run that never started again, same attempt, as a run of its own (the
+        dead worker's copy, if it was only stalled, is refused there: fence.py)."""
+        self.counters["redispatched"] = self.counters.get("redispatched", 0) + 1
+        again = {**msg, "run_id": uuid.uuid4().hex}
+        job = self.plan.jobs.get(msg["job"])
+        self.fire_message(again, msg["tick"], job.misfire_grace if job else 60.0, claim=False)
+        log.info("run %s of %s was parked on worker %s: dispatched again as %s",
+                 msg["run_id"], msg["job"], dead, again["run_id"])  # fmt: skip
 
     def run_lost(self, msg: dict, why: str) -> None:
         """Record a run whose worker vanished as `lost` (same run id), then retry if allowed."""

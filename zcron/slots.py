@@ -25,6 +25,7 @@ class WorkerSlots:
     running: dict[str, dict] = field(default_factory=dict)  # run_id -> job message
     # run_id -> job of every run the worker says it runs, whoever dispatched it
     reported: dict[str, str] = field(default_factory=dict)
+    parked: frozenset[str] = frozenset()  # run ids not released yet, at its last `ready`
 
     @property
     def credit(self) -> int:
@@ -39,6 +40,7 @@ class WorkerSlots:
         self.pools, self.slots, self.free = list(msg["pools"]), msg["slots"], msg["free"]
         self.seen, self.last_seen = msg["seen"], now
         self.reported = dict(zip(msg["running"], msg.get("running_jobs", []), strict=False))
+        self.parked = frozenset(msg.get("parked", ()))
         while self.in_flight and self.in_flight[0][0] <= self.seen:
             job = self.in_flight.pop(0)[1]
             self.running[job["run_id"]] = job

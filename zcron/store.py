@@ -31,7 +31,9 @@ MAX_KEY_PART = 200
 # Records one query reads at most: a filter that matches almost nothing stops here instead
 # of scanning millions of records while holding the map lock (HTTP says so in its answer).
 MAX_EXAMINED = 200_000
-NOT_STARTED = ("skipped", "missed")  # records of ticks that never ran: not runs, not duplicates
+# records of runs that never started: not runs, not duplicates (a refused run is dispatched
+# again, as a run of its own, when its worker was fenced)
+NOT_STARTED = ("skipped", "missed", "refused")
 # What a scheduler writes for a run it could not see end (the worker went silent, no slot
 # came): the worker's own record of the same run id, when it comes, is the truth (spec §8.11).
 GUESSES = ("lost", "missed")

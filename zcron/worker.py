@@ -303,17 +303,19 @@ class Worker:
         self.kill(run, now)
 
     def fence_parked_runs(self) -> None:
-        """We were stalled (SIGSTOP, a starved host): a parked run whose instant is more
-        than the lease ago is not released; its scheduler took it for lost meanwhile and may
-        have fired it again elsewhere (fence.py). It is recorded `refused`, never run."""
-        now, now_mono = self.clock.now(), self.clock.monotonic()
-        while (due := self.runs.pop_armed(now - self.lease_s)) is not None:
-            release_at, run = due
+        """We were stalled (SIGSTOP, a starved host) past the stall bound: a scheduler may
+        have taken us for dead meanwhile and dispatched our parked runs elsewhere (fence.py).
+        None of them is released: each is recorded `refused`, never run, and its scheduler
+        dispatches it again (a refused run never started)."""
+        now_mono = self.clock.monotonic()
+        why = "fenced: the worker was stalled past the stall bound; its parked runs are not run"
+        for msg in list(self.runs.received):
+            self.runs.received.remove(msg)
+            self.refuse(msg, why)
+        while (due := self.runs.pop_armed(float("inf"))) is not None:
+            run = due[1]
             if run is None or run.killed_by_us:
                 continue
-            late = now - release_at
-            why = (f"fenced: the worker was stalled and the run's instant passed {late:.2f}s "
-                   f"ago, past the {self.lease_s:.2f}s lease; not run")  # fmt: skip
             self.stale(why, "stale_release")
             run.fenced = why
             self.kill(run, now_mono)
@@ -447,6 +449,8 @@ class Worker:
             "free": 0 if self.signals.stopping else max(0, self.slots - len(self.runs)),
             "running": list(running)[:MAX_RUNNING_LISTED],
             "running_jobs": [r.msg["job"] for r in running.values()][:MAX_RUNNING_LISTED],
+            # not started yet: a scheduler that finds us dead re-dispatches these elsewhere
+            "parked": self.runs.parked()[:MAX_RUNNING_LISTED],
             "spool": len(self.spool),
             "handshake_failures": self.security.handshake_failures,
         }

@@ -1,6 +1,7 @@
 """Spec §8.4 and §8.5 with real processes: the sink SIGKILLed twice and a worker SIGKILLed
 once while 40 per-second jobs run. Every run that happened is stored exactly once, every
-tick has exactly one first attempt, and the runs the worker kill cut short are `lost`.
+tick has exactly one first attempt, the runs the worker kill cut short are `lost` and its
+parked runs run again elsewhere.
 """
 
 from __future__ import annotations
@@ -119,8 +120,9 @@ def test_sink_and_worker_kills_lose_no_run_and_store_none_twice(
         assert set(counts.values()) == {1}, f"tick-{n:02d}: {counts}"
 
     window = [r for r in records if first <= r["tick"] <= last and r["attempt"] == 1]
+    # Runs the kill cut short are `lost`; those still parked (dispatched 0.5 s ahead) were
+    # dispatched again (guarantee 10), so with these instant jobs there may be no `lost`.
     lost = [r for r in window if r["status"] == "lost"]
-    assert lost, "the worker kill cut runs short, yet none is recorded lost"
     for rec in lost:
         assert worker_killed - LOST_BEFORE_S <= rec["tick"] <= worker_killed + LOST_AFTER_S, rec
         assert "w1" in rec["stderr_tail"], rec

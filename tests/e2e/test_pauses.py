@@ -74,3 +74,31 @@ def test_a_paused_worker_runs_no_stale_dispatch_and_no_tick_twice(
     resumed = [t for t in range(int(last) - 2, int(last) + 1)
                if all((job, float(t)) in counts for job in JOBS)]  # fmt: skip
     assert resumed, "the jobs did not run again after the pause"
+
+
+def test_runs_parked_on_a_killed_worker_run_elsewhere_once(procs: Processes, tmp_path) -> None:
+    """Guarantee 10: a worker SIGKILLed before its parked runs' instant (they are
+    dispatched 0.5 s ahead) loses none of them: they run on the other worker, once."""
+    from tests.harness import make_cluster
+
+    cluster = make_cluster(tmp_path, slots=60)
+    names = [f"p{i:02d}" for i in range(10)]
+    (cluster.schedules / "jobs").write_text(
+        "".join(f"# name: {n}\n* * * * * *  -  true\n" for n in names))  # fmt: skip
+    config = str(cluster.config_path)
+    procs.start("sink", "-c", config)
+    workers = {w: procs.start("worker", "-c", config, "--id", w, name=w) for w in ("w1", "w2")}
+    procs.start("scheduler", "-c", config)
+    wait_until(lambda: {r["worker"] for r in cluster.runs(limit=200)} >= {"w1", "w2"}, 30,
+               "both workers to run jobs")  # fmt: skip
+    now = time.time()
+    doomed_tick = math.ceil(now) + 1.0
+    time.sleep(doomed_tick - 0.25 - time.time())  # its runs are parked, 0.25 s before the tick
+    workers["w1"].kill()
+    runs = wait_until(lambda: (r := cluster.runs(limit=500)) and not spooled(cluster) and
+                      {x["job"] for x in r if x["tick"] >= doomed_tick + 2} >= set(names) and r,
+                      30, "runs after the kill")  # fmt: skip
+    ran = runs_per_tick(runs, doomed_tick, doomed_tick)
+    assert {job: ran[(job, doomed_tick)] for job in names} == dict.fromkeys(names, 1), ran
+    lost = [r for r in runs if r["status"] == "lost" and r["tick"] == doomed_tick]
+    assert not lost, lost[:2]

@@ -125,7 +125,7 @@ command = ":"
     assert runs["short"]["status"] == "ok" and runs["short"]["stdout_tail"] == "finished\n"
     assert (runs["stubborn"]["status"], runs["stubborn"]["signal"]) == ("killed", 9)
     assert runs["stubborn"]["finished"] - term_at >= 2 + 5  # drain timeout, TERM, grace, KILL
-    late = [r for r in cluster.runs(job="quick", limit=1000) if r["started"] > term_at]
+    late = [r for r in cluster.runs(job="quick", limit=1000) if (r["started"] or 0) > term_at]
     assert late == [], "the draining worker took a new job"
 
 
