@@ -57,7 +57,10 @@ def expected_tick(job: dict, last: dict | None, first_seen: float | None) -> flo
     """The first fire instant after the job's last recorded tick (or after the sink first
     saw the job, if it never ran): the run that should have started next."""
     cron = job_cron(job)
-    anchor = last["tick"] if last and last.get("tick") is not None else first_seen
+    if "last_started" in job:  # the store's word: ticks recorded missed never started
+        anchor = job["last_started"] if job["last_started"] is not None else first_seen
+    else:
+        anchor = last["tick"] if last and last.get("tick") is not None else first_seen
     if cron is None or anchor is None:
         return None
     return cron.next_after(anchor)

@@ -229,6 +229,8 @@ class Store:
         row, when = self._row(txn, rows, job), record_time(rec)
         if row["last_time"] is None or when >= row["last_time"]:
             row.update(last_time=when, last_run=_last_run(rec))
+        if rec.get("started") is not None and rec["tick"] > (row.get("last_started") or -1.0):
+            row["last_started"] = rec["tick"]  # missed and refused ticks never started
         if rec["status"] == "ok" and when > (row.get("last_success") or float("-inf")):
             row["last_success"] = stored.last_success[job] = when
 
@@ -268,10 +270,8 @@ class Store:
         """Per job: {"last_run": {status, tick, started, finished, exit_code}, "last_success"}."""
         with self._reader() as txn:
             rows = [_unpack(raw) for _, raw in txn.cursor(self.jobs)]
-        return {
-            row["job"]: {"last_run": row.get("last_run"), "last_success": row.get("last_success")}
-            for row in rows
-        }
+        keys = ("last_run", "last_success", "last_started")
+        return {row["job"]: {k: row.get(k) for k in keys} for row in rows}
 
     def duplicate_counts(self) -> dict[str, int]:
         """Per job: duplicate runs stored since the store was created (kept across restarts

@@ -33,6 +33,14 @@ def test_a_per_second_job_with_no_run_for_a_few_seconds_is_late() -> None:
     assert state == "late" and "due 4 s ago" in reason
 
 
+def test_ticks_recorded_missed_do_not_hide_that_nothing_started() -> None:
+    """With no worker, each tick is recorded missed as the next one comes (spec §8.13):
+    the job is late from its last started run, not from its newest record."""
+    missed = last(T0 + 4, "missed", started=None)
+    job = {**EVERY_SECOND, "last_started": T0}
+    assert dashboard.job_state(job, missed, T0 + 4.5, interval=1.0)[0] == "late"
+
+
 def test_a_running_job_is_not_late_and_a_daily_job_gets_a_longer_grace() -> None:
     assert dashboard.job_state(EVERY_SECOND, last(T0), T0 + 60, running=True)[0] == "ok"
     ran = last(T0 - 86400 + 3 * 3600 - T0 % 86400)  # yesterday 03:00

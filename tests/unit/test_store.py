@@ -229,9 +229,18 @@ def test_last_runs_keep_the_newest_even_when_older_records_arrive_late(store: St
             "signal": None,
         },
         "last_success": T0 + 5.5,
+        "last_started": T0 + 5,  # the newest tick that started
     }
     assert last["b"]["last_success"] is None
     assert stored.last_success == {}
+
+
+def test_missed_ticks_leave_the_last_started_tick_alone(store: Store) -> None:
+    """A job whose ticks are recorded missed (no worker) is late from its last started run."""
+    store.put_many([run(1)])
+    store.put_many([run(2, status="missed", started=None, finished=None)])
+    assert store.last_runs()["backup"]["last_started"] == T0 + 1
+    assert store.last_runs()["backup"]["last_run"]["status"] == "missed"
 
 
 def test_last_success_survives_purge(store: Store) -> None:
