@@ -7,7 +7,6 @@ where written. Without keys (insecure = true) anyone may run anything as anyone.
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Callable
 
@@ -86,13 +85,15 @@ class ClientRequests:
         """An ad-hoc one-off command, now or at `at` (kept in local LMDB until it fires).
         Every argument is bounded before anything is stored (spec §7)."""
         command, at, pool = args["command"], args["at"], args["pool"]
-        if not isinstance(command, list) or not command or not _strings(command):
+        if not isinstance(command, list) or not command or not protocol.strings(command):
             raise ValueError("push: command must be a non-empty list of strings")
         now = self.clock.now()
-        if not _number(at) or not now - 86400 <= at <= now + MAX_PUSH_AHEAD_S:
+        if not protocol.is_number(at) or not now - 86400 <= at <= now + MAX_PUSH_AHEAD_S:
             raise ValueError("push: at must be a time within a year from now")
         timeout = args.get("timeout")
-        if timeout is not None and (not _number(timeout) or not 0 < timeout <= MAX_TIMEOUT_S):
+        if timeout is not None and (
+            not protocol.is_number(timeout) or not 0 < timeout <= MAX_TIMEOUT_S
+        ):
             raise ValueError("push: timeout must be a duration above 0 and within a year")
         if not isinstance(pool, str) or not pool:
             raise ValueError("push: pool must be a pool name")
@@ -138,11 +139,3 @@ def job_message_defaults(scheduler_id: str) -> dict:
         "user": None, "env": {}, "cwd": None, "timeout": None, "on_timeout": "kill",
         "dispatched": 0.0,
     }  # fmt: skip
-
-
-def _strings(values: list) -> bool:
-    return all(isinstance(v, str) for v in values)
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

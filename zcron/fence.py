@@ -18,6 +18,7 @@ the lease cannot also absorb `max_clock_skew`.
 from __future__ import annotations
 
 from zcron.config import ClusterConfig
+from zcron.plan import MAX_LEAD_S
 
 
 class Stalled(Exception):
@@ -39,6 +40,12 @@ def lease_s(cluster: ClusterConfig) -> float:
     """How old a dispatch may be when a worker takes it: until its sender could have been
     declared dead and its ticks fired by a peer."""
     return max(cluster.heartbeat, cluster.peer_timeout - cluster.heartbeat)
+
+
+def ahead_bound_s(cluster: ClusterConfig) -> float:
+    """How far in the future a tick or a record time from the wire may lie: the longest
+    dispatch lead, the clocks' allowed disagreement and a second of margin (spec §7)."""
+    return MAX_LEAD_S + cluster.max_clock_skew + 1.0
 
 
 def is_stale(dispatched: float, now: float, lease: float) -> bool:

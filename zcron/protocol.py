@@ -27,9 +27,6 @@ MAX_SLOTS = 100_000
 MAX_NUMBER = float(1 << 53)
 MAX_ATTEMPT = 1000
 MAX_DELAY_S = 86400.0  # jitter
-# How far ahead of its instant a tick may be dispatched (takeover.LEAD_S + MAX_EXTRA_LEAD_S):
-# with max_clock_skew, the bound on how far in the future a tick or a record time may lie.
-MAX_LEAD_S = 3.0
 STATUSES = ("ok", "failed", "timeout", "killed", "lost", "skipped", "missed", "refused")
 
 NUM = (int, float)
@@ -186,7 +183,8 @@ def _check_number(value: Any, where: str) -> None:
         raise ProtocolError("bad_field", f"{where} is not a finite number in range")
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float within ±MAX_NUMBER, not a bool: what the wire accepts."""
     return (
         isinstance(value, int | float)
         and value.__class__ is not bool
@@ -217,26 +215,27 @@ def _check_job(msg: dict) -> None:
     _require(0 <= msg.get("delay", 0) <= MAX_DELAY_S, "job.delay: 0 to a day")
     _require(all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()),
              "job.env must map strings to strings")  # fmt: skip
-    _require(not isinstance(command, list) or (command and _strings(command)),
+    _require(not isinstance(command, list) or (command and strings(command)),
              "job.command list must hold strings")  # fmt: skip
 
 
 def _check_numbers(msg: dict) -> None:
     tables = (msg.get("stats", {}), msg.get("clock_offsets", {}))
-    _require(all(isinstance(k, str) and _is_number(v)
+    _require(all(isinstance(k, str) and is_number(v)
                  for table in tables for k, v in table.items()),
              "jobs.stats and clock_offsets map names to numbers")  # fmt: skip
     _require(all(isinstance(e, str) and len(e) <= 4096 for e in msg.get("errors", [])),
              "jobs.errors must hold strings of at most 4 KiB")  # fmt: skip
 
 
-def _strings(values: list) -> bool:
+def strings(values: list) -> bool:
+    """Whether every item is a str."""
     return all(isinstance(v, str) for v in values)
 
 
 def _check_ready(msg: dict) -> None:
     lists = (msg["pools"], msg["running"], msg.get("running_jobs", []), msg.get("parked", []))
-    _require(all(map(_strings, lists)), "ready lists must hold strings")
+    _require(all(map(strings, lists)), "ready lists must hold strings")
     _require(0 <= msg["free"] <= msg["slots"] <= MAX_SLOTS and msg["seen"] >= 0,
              "ready: 0 <= free <= slots <= MAX_SLOTS, seen >= 0")  # fmt: skip
 
@@ -254,12 +253,12 @@ _NESTED = {
     "accepted": lambda m: _require(all(map(_is_tick_pair, m["ticks"])), "ticks: [job, tick]"),
     "jobs": lambda m: (_check_numbers(m), _check_parts(m)),
     "jobset": lambda m: (
-        _require(_strings(m["names"]), "jobset.names must hold strings"),
+        _require(strings(m["names"]), "jobset.names must hold strings"),
         _require(1 <= m["parts"], "jobset.parts >= 1"),
         _check_parts(m),
     ),
     "ready": _check_ready,
-    "ack": lambda m: _require(_strings(m["run_ids"]), "ack.run_ids must hold strings"),
+    "ack": lambda m: _require(strings(m["run_ids"]), "ack.run_ids must hold strings"),
 }
 
 
@@ -275,7 +274,7 @@ def _is_tick_pair(pair: Any) -> bool:
         and len(pair) == 2
         and isinstance(pair[0], str)
         and len(pair[0]) <= MAX_NAME
-        and _is_number(pair[1])
+        and is_number(pair[1])
     )
 
 

@@ -497,7 +497,7 @@ class Scheduler:
 
     def expire_workers(self, now_mono: float) -> None:
         for worker in self.workers.expire(now_mono):
-            runs = [*worker.running.values(), *(j for _, j in worker.in_flight)]
+            runs = worker.held
             # Its last sign of life, on the wall clock: a run whose instant comes more than a
             # heartbeat after it was still parked when the worker died (or fences it, if
             # it was only stalled): it never started, and goes to another worker.
@@ -601,16 +601,14 @@ class Scheduler:
                 may_cancel(msg["user"], run_id)
                 self.plan.drop_push(name)
                 self.ledger.drop_push(name)
-                self.record(run_record(msg, None, status="skipped",
-                                       stderr_tail="cancelled by zcron cancel"))  # fmt: skip
+                self.record_cancelled(msg)
                 return {"run_id": run_id, "job": name, "cancelled": "delayed push"}
         for queue in self.waiting.values():
             for waiting in queue:
                 if waiting.msg["run_id"] == run_id and not waiting.superseded:
                     may_cancel(waiting.msg["user"], run_id)
                     waiting.superseded = True
-                    self.record(run_record(waiting.msg, None, status="skipped",
-                                           stderr_tail="cancelled by zcron cancel"))  # fmt: skip
+                    self.record_cancelled(waiting.msg)
                     return {"run_id": run_id, "job": waiting.msg["job"], "cancelled": "waiting"}
         for worker, job, user in self.workers.holding(run_id):
             may_cancel(user if user is not None else self.job_user(job), run_id)
@@ -618,6 +616,11 @@ class Scheduler:
                 "cancel", run_id=run_id, reason="zcron cancel")])  # fmt: skip
             return {"run_id": run_id, "job": job, "cancelled": f"on worker {worker.id}"}
         return None
+
+    def record_cancelled(self, msg: dict) -> None:
+        self.record(
+            run_record(msg, None, status="skipped", stderr_tail="cancelled by zcron cancel")
+        )
 
     def job_user(self, job: str) -> str | None:
         known = self.plan.jobs.get(job)

@@ -26,11 +26,12 @@ from zcron.config import Config, check_secure, load_daemon_config
 from zcron.control import MAX_PUSH_AHEAD_S
 from zcron.daemon import Notifier, Rejects, Signals, run_daemon
 from zcron.errors import ProtocolError
+from zcron.fence import ahead_bound_s
 from zcron.http import Api, HttpServer
 from zcron.log import setup_logging
 from zcron.metrics import Metrics
 from zcron.net import bind, make_socket
-from zcron.protocol import MAX_LEAD_S, MAX_NAME, check_window, decode, encode
+from zcron.protocol import MAX_NAME, check_window, decode, encode
 from zcron.roles import Roles, Sender
 from zcron.statedir import hold
 from zcron.store import Store, StoreError
@@ -246,7 +247,7 @@ class Sink:
         self.security = Security.from_config(config.cluster, "sink")
         self.roles = Roles(config.cluster.schedulers, config.clients)
         # how far ahead a record's times may be: dispatch lead plus the clocks' disagreement
-        self.ahead_s = MAX_LEAD_S + config.cluster.max_clock_skew + 1.0
+        self.ahead_s = ahead_bound_s(config.cluster)
         metrics.watch_handshakes(lambda: self.security.handshake_failures)
         self.sock = make_socket(self.ctx, zmq.ROUTER)
         self.poller = zmq.Poller()

@@ -28,6 +28,11 @@ class WorkerSlots:
     parked: frozenset[str] = frozenset()  # run ids not released yet, at its last `ready`
 
     @property
+    def held(self) -> list[dict]:
+        """Job messages of the runs we sent it that it has not reported ended."""
+        return [*self.running.values(), *(job for _, job in self.in_flight)]
+
+    @property
     def credit(self) -> int:
         return self.free - (self.sent - self.seen)
 
@@ -112,7 +117,7 @@ class WorkerTable:
         those it reports running for another scheduler (overlap holds cluster-wide)."""
         found = []
         for worker in self.workers.values():
-            ours = [*worker.running.values(), *(m for _, m in worker.in_flight)]
+            ours = worker.held
             found += [(worker, msg) for msg in ours if msg["job"] == job_name]
             mine = {msg["run_id"] for msg in ours}
             found += [
@@ -134,7 +139,7 @@ class WorkerTable:
         it reports running for another scheduler (user from the job)."""
         found = []
         for worker in self.workers.values():
-            ours = [*worker.running.values(), *(m for _, m in worker.in_flight)]
+            ours = worker.held
             msg = next((m for m in ours if m["run_id"] == run_id), None)
             if msg is not None:
                 found.append((worker, msg["job"], msg["user"]))

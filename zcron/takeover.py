@@ -16,6 +16,7 @@ from zcron import protocol
 from zcron.clock import Clock
 from zcron.config import Config
 from zcron.errors import ProtocolError
+from zcron.fence import ahead_bound_s
 from zcron.job import Job
 from zcron.ledger import TickLedger
 from zcron.log import iso_utc
@@ -229,7 +230,7 @@ class Takeover:
         """A peer's claims or a worker's `accepted`: these ticks fired somewhere. Every
         tick must lie within [now - retention, now + max lead + max_clock_skew]: one claim
         of tick 1e300 once stopped a job for good, also after restarts (it was persisted)."""
-        ahead = protocol.MAX_LEAD_S + self.config.cluster.max_clock_skew + 1.0
+        ahead = ahead_bound_s(self.config.cluster)
         behind = self.config.sink.retention
         ticks = ((t, behind, ahead) for _, t in msg["ticks"])
         if not self.in_window(self.clock.now(), *ticks, what="claims or accepted"):
