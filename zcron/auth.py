@@ -231,7 +231,8 @@ class HandshakeMonitor:
     def __init__(self, ctx: zmq.Context, counters: dict) -> None:
         self.ctx = ctx
         self.counters = counters
-        self.failed: queue.SimpleQueue[int] = queue.SimpleQueue()  # id() of failed sockets
+        # (id() of a watched socket, whether its last handshake succeeded)
+        self.outcomes: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
         self.counters.setdefault("handshake_failures", 0)
         self.pending: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
@@ -242,7 +243,7 @@ class HandshakeMonitor:
     def watch(self, sock: zmq.Socket, peer: str) -> None:
         """Count handshake failures of `sock`; `peer` names the other side in logs."""
         endpoint = f"inproc://zcron-handshakes-{id(self)}-{id(sock)}"
-        sock.monitor(endpoint, HANDSHAKE_FAILED)
+        sock.monitor(endpoint, HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.pending.put((endpoint, peer, id(sock)))
         if self.thread is None:
             self.thread = threading.Thread(target=self.run, name="zcron-handshakes", daemon=True)
@@ -276,8 +277,11 @@ class HandshakeMonitor:
             event = recv_monitor_message(mon)
         except zmq.ZMQError:
             return
+        succeeded = event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        self.outcomes.put((sock_id, succeeded))
+        if succeeded:
+            return
         self.counters["handshake_failures"] += 1
-        self.failed.put(sock_id)
         now = time.monotonic()
         if now >= self.next_log:  # a stranger retrying is no log storm
             self.next_log = now + FAILURE_LOG_EVERY_S
@@ -380,20 +384,25 @@ class Security:
         self.dialled[id(sock)] = (sock, address)
 
     def redial_failed(self, now_mono: float) -> None:
-        """Reconnect the sockets whose CURVE handshake failed, at most once a second each.
+        """Reconnect the sockets whose CURVE handshake failed, once a second each, until a
+        handshake succeeds again.
 
         libzmq never redials a connection whose handshake failed (measured with 4.3.5): one
         squatter on a restarting server's port would otherwise cut a worker off for good.
         Call from the socket's own thread (zmq sockets are not thread-safe)."""
         for monitor in self.monitors.values():
-            while not monitor.failed.empty():
-                sock_id = monitor.failed.get()
-                if sock_id in self.dialled:
+            while not monitor.outcomes.empty():
+                sock_id, succeeded = monitor.outcomes.get()
+                if succeeded:
+                    self.redial_at.pop(sock_id, None)
+                elif sock_id in self.dialled:
                     self.redial_at.setdefault(sock_id, now_mono + REDIAL_AFTER_S)
         for sock_id, at in list(self.redial_at.items()):
             sock, address = self.dialled[sock_id]
-            if now_mono >= at and not sock.closed:
+            if sock.closed:
                 del self.redial_at[sock_id]
+            elif now_mono >= at:  # and again a second later, until a handshake succeeds
+                self.redial_at[sock_id] = now_mono + REDIAL_AFTER_S
                 sock.disconnect(address)
                 sock.connect(address)
 
