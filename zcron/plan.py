@@ -64,6 +64,8 @@ class Plan:
         self.due_at[instant] = ahead + 1
         # The more there are, the earlier this one goes (see MAX_EXTRA_LEAD_S).
         lead = LEAD_S + min(MAX_EXTRA_LEAD_S, ahead / ARM_RATE_PER_S)
+        if job.quorum:  # a fixed lead bounds which ticks a dead owner may have sent (takeover)
+            lead = LEAD_S
         if job.overlap != "allow":
             lead = 0.0
         start = instant + job.delay_s  # jitter: the worker releases it this much later

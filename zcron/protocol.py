@@ -121,6 +121,11 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "digest": (str, True, 64),
         "eligible": (bool, True, 0),
         "reason": (OPT_STR, True, 1024),
+        # each peer heard within peer_timeout -> the `sent` of its last heartbeat we got:
+        # the echo that tells a peer we still hear it (peers.py, one-way cuts)
+        "heard": (dict, False, 64),
+        # since when (wall clock) the sender has seen a majority without a break; None: not now
+        "quorum_since": (OPT_NUM, False, 0),
     },
     # scheduler -> scheduler: ticks it has just fired, [[job, tick], ...]
     "claims": {"scheduler": (str, True, MAX_NAME), "ticks": (list, True, MAX_PAIRS)},
@@ -240,6 +245,12 @@ def _check_ready(msg: dict) -> None:
              "ready: 0 <= free <= slots <= MAX_SLOTS, seen >= 0")  # fmt: skip
 
 
+def _check_heartbeat(msg: dict) -> None:
+    heard = msg.get("heard", {})
+    _require(all(isinstance(k, str) and len(k) <= MAX_NAME and is_number(v)
+                 for k, v in heard.items()), "heartbeat.heard maps ids to times")  # fmt: skip
+
+
 def _check_parts(msg: dict) -> None:
     parts, part = msg.get("parts", 1), msg.get("part", 0)
     _require(0 <= parts <= MAX_PARTS and 0 <= part < max(parts, 1), "part/parts out of range")
@@ -258,6 +269,7 @@ _NESTED = {
         _check_parts(m),
     ),
     "ready": _check_ready,
+    "heartbeat": _check_heartbeat,
     "ack": lambda m: _require(strings(m["run_ids"]), "ack.run_ids must hold strings"),
 }
 

@@ -87,7 +87,8 @@ class Scheduler:
         self.spool = Spool(f"{config.scheduler.state}/spool")
         self.ledger = TickLedger(f"{config.scheduler.state}/ledger")
         self.members = Membership(
-            self.id, list(cluster.schedulers), cluster.peer_timeout, since=float("inf")
+            self.id, list(cluster.schedulers), cluster.peer_timeout, since=float("inf"),
+            heartbeat=cluster.heartbeat,
         )
         self.retries: list[tuple[float, str, dict, str | None]] = []  # (at, run id, msg, avoid)
         self.ctx = zmq.Context.instance()
@@ -198,6 +199,7 @@ class Scheduler:
         self.members.refresh(last_awake, now_mono)
         self.workers.refresh(last_awake, now_mono)
         self.takeover.last_expire_check = now_mono
+        self.takeover.quorum_lost_at = None  # rejoining now in any case
         self.takeover.start_firing(now)
         self.takeover.next_heartbeat = 0.0
         for job in self.plan.jobs.values():
@@ -335,10 +337,25 @@ class Scheduler:
         self.plan.push(job, job.next_after(tick), entry.generation)
 
     def fire(self, job: Job, tick: float, attempt: int = 1) -> None:
+        if job.quorum and attempt == 1 and self.fenced_quorum_tick(job, tick):
+            return
         if job.overlap != "allow" and self.overlaps(job, tick):
             return
         msg = self.job_message(job, tick, attempt)
         self.fire_message(msg, tick, job.misfire_grace, claim=attempt == 1)
+
+    def fenced_quorum_tick(self, job: Job, tick: float) -> bool:
+        """Spec §8.12: a tick of a quorum job that a peer we lost may have sent is recorded
+        `missed` (the worker's record replaces it if it did run), never fired a second time."""
+        now, now_mono = self.clock.now(), self.clock.monotonic()
+        peer = self.takeover.maybe_fired_by(job, tick, now, now_mono)
+        if peer is None:
+            return False
+        self.counters["quorum_fenced"] = self.counters.get("quorum_fenced", 0) + 1
+        self.count_missed(self.job_message(job, tick, 1), f"quorum job: its owner {peer} was "
+                          "lost and may have fired it (at most once)")  # fmt: skip
+        self.takeover.claim(job.name, tick)
+        return True
 
     def fire_message(self, msg: dict, tick: float, grace: float = 60.0, claim: bool = True) -> None:
         """Dispatch now, or queue the tick for a free slot until tick + grace."""

@@ -14,7 +14,11 @@ between the worker and its own child, not the network, so not in protocol.py):
   worker → spawner  {"id", "argv", "env", "user": [uid, gid, groups] | None} + 3 fds
   spawner → worker  a list of answers: {"id", "pid", "at"} or {"id", "error"} for a request, and
                     later {"pid", "status"} (a wait status) once the process has exited
-The spawner exits when the worker's end closes; processes still running are left to init.
+When the worker's end closes with processes still running (the worker was SIGKILLed or
+crashed: a draining worker waits for its runs first), the spawner ends their process
+groups (TERM, KILL after a grace) before it exits: the scheduler records those runs
+`lost` and may retry them or start the next tick of an `overlap = forbid` job, and a run
+that outlived its worker would make both records and overlap untrue.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ MAX_PACKET = 1 << 20  # a request holds the job's command and environment (each 
 # not per spawn and per exit (~40 bytes each, so a packet stays well inside the buffer).
 REQUESTS_PER_TURN = 64
 ANSWERS_PER_PACKET = 1024
+ORPHAN_GRACE_S = 2.0  # TERM to KILL for the runs of a worker that died
 # Ignored signals survive exec, and a shell cannot trap what it found ignored: Python
 # ignores SIGPIPE and SIGXFSZ, the spawner INT and TERM. Jobs get cron's defaults.
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
@@ -118,15 +123,40 @@ def serve(sock: socket.socket) -> None:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
+    children: set[int] = set()  # started and not reaped: each leads its own process group
     while True:
         answers: list[dict] = []
         for fd, _ in poller.poll():
             if fd == wake_r:
                 _drain(wake_r)
             elif not handle_requests(sock, answers):
+                end_orphans(children | {a["pid"] for a in answers if "pid" in a})
                 return
         report_exits(answers)
+        children.update(a["pid"] for a in answers if "status" not in a and "pid" in a)
+        children.difference_update(a["pid"] for a in answers if "status" in a)
         _send(sock, answers)
+
+
+def end_orphans(children: set[int]) -> None:
+    """The worker is gone: TERM every running run's group, KILL what is left after the
+    grace, and reap them (a child stuck in the kernel is left to init after a second)."""
+    for sig, wait_s in ((signal.SIGTERM, ORPHAN_GRACE_S), (signal.SIGKILL, 1.0)):
+        for pid in children:
+            try:
+                os.killpg(pid, sig)
+            except OSError:
+                pass  # the group has ended
+        deadline = time.monotonic() + wait_s
+        while children and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid:
+                children.discard(pid)
+            else:
+                time.sleep(0.01)
 
 
 def handle_requests(sock: socket.socket, answers: list[dict]) -> bool:

@@ -109,6 +109,16 @@ def tick_key(rec: dict) -> bytes:
     return job_prefix(rec["job"]) + time_key(rec["tick"]) + struct.pack(">H", rec["attempt"])
 
 
+def guess_key(rec: dict) -> bytes:
+    """Where a scheduler's `missed` guess about a (job, tick, attempt) is filed: a run of it
+    under another run id (a takeover fenced a quorum tick that did run) replaces it."""
+    return tick_key(rec) + b"?"
+
+
+def is_guess(rec: dict) -> bool:
+    return rec["status"] == "missed" and not rec.get("worker")
+
+
 def supersedes(new: dict, old: dict) -> bool:
     """A worker's record of a run replaces a scheduler's guess about it (lost, missed)."""
     return old["status"] in GUESSES and new["status"] not in GUESSES and bool(new.get("worker"))
@@ -170,8 +180,12 @@ class Store:
         stored = Stored()
         rows: dict[str, dict] = {}
         for rec in records:
-            if not self._put_one(txn, rec, stored):
+            if (is_guess(rec) and self._ran(txn, rec)) or not self._put_one(txn, rec, stored):
                 continue
+            if is_guess(rec):
+                txn.put(guess_key(rec), name_key(rec["run_id"]), db=self.tick)
+            elif rec.get("started") is not None:
+                self._drop_guess(txn, rec, stored)
             stored.new.append(rec)
             if self._is_duplicate(txn, rec):
                 stored.duplicates.append(rec)
@@ -199,12 +213,27 @@ class Store:
         txn.put(job_prefix(rec["job"]) + tkey, b"", db=self.job)
         return True
 
+    def _ran(self, txn: lmdb.Transaction, rec: dict) -> bool:
+        """Whether a run of the record's (job, tick, attempt) is stored (a guess is moot)."""
+        return txn.get(tick_key(rec), db=self.tick) is not None
+
+    def _drop_guess(self, txn: lmdb.Transaction, rec: dict, stored: Stored) -> None:
+        """A run that started replaces a `missed` guess filed for its (job, tick, attempt)."""
+        run = txn.pop(guess_key(rec), db=self.tick)
+        old_tkey = txn.get(run, db=self.runs) if run is not None else None
+        if old_tkey is None:
+            return
+        self._unfile(txn, old_tkey, _unpack(txn.get(old_tkey, db=self.time)))
+        txn.delete(run, db=self.runs)
+        stored.superseded.append(rec)
+
     def _unfile(self, txn: lmdb.Transaction, tkey: bytes, rec: dict) -> None:
         """Remove a record from the time and job indexes and the duplicate index."""
         run = tkey[8:]
         txn.delete(tkey, db=self.time)
         txn.delete(job_prefix(rec["job"]) + tkey, db=self.job)
-        for tick in (tick_key(rec), tick_key(rec)[:-2]):  # the second: stores before 0.2
+        # the second: stores before 0.2; the third: a `missed` guess
+        for tick in (tick_key(rec), tick_key(rec)[:-2], guess_key(rec)):
             if txn.get(tick, db=self.tick) == run:
                 txn.delete(tick, db=self.tick)
 

@@ -22,12 +22,13 @@ from zcron.ledger import TickLedger
 from zcron.log import iso_utc
 from zcron.mesh import PeerMesh
 from zcron.peers import Membership
-from zcron.plan import MAX_LEAD_S, Plan
+from zcron.plan import LEAD_S, MAX_LEAD_S, Plan
 from zcron.ring import OwnerCache, has_quorum, owner_of
 
 log = logging.getLogger("zcron.scheduler")
 MAX_CATCH_UP = 10_000  # ticks of one job fired by one catch-up, at most
 MAX_HEARTBEAT_SKEW_S = 86400.0  # a peer's clock further off than this is a forgery
+SUSPECT_MARGIN_S = 0.1  # loop and transit jitter on top of the bound below
 
 
 def tick_owner(
@@ -96,6 +97,9 @@ class Takeover:
         self.claims: list[list] = []
         self.next_heartbeat = 0.0
         self.last_expire_check = clock.monotonic()
+        self.quorum_since: float | None = None  # wall: since when we see a majority
+        self.quorum_lost_at: float | None = None  # wall: when we lost it while firing
+        self.suspects: dict[str, float] = {}  # dead peer -> newest tick start it may have sent
 
     def owner(self, job: Job, tick: float, now_mono: float, as_of: float = 0.0) -> str | None:
         return tick_owner(job, tick, self.members, now_mono, as_of, self.owners)
@@ -130,8 +134,57 @@ class Takeover:
         self.counters["caught_up"] += fired
         return fired
 
+    def sees_quorum(self, now_mono: float) -> bool:
+        return has_quorum(self.members.visible(now_mono), self.config.cluster.schedulers)
+
+    def check_quorum(self, now: float, now_mono: float) -> None:
+        """Track since when we see a majority. A scheduler that lost it while firing and
+        regains it next to a peer that kept one was on the minority side of a cut: its
+        ledger lacks what the majority fired meanwhile, so it rejoins as a new incarnation
+        (peers own the ticks until its warm-up ends) instead of catching those ticks up
+        again (108 runs of quorum jobs twice in 3 minutes of cuts, before)."""
+        if not self.sees_quorum(now_mono):
+            self.quorum_since = None
+            if self.quorum_lost_at is None and self.members.since <= now:
+                self.quorum_lost_at = now
+            return
+        if self.quorum_since is None:
+            self.quorum_since = now
+        lost, self.quorum_lost_at = self.quorum_lost_at, None
+        kept = [p.id for p in self.members.live(now_mono) if lost is not None
+                and p.quorum_since is not None and p.quorum_since <= lost]  # fmt: skip
+        if kept:
+            self.counters["rejoins"] = self.counters.get("rejoins", 0) + 1
+            log.warning("scheduler %s was cut off from the majority (%s kept one) since %s: "
+                        "rejoining as a new incarnation", self.id, ", ".join(kept),
+                        iso_utc(lost))  # fmt: skip
+            self.start_firing(now)
+            self.next_heartbeat = 0.0
+
+    def suspect(self, peer_id: str, now: float, now_mono: float) -> None:
+        """A peer we stopped counting may still have sent ticks of quorum jobs while its own
+        view held us (until peer_timeout after we last heard it), each up to LEAD_S before
+        its start, by a clock up to max_clock_skew off ours: none of those is fired again."""
+        cluster = self.config.cluster
+        heard = self.members.last_heard_wall(peer_id, now_mono, now)
+        bound = heard + cluster.peer_timeout + LEAD_S + cluster.max_clock_skew
+        self.suspects[peer_id] = bound + SUSPECT_MARGIN_S
+
+    def maybe_fired_by(self, job: Job, tick: float, now: float, now_mono: float) -> str | None:
+        """The dead peer that may have sent this tick of a quorum job, if any: it would own
+        the tick were it live, and the tick starts before that peer's suspect bound."""
+        for peer_id, bound in list(self.suspects.items()):
+            if bound < now - MAX_LEAD_S:
+                del self.suspects[peer_id]
+            elif tick + job.delay_s <= bound:
+                eligible = self.members.eligible_at(tick, now_mono) | {peer_id}
+                if owner_of(job.name, eligible) == peer_id:
+                    return peer_id
+        return None
+
     def view_changed(self, now: float, now_mono: float, why: str) -> None:
         """Fire every unfired tick of the jobs we own now (per catch_up, within the grace)."""
+        self.check_quorum(now, now_mono)
         fired = sum(self.catch_up(job, now, now_mono) for job in self.plan.jobs.values())
         self.record_claims()
         if fired:
@@ -171,24 +224,29 @@ class Takeover:
                 self.members.self_reason or "clock back within bounds: firing again",
             )
             self.view_changed(now, now_mono, "own clock check")
-        self.send_heartbeat(now)
+        self.check_quorum(now, now_mono)
+        self.send_heartbeat(now, now_mono)
 
     def leave(self) -> None:
         """On a clean stop, say so: peers take our jobs at once instead of after peer_timeout."""
         self.members.self_eligible, self.members.self_reason = False, "stopping"
-        self.send_heartbeat(self.clock.now())
+        self.send_heartbeat(self.clock.now(), self.clock.monotonic())
         self.clock.sleep(0.05)  # linger 0 would drop it: give the I/O thread a moment to send
 
-    def send_heartbeat(self, now: float) -> None:
+    def send_heartbeat(self, now: float, now_mono: float) -> None:
+        self.members.note_sent(now, now_mono)
         self.mesh.broadcast(
             "heartbeat", scheduler=self.id, since=self.members.since, sent=now,
             digest=self.members.my_digest, eligible=self.members.self_eligible,
-            reason=self.members.self_reason,
+            reason=self.members.self_reason, heard=self.members.echoes(now_mono),
+            quorum_since=self.quorum_since,
         )  # fmt: skip
 
     def expire_peers(self, now: float, now_mono: float) -> None:
         dead = self.members.expire(now_mono, self.last_expire_check)
         self.last_expire_check = now_mono
+        for peer_id in dead:
+            self.suspect(peer_id, now, now_mono)
         if dead:
             log.warning(
                 "peers %s silent for %.1fs: taking over their jobs",
@@ -218,13 +276,26 @@ class Takeover:
         since = (msg["since"], math.inf, skew + warm_up_s(self.config))
         if not self.in_window(now, sent, since, what="heartbeat"):
             return
+        peer = self.members.peers.get(msg["scheduler"])
+        was_live = peer is not None and self.members.is_live(peer, now_mono)
         if self.members.heard(msg, now_mono, now):
-            log.info("peer %s is live (firing from %s)", msg["scheduler"], iso_utc(msg["since"]))
-            if msg["since"] > now:
-                heapq.heappush(self.views_at, msg["since"])
-            self.view_changed(now, now_mono, f"peer {msg['scheduler']} joined")
+            self.peer_changed(msg, was_live, now, now_mono)
         if msg["scheduler"] in self.members.needs_names(now_mono):
             self.mesh.send(msg["scheduler"], "jobset_request", scheduler=self.id)
+
+    def peer_changed(self, msg: dict, was_live: bool, now: float, now_mono: float) -> None:
+        """A heartbeat changed our view: the peer came (back), restarted, or no longer
+        hears us (its echo of our heartbeats went stale: a one-way cut)."""
+        peer_id = msg["scheduler"]
+        if not self.members.is_live(self.members.peers[peer_id], now_mono):
+            log.warning("peer %s no longer hears us: out of our view", peer_id)
+            if was_live:
+                self.suspect(peer_id, now, now_mono)
+            return self.view_changed(now, now_mono, f"peer {peer_id} cut off from us")
+        log.info("peer %s is live (firing from %s)", peer_id, iso_utc(msg["since"]))
+        if msg["since"] > now:
+            heapq.heappush(self.views_at, msg["since"])
+        self.view_changed(now, now_mono, f"peer {peer_id} joined")
 
     def on_fired(self, identity: bytes, msg: dict) -> None:
         """A peer's claims or a worker's `accepted`: these ticks fired somewhere. Every
@@ -234,6 +305,12 @@ class Takeover:
         behind = self.config.sink.retention
         ticks = ((t, behind, ahead) for _, t in msg["ticks"])
         if not self.in_window(self.clock.now(), *ticks, what="claims or accepted"):
+            return
+        peer = self.members.peers.get(msg.get("scheduler", ""))
+        if peer is not None and not self.members.is_live(peer, self.clock.monotonic()):
+            # Out of our view (cut off): its ticks are ours to fire, and its dispatches,
+            # queued in a cut link, are refused as stale; its claims must not stop ours.
+            self.counters["claims_ignored"] = self.counters.get("claims_ignored", 0) + 1
             return
         for job, tick in msg["ticks"]:
             if job in self.plan.jobs:

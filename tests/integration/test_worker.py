@@ -263,3 +263,24 @@ def test_cancel_of_a_job_not_yet_armed_records_it_killed(worker: Worker) -> None
     rec = worker.spool.pending["r3"]
     assert (rec["status"], rec["stderr_tail"]) == ("killed", "cancelled: replaced")
     assert not worker.runs.received
+
+
+def test_the_runs_of_a_sigkilled_worker_end_with_it(procs: Processes, tmp_path: Path) -> None:
+    """Its record says `lost`: the run must not go on running (a retry, or the next tick of
+    an overlap = forbid job, would run beside it). The spawner ends the orphans' groups."""
+    cluster = make_cluster(tmp_path)
+    pidfile = tmp_path / "pid"
+    (cluster.schedules / "long.toml").write_text(
+        f"[long]\nschedule = \"* * * * * *\"\noverlap = \"forbid\"\n"
+        f"command = 'echo $$ > {pidfile}; sleep 300'\n"
+    )
+    procs.start("sink", "-c", str(cluster.config_path))
+    procs.start("scheduler", "-c", str(cluster.config_path))
+    worker = procs.start("worker", "-c", str(cluster.config_path), "--id", "w1")
+    pgid = wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 20, "the run")
+    assert live_group(int(pgid))
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    wait_until(lambda: not live_group(int(pgid)), 10, "the orphaned run's group to end")
+    lost = wait_until(lambda: cluster.runs(job="long", status="lost"), 20, "the lost record")
+    assert "stopped answering" in lost[0]["stderr_tail"]

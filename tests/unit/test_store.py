@@ -160,6 +160,22 @@ def test_the_workers_record_replaces_a_schedulers_lost_guess(store: Store) -> No
     assert store.count() == 1
 
 
+def test_a_run_of_the_tick_replaces_a_missed_guess_under_another_run_id(store: Store) -> None:
+    """A takeover records `missed` for a quorum tick its lost owner may have fired; when that
+    owner's worker did run it, its record (another run id) replaces the guess, in any order."""
+    guess = {**run(1, status="missed", worker=None, started=None, finished=None),
+             "run_id": "guess-1"}  # fmt: skip
+    store.put_many([guess])
+    truth = store.put_many([run(1)])
+    assert [r["run_id"] for r in truth.superseded] == ["backup-1"] and truth.duplicates == []
+    assert [(r["run_id"], r["status"]) for r in store.query()] == [("backup-1", "ok")]
+    late = {**guess, "run_id": "guess-2"}
+    assert store.put_many([late]).new == []  # the tick ran: a later guess is moot
+    assert store.count() == 1
+    other_tick = {**guess, "run_id": "guess-3", "tick": guess["tick"] + 60}
+    assert store.put_many([other_tick]).new == [other_tick]  # a true miss stays
+
+
 def test_duplicates_are_counted_across_restarts_and_purges(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "runs"))
     store.put_many([run(1), run(1, run_id="twin", scheduler="b"), run(2)])
