@@ -96,6 +96,7 @@ class Takeover:
         self.claims: list[list] = []
         self.next_heartbeat = 0.0
         self.last_expire_check = clock.monotonic()
+        self.heartbeat_fields: Callable[[], dict] = dict  # more to say in heartbeats (pauses)
 
     def owner(self, job: Job, tick: float, now_mono: float, as_of: float = 0.0) -> str | None:
         return tick_owner(job, tick, self.members, now_mono, as_of, self.owners)
@@ -183,7 +184,7 @@ class Takeover:
         self.mesh.broadcast(
             "heartbeat", scheduler=self.id, since=self.members.since, sent=now,
             digest=self.members.my_digest, eligible=self.members.self_eligible,
-            reason=self.members.self_reason,
+            reason=self.members.self_reason, **self.heartbeat_fields(),
         )  # fmt: skip
 
     def expire_peers(self, now: float, now_mono: float) -> None:
