@@ -286,14 +286,22 @@ class ClusterCollector:
             "Failed CURVE handshakes seen by a worker.",
             labels=["worker"],
         )
+        mail = CounterMetricFamily(
+            "zcron_mail_failures",
+            "Mails of run output (MAILTO) a worker could not hand to sendmail.",
+            labels=["worker"],
+        )
         for worker in self.workers():
             if "spool" in worker:
                 spool.add_metric(["worker", worker["worker"]], worker["spool"])
             if "handshake_failures" in worker:
                 failures.add_metric([worker["worker"]], worker["handshake_failures"])
+            if "mail_failures" in worker:
+                mail.add_metric([worker["worker"]], worker["mail_failures"])
         yield offsets
         yield spool
         yield failures
+        yield mail
         yield self.schedule_errors(reports)
 
     @staticmethod

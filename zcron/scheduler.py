@@ -404,7 +404,7 @@ class Scheduler:
             "command": job.command if isinstance(job.command, str) else list(job.command),
             "shell": job.shell, "user": job.user, "env": dict(job.env), "cwd": job.cwd,
             "timeout": job.timeout, "on_timeout": job.on_timeout, "memory_max": job.memory_max,
-            "delay": job.delay_s,
+            "delay": job.delay_s, **({"mailto": job.mailto} if job.mailto else {}),
         }  # fmt: skip
 
     def dispatch(self, msg: dict, claim: bool, avoid: str | None = None) -> bool:
