@@ -127,7 +127,12 @@ class TickLedger:
     def save_pauses(self, entries: dict[str, Pause]) -> None:
         """Keep pause entries across restarts (LedgerFull when the map cannot grow)."""
         rows = [(job.encode(), msgpack.packb(list(e))) for job, e in entries.items()]
-        self._write(lambda txn: [txn.put(k, v, db=self.pause_db) for k, v in rows])
+
+        def write(txn: lmdb.Transaction) -> None:
+            for key, value in rows:
+                txn.put(key, value, db=self.pause_db)
+
+        self._write(write)
 
     def pauses(self) -> dict[str, Pause]:
         """The saved pause entries; a damaged one is dropped with a log line."""
