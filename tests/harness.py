@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -166,6 +167,21 @@ def ensure_key(keys: Path, name: str) -> None:
     """A key pair NAME in `keys` (made on first use)."""
     if not (keys / f"{name}.key_secret").exists():
         write_keypair(str(keys), name)
+
+
+def ops_client(cluster: Cluster) -> Path:
+    """A client key `ops` that may run as `nobody` only, and a config of its own whose keys
+    directory holds the servers' public keys and its own pair only."""
+    text = cluster.config_path.read_text()
+    cluster.config_path.write_text(text.replace("[clients]\n", '[clients]\nops = ["nobody"]\n'))
+    ops_keys = cluster.root / "ops-keys"
+    ops_keys.mkdir(mode=0o700)
+    ensure_key(cluster.keys, "ops")
+    for name in ("a.key", "sink.key", "ops.key", "ops.key_secret"):
+        shutil.copy2(cluster.keys / name, ops_keys / name)
+    ops_config = cluster.root / "ops.conf"
+    ops_config.write_text(cluster.config_path.read_text().replace(str(cluster.keys), str(ops_keys)))
+    return ops_config
 
 
 def keys_of(config_path: str) -> Path | None:

@@ -28,6 +28,8 @@ Usage:
   zcron next      [-c FILE] [-n N] [--json] [JOB]
   zcron run       [-c FILE] JOB
   zcron push      [-c FILE] [--pool NAME] [--user NAME] [--at TIME | --in DURATION] [--timeout DURATION] -- COMMAND...
+  zcron pause     [-c FILE] JOB
+  zcron resume    [-c FILE] JOB
   zcron cancel    [-c FILE] RUN_ID
   zcron status    [-c FILE] [--json]
   zcron runs      [-c FILE] [JOB] [--since TIME] [--status STATUS] [--limit N] [--json]
@@ -43,8 +45,10 @@ Commands:
   next       The next fire instants of one job or all, in the job's timezone and UTC.
   run        Fire a job now, out of schedule.
   push       Run a one-off command, now or later.
+  pause      Pause a job on every scheduler: its ticks are recorded skipped until resume.
+  resume     Resume a paused job: its next ticks fire (the skipped ones are not caught up).
   cancel     Stop a running or parked run (recorded killed) or drop a delayed push (skipped).
-  status     Schedulers, worker pools and free slots, config digest agreement.
+  status     Schedulers, worker pools and free slots, config digest agreement, paused jobs.
   runs       Run records from the sink, newest first.
   keygen     Write a CURVE key pair NAME.key and NAME.key_secret into DIR.
 
@@ -82,6 +86,8 @@ COMMANDS = {
     "next": "zcron.commands",
     "run": "zcron.commands",
     "push": "zcron.commands",
+    "pause": "zcron.commands",
+    "resume": "zcron.commands",
     "cancel": "zcron.commands",
     "status": "zcron.commands",
     "runs": "zcron.commands",

@@ -1,4 +1,4 @@
-"""The client commands: check, next, run, push, status, runs, keygen."""
+"""The client commands: check, next, run, push, cancel, pause, resume, status, runs, keygen."""
 
 from __future__ import annotations
 
@@ -174,9 +174,12 @@ def _why(security: Security) -> str:
     )
 
 
-def ask_any(config: Config, op: str, args: dict) -> dict:
-    """Ask the schedulers in turn until one accepts the request."""
-    errors = []
+def ask_any(
+    config: Config, op: str, args: dict, refused: type[ZcronError] = ZcronError
+) -> dict:
+    """Ask the schedulers in turn until one accepts the request; when none does, raise
+    `refused` if one answered (with its reason), else ZcronError (none reachable)."""
+    errors, answered = [], False
     for sid in config.cluster.schedulers:
         try:
             reply = request(config, op, args, sid)
@@ -185,8 +188,9 @@ def ask_any(config: Config, op: str, args: dict) -> dict:
             continue
         if reply["ok"]:
             return reply["body"]
+        answered = True
         errors.append(f"scheduler {sid}: {reply['error']}")
-    raise ZcronError("; ".join(errors))
+    raise (refused if answered else ZcronError)("; ".join(errors))
 
 
 def cmd_run(args: dict) -> int:
@@ -235,6 +239,24 @@ def cmd_cancel(args: dict) -> int:
     return 0
 
 
+def cmd_pause(args: dict) -> int:
+    return _set_paused(args, "pause")
+
+
+def cmd_resume(args: dict) -> int:
+    return _set_paused(args, "resume")
+
+
+def _set_paused(args: dict, op: str) -> int:
+    """Pause or resume a job on every scheduler (one takes it and tells the others). A job
+    no scheduler knows, or a key that may not, is exit 2; no scheduler reachable, exit 1."""
+    config = load_config(args.get("--config"))
+    body = ask_any(config, op, {"job": args["JOB"]}, refused=ConfigError)
+    state = "paused" if body["paused"] else "resumed"
+    print(f"{body['job']} {state} (since {body['at']}, by {body['by']})")
+    return 0
+
+
 def cmd_status(args: dict) -> int:
     config = load_config(args.get("--config"))
     views = {}
@@ -279,6 +301,16 @@ def _print_status(views: dict) -> None:
             )
         for error in view.get("errors", []):
             print(f"  schedule error: {error}")
+    _print_paused(views)
+
+
+def _print_paused(views: dict) -> None:
+    """Paused jobs, as the live schedulers report them (they agree within a heartbeat)."""
+    paused: dict[str, dict] = {}
+    for view in views.values():
+        paused.update(view.get("paused", {}) if view["state"] == "live" else {})
+    for job, entry in sorted(paused.items()):
+        print(f"paused: {job} (since {_iso(entry['since'], 'UTC')}, by {entry['by']})")
 
 
 def cmd_runs(args: dict) -> int:

@@ -1,4 +1,5 @@
-"""Requests from the `zcron` command line to a scheduler: run, push, status.
+"""Requests from the `zcron` command line to a scheduler: run, push, cancel, pause, resume,
+status.
 
 Each request comes from a client key (zcron.roles); as whom it may run a command is what
 `[clients]` gives that key (spec §7): a user it lists, by default the first, root only
@@ -13,8 +14,10 @@ from collections.abc import Callable
 from zcron import protocol
 from zcron.clock import Clock
 from zcron.errors import ProtocolError
-from zcron.job import Job
-from zcron.ledger import TickLedger
+from zcron.job import NAME_RE, Job
+from zcron.ledger import LedgerFull, TickLedger
+from zcron.log import iso_utc
+from zcron.pauses import PausesFull, PauseSync
 from zcron.plan import Plan
 from zcron.roles import Roles, Sender
 
@@ -35,14 +38,16 @@ class ClientRequests:
         roles: Roles,
         sender: Callable[[], Sender],
         cancel_run: Callable[[str, Callable[[str | None, str], object]], dict | None],
+        pauses: PauseSync | None = None,
     ) -> None:  # fmt: skip
         self.id, self.clock, self.plan, self.ledger = scheduler_id, clock, plan, ledger
         self.job_message, self.fire_message, self.send = job_message, fire_message, send
         self.roles, self.sender = roles, sender  # sender(): the key behind this request
-        self.cancel_run = cancel_run
+        self.cancel_run, self.pauses = cancel_run, pauses
         self.handlers: dict[str, Callable[[dict], dict]] = {
             "run": self.run, "push": self.push, "status": lambda args: status(),
-            "cancel": self.cancel,
+            "cancel": self.cancel, "pause": lambda args: self.set_paused(args, True),
+            "resume": lambda args: self.set_paused(args, False),
         }  # fmt: skip
 
     def on_request(self, identity: bytes, msg: dict) -> None:
@@ -125,11 +130,35 @@ class ClientRequests:
 
     def may_cancel(self, user: str | None, run_id: str) -> None:
         """A run of a user the client may run as (a user-less one: any client with users)."""
+        if not self.may_act_for(user):
+            raise ValueError(f"client key {self.sender().name!r} may not cancel run {run_id} "
+                             f"of user {user or 'the worker'}")  # fmt: skip
+
+    def may_act_for(self, user: str | None) -> bool:
+        """Whether the client may stop what runs as `user`: a user its key may run as
+        (None, the worker's own user: any client with users; without keys: anyone)."""
         allowed = self.roles.users_of(self.sender().name)
-        if allowed is None or (user is None and allowed) or user in allowed:
-            return
-        raise ValueError(f"client key {self.sender().name!r} may not cancel run {run_id} "
-                         f"of user {user or 'the worker'}")  # fmt: skip
+        return allowed is None or (user is None and bool(allowed)) or user in allowed
+
+    def set_paused(self, args: dict, paused: bool) -> dict:
+        """`zcron pause JOB` / `zcron resume JOB`, for every scheduler (pauses.py). The client
+        must be allowed to run as the job's user, as for cancel (docs/security.md)."""
+        name, verb = args["job"], "pause" if paused else "resume"
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ValueError(f"{verb}: a job name, as `zcron check` lists it")
+        job = self.plan.jobs.get(name)
+        if job is None or self.pauses is None:
+            raise KeyError(f"no job named {name!r} on scheduler {self.id}")
+        if not self.may_act_for(job.user):
+            raise ValueError(f"client key {self.sender().name!r} may not {verb} {name} "
+                             f"(it runs as {job.user or 'the worker'})")  # fmt: skip
+        by = self.sender().name or "a client without keys"
+        try:
+            entry = self.pauses.apply(name, paused, by)
+        except (PausesFull, LedgerFull) as exc:
+            raise ValueError(f"{verb} {name}: {exc}") from None
+        return {"job": name, "paused": entry.paused, "since": entry.stamp, "by": entry.by,
+                "at": iso_utc(entry.stamp)}  # fmt: skip
 
 
 def job_message_defaults(scheduler_id: str) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from zcron.cron import is_cron_fields, parse_schedule, zone
 from zcron.errors import ScheduleError
-from zcron.job import NAME_RE, NAME_RULE, OWN_USER, USER_RE, Job
+from zcron.job import NAME_RE, NAME_RULE, OWN_USER, USER_RE, Job, mailto_problem
 
 _ENV_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)\Z")
 
@@ -48,6 +48,7 @@ class _CronDReader:
         self.env: dict[str, str] = {}
         self.job_env: tuple[tuple[str, str], ...] = ()  # env as jobs hold it, shared by them
         self.shell = "/bin/sh"
+        self.mailto = ""  # MAILTO=: where the output of the jobs below is mailed
         self.timezone = default_tz
         self.jobs: list[Job] = []
         self.errors: list[ScheduleError] = []
@@ -83,6 +84,10 @@ class _CronDReader:
         if key in ("CRON_TZ", "TZ"):
             self.timezone = self.zone_name(number, key, value.lstrip(":"))
         self.warn_variable(number, key, value)
+        if key == "MAILTO":
+            if (problem := mailto_problem(value)) is not None:
+                raise self.error(number, f"MAILTO: {problem}")
+            self.mailto = value
         if key == "SHELL":
             if not value:
                 raise self.error(number, "SHELL: expected the path of a shell, e.g. /bin/bash")
@@ -91,8 +96,6 @@ class _CronDReader:
         self.job_env = tuple(sorted(self.env.items()))
 
     def warn_variable(self, number: int, key: str, value: str) -> None:
-        if key == "MAILTO" and value:
-            self.warn(number, "MAILTO: zcron sends no mail; output is in the run records")
         if key == "TZ":
             self.warn(
                 number,
@@ -123,6 +126,7 @@ class _CronDReader:
             shell=self.shell,
             user=None if user == OWN_USER else sys.intern(user),
             env=self.job_env,
+            mailto=self.mailto,
             cron=cron,
         )
 

@@ -78,7 +78,7 @@ def job_state(
     if job.get("enabled") is False:
         return "disabled", "disabled in its schedule file"
     if job.get("paused"):
-        return "paused", "paused"
+        return "paused", "paused with zcron pause: its ticks are skipped until zcron resume"
     expected = None if running else expected_tick(job, last, first_seen)
     if expected is not None and now > expected + late_grace(interval):
         return "late", f"no run started for the tick due {now - expected:.0f} s ago"

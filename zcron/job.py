@@ -52,6 +52,7 @@ class Job:
     env: tuple[tuple[str, str], ...] = ()  # sorted, hashable
     enabled: bool = True
     memory_max: int | None = None  # bytes of address space (RLIMIT_AS); None: no limit
+    mailto: str = ""  # mail a run's output here when it printed anything; "": never
     # Parsed from schedule and timezone when not given (shared by jobs with the same
     # schedule and timezone); raises ValueError if they are bad.
     cron: CronSchedule = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
@@ -77,6 +78,30 @@ def jitter_delay(name: str, jitter: float) -> float:
         return 0.0
     spread = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2.0**64
     return round(spread * jitter, 6)
+
+
+# cronie's safe_p: an address starts with a letter or digit and holds only these
+MAILTO_ADDRESS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9@!:%.,_+-]*\Z")
+MAX_MAILTO = 1000
+
+
+def mailto_problem(value: str) -> str | None:
+    """What is wrong with a MAILTO value (comma-separated addresses, "" = never), or None.
+    Only cronie's safe characters: no space inside an address, no CR or LF to add headers."""
+    if len(value) > MAX_MAILTO:
+        return f"longer than {MAX_MAILTO} characters"
+    if not value.strip():
+        return None
+    bad = [a.strip() for a in value.split(",") if not MAILTO_ADDRESS_RE.match(a.strip())]
+    if bad:
+        return (f"bad address {bad[0][:60]!r}: comma-separated addresses of letters, digits "
+                "and @!:%.,_+- (starting with a letter or digit)")  # fmt: skip
+    return None
+
+
+def mail_addresses(value: str) -> str:
+    """A checked MAILTO value as the To: header writes it ("" = never mail)."""
+    return ", ".join(a.strip() for a in value.split(",")) if value.strip() else ""
 
 
 NAME_RULE = "use 1-200 characters of A-Z a-z 0-9 _ . : @ -"

@@ -15,6 +15,7 @@ import msgpack
 
 from zcron import protocol
 from zcron.errors import ProtocolError
+from zcron.pauses import Pause
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,10 @@ class TickLedger:
 
     def __init__(self, directory: str):
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        self.env = lmdb.open(directory, map_size=256 << 20, max_dbs=2, subdir=True, mode=0o700)
+        self.env = lmdb.open(directory, map_size=256 << 20, max_dbs=3, subdir=True, mode=0o700)
         self.db = self.env.open_db(b"last_fired")
         self.push_db = self.env.open_db(b"pushed")  # delayed one-offs not fired yet
+        self.pause_db = self.env.open_db(b"pauses")  # zcron pause / resume (pauses.py)
         self.fired: dict[str, float] = {}
         self.dirty: set[str] = set()
         self.next_flush = 0.0
@@ -121,6 +123,32 @@ class TickLedger:
                 continue
             pushes[name] = msg
         return pushes
+
+    def save_pauses(self, entries: dict[str, Pause]) -> None:
+        """Keep pause entries across restarts (LedgerFull when the map cannot grow)."""
+        rows = [(job.encode(), msgpack.packb(list(e))) for job, e in entries.items()]
+
+        def write(txn: lmdb.Transaction) -> None:
+            for key, value in rows:
+                txn.put(key, value, db=self.pause_db)
+
+        self._write(write)
+
+    def pauses(self) -> dict[str, Pause]:
+        """The saved pause entries; a damaged one is dropped with a log line."""
+        with self.env.begin(db=self.pause_db) as txn:
+            saved = [(k.decode(errors="replace"), v) for k, v in txn.cursor()]
+        entries = {}
+        for job, data in saved:
+            try:
+                stamp, paused, by = msgpack.unpackb(data)
+                entry = Pause(float(stamp), paused, by)
+            except (ValueError, TypeError) as exc:
+                log.error("dropping saved pause of %s: %s", job, exc)
+                continue
+            if protocol.is_pause([job, entry.paused, entry.stamp, entry.by]):
+                entries[job] = entry
+        return entries
 
     def close(self) -> None:
         if self.dirty:

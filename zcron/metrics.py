@@ -266,6 +266,7 @@ class ClusterCollector:
         yield from self.scheduler_families(reports)
         if self.job_labels:
             yield self.job_intervals(reports)
+        yield self.job_paused(reports, self.job_labels)
         yield self.pool_workers(reports, self.workers())
         offsets = GaugeMetricFamily(
             "zcron_peer_clock_offset_seconds",
@@ -285,14 +286,22 @@ class ClusterCollector:
             "Failed CURVE handshakes seen by a worker.",
             labels=["worker"],
         )
+        mail = CounterMetricFamily(
+            "zcron_mail_failures",
+            "Mails of run output (MAILTO) a worker could not hand to sendmail.",
+            labels=["worker"],
+        )
         for worker in self.workers():
             if "spool" in worker:
                 spool.add_metric(["worker", worker["worker"]], worker["spool"])
             if "handshake_failures" in worker:
                 failures.add_metric([worker["worker"]], worker["handshake_failures"])
+            if "mail_failures" in worker:
+                mail.add_metric([worker["worker"]], worker["mail_failures"])
         yield offsets
         yield spool
         yield failures
+        yield mail
         yield self.schedule_errors(reports)
 
     @staticmethod
@@ -329,6 +338,23 @@ class ClusterCollector:
                 counts[pool] = counts.get(pool, 0) + 1
         for pool, count in sorted(counts.items()):
             family.add_metric([pool], count)
+        return family
+
+    @staticmethod
+    def job_paused(reports: list[dict], job_labels: bool) -> Metric:
+        """1 for a job paused with `zcron pause`, 0 for every other known job (the newest
+        live report wins: peers agree within a heartbeat). Without job labels: how many."""
+        paused: dict[str, bool] = {}
+        for report in sorted(reports, key=lambda r: r.get("seen", 0.0)):
+            paused.update((job["name"], bool(job.get("paused"))) for job in report.get("jobs", []))
+        help_text = "1 while the job is paused (zcron pause), else 0."
+        if not job_labels:
+            help_text = "Jobs paused with zcron pause."
+            return GaugeMetricFamily("zcron_job_paused", help_text, value=sum(paused.values()))
+        family = GaugeMetricFamily("zcron_job_paused", help_text, labels=["job_name"])
+        for job, value in sorted(paused.items()):
+            if not is_push(job):
+                family.add_metric([job], float(value))
         return family
 
     @staticmethod

@@ -12,6 +12,7 @@ from typing import Any
 import msgpack
 
 from zcron.errors import ProtocolError
+from zcron.job import NAME_RE, mailto_problem
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20
@@ -20,6 +21,7 @@ MAX_TEXT = 64 * 1024
 MAX_PAIRS = 20_000
 NAMES_PER_PART = 10_000
 JOBS_PER_PART = 2_000
+PAUSES_PER_PART = 1_000  # [job, paused, stamp, by]: under 600 bytes each
 MAX_PARTS = 500  # a table of 1,000,000 jobs; more parts are a forgery, not a cluster
 MAX_SLOTS = 100_000
 # Every number on the wire is finite and within this (a float tick of 1e300 or NaN once
@@ -67,6 +69,7 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "parked": (list, False, 4096),  # runs received or armed, not released yet
         "spool": (int, False, 0),  # results waiting for the sink's ack
         "handshake_failures": (int, False, 0),  # refused CURVE handshakes (with keys)
+        "mail_failures": (int, False, 0),  # mails sendmail did not take (or no sendmail)
     },
     # scheduler -> worker: one attempt of one tick
     "job": {
@@ -86,6 +89,7 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "dispatched": (NUM, True, 0),
         "memory_max": (OPT_INT, False, 0),  # bytes (RLIMIT_AS); absent or None: no limit
         "delay": (NUM, False, 0),  # jitter: start this long after the tick (0 <= delay < 1 d)
+        "mailto": (str, False, 1000),  # mail the output here when the run printed anything
     },
     # scheduler -> worker: kill this run's process group (overlap = replace), record `killed`
     "cancel": {"run_id": (str, True, MAX_NAME), "reason": (str, True, 256)},
@@ -126,6 +130,7 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "heard": (dict, False, 64),
         # since when (wall clock) the sender has seen a majority without a break; None: not now
         "quorum_since": (OPT_NUM, False, 0),
+        "pauses": (str, False, 64),  # digest of its pauses map (zcron/pauses.py); absent: empty
     },
     # scheduler -> scheduler: ticks it has just fired, [[job, tick], ...]
     "claims": {"scheduler": (str, True, MAX_NAME), "ticks": (list, True, MAX_PAIRS)},
@@ -140,6 +145,10 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "parts": (int, True, 0),
         "names": (list, True, NAMES_PER_PART),
     },
+    # scheduler -> scheduler: pause entries [[job, paused, stamp, by], ...] (a change, or a
+    # part of the whole map for a peer whose digest differs), and the request for the map
+    "pauses": {"scheduler": (str, True, MAX_NAME), "entries": (list, True, PAUSES_PER_PART)},
+    "pauses_request": {"scheduler": (str, True, MAX_NAME)},
     # scheduler -> worker: your id is taken by a live worker (spec §7, Identity)
     "refused": {"reason": (str, True, 1024)},
     # command line -> scheduler, and the reply
@@ -222,6 +231,7 @@ def _check_job(msg: dict) -> None:
              "job.env must map strings to strings")  # fmt: skip
     _require(not isinstance(command, list) or (command and strings(command)),
              "job.command list must hold strings")  # fmt: skip
+    _require(mailto_problem(msg.get("mailto", "")) is None, "job.mailto: addresses, no CR/LF")
 
 
 def _check_numbers(msg: dict) -> None:
@@ -271,6 +281,8 @@ _NESTED = {
     "ready": _check_ready,
     "heartbeat": _check_heartbeat,
     "ack": lambda m: _require(strings(m["run_ids"]), "ack.run_ids must hold strings"),
+    "pauses": lambda m: _require(all(map(is_pause, m["entries"])),
+                                 "pauses.entries: [job, paused, stamp, by]"),
 }
 
 
@@ -287,6 +299,20 @@ def _is_tick_pair(pair: Any) -> bool:
         and isinstance(pair[0], str)
         and len(pair[0]) <= MAX_NAME
         and is_number(pair[1])
+    )
+
+
+def is_pause(entry: Any) -> bool:
+    """[job, paused, stamp, by]: a job name, a bool, a finite number, a short string."""
+    return (
+        isinstance(entry, list)
+        and len(entry) == 4
+        and isinstance(entry[0], str)
+        and NAME_RE.match(entry[0]) is not None
+        and isinstance(entry[1], bool)
+        and is_number(entry[2])
+        and isinstance(entry[3], str)
+        and len(entry[3]) <= MAX_NAME
     )
 
 

@@ -27,6 +27,8 @@ SENDERS: dict[str, tuple[str, str | None]] = {
     "claims": (SCHEDULER, "scheduler"),
     "jobset_request": (SCHEDULER, "scheduler"),
     "jobset": (SCHEDULER, "scheduler"),
+    "pauses": (SCHEDULER, "scheduler"),
+    "pauses_request": (SCHEDULER, "scheduler"),
     "jobs": (SCHEDULER, "scheduler"),
     "request": (CLIENT, None),
 }

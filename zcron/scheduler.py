@@ -29,12 +29,13 @@ from zcron.config import Config, check_secure, load_daemon_config
 from zcron.control import ClientRequests, job_message_defaults
 from zcron.daemon import Notifier, Rejects, Signals, run_daemon
 from zcron.errors import ProtocolError
-from zcron.fence import Stalled, stall_bound_s
+from zcron.fence import Stalled, ahead_bound_s, stall_bound_s
 from zcron.job import Job
 from zcron.ledger import TickLedger
 from zcron.log import iso_utc, setup_logging
 from zcron.mesh import PeerMesh
 from zcron.net import bind, incarnation, make_socket, send_nowait
+from zcron.pauses import Pauses, PauseSync
 from zcron.peers import Membership
 from zcron.plan import Due, Plan
 from zcron.protocol import run_record
@@ -86,6 +87,7 @@ class Scheduler:
         self.workers = WorkerTable(cluster.peer_timeout)
         self.spool = Spool(f"{config.scheduler.state}/spool")
         self.ledger = TickLedger(f"{config.scheduler.state}/ledger")
+        self.pauses = Pauses(self.ledger.pauses(), self.ledger.save_pauses)
         self.members = Membership(
             self.id, list(cluster.schedulers), cluster.peer_timeout, since=float("inf"),
             heartbeat=cluster.heartbeat,
@@ -116,10 +118,14 @@ class Scheduler:
         self.bind()
         self.takeover = Takeover(self.config, self.clock, self.members, self.ledger, self.plan,
                                  self.mesh, self.counters, self.fire, self.rejects)  # fmt: skip
+        self.pause_sync = PauseSync(self.id, self.pauses, self.mesh, self.clock,
+                                    ahead_bound_s(self.config.cluster), self.rejects,
+                                    self.job_table_now)  # fmt: skip
+        self.takeover.heartbeat_fields = self.pause_sync.heartbeat_fields
         self.requests = ClientRequests(self.id, self.clock, self.plan, self.ledger,
                                        self.job_message, self.fire_message, self.status,
                                        self.reply, self.roles, lambda: self.sender,
-                                       self.cancel_run)  # fmt: skip
+                                       self.cancel_run, self.pause_sync)  # fmt: skip
         self.handlers = self.message_handlers()
         self.reload(self.clock.now())
         for name, msg in self.ledger.pushes().items():
@@ -140,10 +146,16 @@ class Scheduler:
         takeover = self.takeover
         return {
             "ready": self.on_ready, "finished": self.on_finished,
-            "request": self.requests.on_request, "heartbeat": takeover.on_heartbeat,
+            "request": self.requests.on_request, "heartbeat": self.on_heartbeat,
             "claims": takeover.on_fired, "accepted": takeover.on_fired,
             "jobset_request": takeover.on_jobset_request, "jobset": takeover.on_jobset,
+            "pauses": self.pause_sync.on_pauses, "pauses_request": self.pause_sync.on_request,
         }  # fmt: skip
+
+    def on_heartbeat(self, identity: bytes, msg: dict) -> None:
+        """Liveness and view (takeover.py), then the pauses' digest (pauses.py)."""
+        self.takeover.on_heartbeat(identity, msg)
+        self.pause_sync.on_heartbeat(msg)
 
     def bind(self) -> None:
         cluster = self.config.cluster
@@ -339,6 +351,8 @@ class Scheduler:
     def fire(self, job: Job, tick: float, attempt: int = 1) -> None:
         if job.quorum and attempt == 1 and self.fenced_quorum_tick(job, tick):
             return
+        if attempt == 1 and self.pauses.is_paused(job.name):
+            return self.skip_paused(job, tick)
         if job.overlap != "allow" and self.overlaps(job, tick):
             return
         msg = self.job_message(job, tick, attempt)
@@ -356,6 +370,20 @@ class Scheduler:
                           "lost and may have fired it (at most once)")  # fmt: skip
         self.takeover.claim(job.name, tick)
         return True
+
+    def skip_paused(self, job: Job, tick: float) -> None:
+        """A paused job's tick, ours to fire (scheduled or caught up): recorded `skipped`
+        with the reason, once, by its owner; claimed, so nobody fires it after a resume."""
+        entry = self.pauses.entries[job.name]
+        why = f"paused by zcron pause at {iso_utc(entry.stamp)} (client {entry.by})"
+        self.counters["paused_ticks"] = self.counters.get("paused_ticks", 0) + 1
+        self.record(run_record(self.job_message(job, tick, 1), None, status="skipped",
+                               stderr_tail=why))  # fmt: skip
+        self.takeover.claim(job.name, tick)
+
+    def job_table_now(self) -> None:
+        """Send the job table at the next report (a pause changed it), not in 2 s."""
+        self.next_report = self.next_job_table = 0.0
 
     def fire_message(self, msg: dict, tick: float, grace: float = 60.0, claim: bool = True) -> None:
         """Dispatch now, or queue the tick for a free slot until tick + grace."""
@@ -393,7 +421,7 @@ class Scheduler:
             "command": job.command if isinstance(job.command, str) else list(job.command),
             "shell": job.shell, "user": job.user, "env": dict(job.env), "cwd": job.cwd,
             "timeout": job.timeout, "on_timeout": job.on_timeout, "memory_max": job.memory_max,
-            "delay": job.delay_s,
+            "delay": job.delay_s, **({"mailto": job.mailto} if job.mailto else {}),
         }  # fmt: skip
 
     def dispatch(self, msg: dict, claim: bool, avoid: str | None = None) -> bool:
@@ -585,8 +613,9 @@ class Scheduler:
         """The job table with next ticks, in parts; large tables less often (idle CPU)."""
         jobs = self.plan.jobs
         self.next_job_table = now + max(REPORT_EVERY_S, len(jobs) / 1000)
-        table = [dict(to_wire(job), next_tick=self.plan.next_instant.get(name))
-                 for name, job in jobs.items()]  # fmt: skip
+        paused = self.pauses.is_paused
+        table = [dict(to_wire(job), next_tick=self.plan.next_instant.get(name),
+                      paused=paused(name)) for name, job in jobs.items()]  # fmt: skip
         size = protocol.JOBS_PER_PART
         parts = max(1, -(-len(table) // size))
         for part in range(parts):
@@ -665,7 +694,14 @@ class Scheduler:
             "waiting": {pool: len(q) for pool, q in self.waiting.items()},
             "counters": dict(self.counters),
             "errors": [str(e) for e in self.errors],
+            "paused": self.paused_view(),
         }  # fmt: skip
+
+    def paused_view(self, limit: int = 1000) -> dict[str, dict]:
+        """Paused jobs we define (the first `limit`), for `zcron status`: since when, by whom."""
+        jobs = self.plan.jobs
+        paused = sorted((job, e) for job, e in self.pauses.paused().items() if job in jobs)
+        return {job: {"since": e.stamp, "by": e.by} for job, e in paused[:limit]}
 
     def pool_view(self) -> dict[str, dict[str, int]]:
         """Slots per pool, including pools our jobs name that no live worker serves."""

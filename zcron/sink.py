@@ -57,7 +57,7 @@ JOB_ENTRY = {
     "enabled": (bool, type(None)),
     "source": (str, type(None)),
     "next_tick": (int, float, type(None)),
-    "paused": (bool, type(None)),  # not sent yet: pausing comes with `zcron pause`
+    "paused": (bool, type(None)),  # zcron pause (schedulers agree within a heartbeat)
 }
 
 

@@ -100,6 +100,7 @@ class Takeover:
         self.quorum_since: float | None = None  # wall: since when we see a majority
         self.quorum_lost_at: float | None = None  # wall: when we lost it while firing
         self.suspects: dict[str, float] = {}  # dead peer -> newest tick start it may have sent
+        self.heartbeat_fields: Callable[[], dict] = dict  # more to say in heartbeats (pauses)
 
     def owner(self, job: Job, tick: float, now_mono: float, as_of: float = 0.0) -> str | None:
         return tick_owner(job, tick, self.members, now_mono, as_of, self.owners)
@@ -239,7 +240,7 @@ class Takeover:
             "heartbeat", scheduler=self.id, since=self.members.since, sent=now,
             digest=self.members.my_digest, eligible=self.members.self_eligible,
             reason=self.members.self_reason, heard=self.members.echoes(now_mono),
-            quorum_since=self.quorum_since,
+            quorum_since=self.quorum_since, **self.heartbeat_fields(),
         )  # fmt: skip
 
     def expire_peers(self, now: float, now_mono: float) -> None:

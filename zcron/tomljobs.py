@@ -12,7 +12,7 @@ from typing import Any
 from zcron.config import parse_duration
 from zcron.cron import parse_schedule, zone
 from zcron.errors import ConfigError, ScheduleError, did_you_mean, toml_position
-from zcron.job import CHOICES, ENV_NAME_RE, NAME_RE, NAME_RULE, USER_RE, Job
+from zcron.job import CHOICES, ENV_NAME_RE, NAME_RE, NAME_RULE, USER_RE, Job, mailto_problem
 
 _TOML_HEADER = re.compile(r"\s*\[\[?\s*([^\[\]]+?)\s*\]\]?\s*(?:#.*)?\Z")
 
@@ -105,6 +105,14 @@ def _name(value: Any) -> str:
 def _user(value: Any) -> str:
     if not isinstance(value, str) or not USER_RE.match(value):
         raise ValueError(f'expected a user name like "backup", got {value!r}')
+    return value
+
+
+def _mailto(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f'expected addresses like "ops@example.com" ("" = never), got {value!r}')
+    if (problem := mailto_problem(value)) is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -246,4 +254,5 @@ _TOML_KEYS: dict[str, Callable[[Any], Any]] = {
     "enabled": _bool,
     "shell": _string,
     "memory_max": _size,
+    "mailto": _mailto,
 }

@@ -26,6 +26,7 @@ from zcron.daemon import Notifier, Rejects, Signals, run_daemon, slots_option
 from zcron.errors import ConfigError
 from zcron.fence import is_stale, lease_s, stall_bound_s
 from zcron.log import setup_logging
+from zcron.mail import Mailer
 from zcron.net import incarnation, keepalive, make_socket, receive, send_nowait
 from zcron.process import KILL_GRACE_S, Refused, Run, arm_run
 from zcron.protocol import run_record
@@ -101,6 +102,7 @@ class Worker:
         # CURVE when [cluster] keys is set: our key, and each server's public key pinned.
         self.security = Security.from_config(config.cluster, self.id)
         self.clean_stop = True  # False when the runs can no longer be watched
+        self.mailer = Mailer(self.id, self.clock.monotonic)  # MAILTO: output to sendmail -t
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -177,6 +179,7 @@ class Worker:
         self.announce_if_freed()
         now = self.clock.monotonic()
         self.enforce_timeouts(now)
+        self.mailer.expire(now)
         self.drain_if_due(now)
         self.heartbeat_if_due(now)
         self.resend_if_due(now)
@@ -209,9 +212,9 @@ class Worker:
         now = self.clock.monotonic()
         deadlines = [self.next_heartbeat, self.next_resend if self.spool.pending else now + 5]
         deadlines.append(self.notifier.watchdog_due(now))
-        timeout = self.runs.next_timeout()
-        if timeout is not None:
-            deadlines.append(timeout)
+        for timeout in (self.runs.next_timeout(), self.mailer.next_deadline()):
+            if timeout is not None:
+                deadlines.append(timeout)
         if self.drain_until is not None and not self.drain_killed:
             deadlines.append(self.drain_until + 0.001)
         if self.runs.received:  # the spawners' answers (polled) or a millisecond make room
@@ -386,12 +389,20 @@ class Worker:
     def handle_spawner(self, spawner: Spawner) -> None:
         """Pids of runs the spawner started (or why it could not), and exit statuses."""
         for answer in spawner.replies():
+            if self.mailer.take(answer):
+                continue
             if "id" in answer:
                 run = self.runs.spawn_answered(answer["id"], answer.get("pid"), answer.get("at", 0))
                 if "error" in answer:
                     self.spawn_failed(run, answer["error"])
             elif (run := self.runs.reaped(answer["pid"], answer["status"])) is not None:
-                self.finished(self.runs.forget(run, self.clock.now()))
+                rec = self.runs.forget(run, self.clock.now())
+                self.finished(rec)
+                self.mail(run.msg, rec)
+
+    def mail(self, msg: dict, rec: dict) -> None:
+        """Cron's MAILTO: the run's output to sendmail, started by a spawner (mail.py)."""
+        self.mailer.send(msg, rec, itertools.islice(self.next_spawner, len(self.spawners)))
 
     def spawn_failed(self, run: Run, error: str) -> None:
         log.warning("run %s of %s refused: %s", run.run_id, run.msg["job"], error)
@@ -453,6 +464,7 @@ class Worker:
             "parked": self.runs.parked()[:MAX_RUNNING_LISTED],
             "spool": len(self.spool),
             "handshake_failures": self.security.handshake_failures,
+            "mail_failures": self.mailer.failures,
         }
         self.freed = False
         for sock, sid in self.schedulers.items():

@@ -25,7 +25,15 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tests.harness import REPO, Cluster, Processes, ensure_key, make_cluster, spooled, wait_until
+from tests.harness import (
+    REPO,
+    Cluster,
+    Processes,
+    make_cluster,
+    ops_client,
+    spooled,
+    wait_until,
+)
 from zcron.protocol import decode, encode, record
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -434,16 +442,7 @@ def test_jobs_a_worker_cannot_read_give_their_slots_back(
 def test_cancel_kills_a_running_command_and_drops_a_delayed_push_for_allowed_clients_only(
     procs: Processes, cluster: Cluster
 ) -> None:
-    text = cluster.config_path.read_text()
-    cluster.config_path.write_text(text.replace("[clients]\n", '[clients]\nops = ["nobody"]\n'))
-    # the ops client's own keys directory: the servers' public keys and its own pair only
-    ops_keys = cluster.root / "ops-keys"
-    ops_keys.mkdir(mode=0o700)
-    ensure_key(cluster.keys, "ops")
-    for name in ("a.key", "sink.key", "ops.key", "ops.key_secret"):
-        shutil.copy2(cluster.keys / name, ops_keys / name)
-    ops_config = cluster.root / "ops.conf"
-    ops_config.write_text(cluster.config_path.read_text().replace(str(cluster.keys), str(ops_keys)))
+    ops_config = ops_client(cluster)
     start(procs, cluster)
     config = ["-c", str(cluster.config_path)]
 

@@ -126,7 +126,8 @@ function jobRow(job, strips, now) {
     td("c-last", last ? when(recordTime(last), now) : "–", " ",
        last ? badge(last.status) : "", last ? kindTag(last.kind) : ""),
     td("c-lateness num", ms(last && last.lateness)),
-    td("c-next", noSchedulers ? "no live scheduler" : nextRun(job.next_tick, now)),
+    td("c-next", noSchedulers ? "no live scheduler"
+                 : job.state === "paused" ? "paused" : nextRun(job.next_tick, now)),
     td("c-success", when(job.last_success, now)),
     td("c-strip", timeline(strips[job.job], now)),
   );
@@ -193,7 +194,7 @@ function renderCluster(s) {
 }
 
 function renderNextUp(s, now) {
-  const upcoming = s.jobs.filter(j => isTime(j.next_tick) && j.state !== "disabled")
+  const upcoming = s.jobs.filter(j => isTime(j.next_tick) && j.state !== "disabled" && j.state !== "paused")
     .sort((a, b) => a.next_tick - b.next_tick).slice(0, 8);
   document.getElementById("next-up").replaceChildren(...upcoming.map(j =>
     el("li", {}, el("b", {}, j.job), " ", nextRun(j.next_tick, now))));
