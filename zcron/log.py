@@ -68,7 +68,8 @@ def print_error(text: str) -> None:
 
 def setup_logging(component: str, level: int | None = None) -> None:
     """Send this process's log lines to stderr, prefixed with its component name."""
-    stamp = "%(asctime)s " if sys.stderr.isatty() else ""
+    # Timestamps on a TTY, or when asked (a log file outside journald, which adds its own)
+    stamp = "%(asctime)s " if sys.stderr.isatty() or os.environ.get("ZCRON_LOG_TIMES") else ""
     kind = JournalFormatter if stderr_is_journal() else logging.Formatter
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(kind(f"{stamp}{component}: %(levelname)s %(message)s"))

@@ -39,6 +39,7 @@ class Peer:
     echo_mono: float | None = None  # when we sent the heartbeat it last echoed; None: no echoes
     sent: float | None = None  # `sent` of its last heartbeat, for our echo
     quorum_since: float | None = None  # its word: since when it has seen a majority
+    workers: frozenset[str] = frozenset()  # its word: the workers live to it
 
 
 SENT_KEPT = 256  # our heartbeats remembered for echoes: peer_timeout / heartbeat is ~5
@@ -86,6 +87,7 @@ class Membership:
         peer.eligible, peer.reason = msg["eligible"], msg["reason"]
         peer.digest, peer.clock_offset = msg["digest"], msg["sent"] - now_wall
         peer.quorum_since = msg.get("quorum_since")
+        peer.workers = frozenset(msg.get("workers", ()))
         if "heard" in msg:  # a peer of an older version sends no echoes: hearing it is enough
             echoed = msg["heard"].get(self.me)
             peer.echo_mono = self.sent_at.get(echoed, float("-inf")) if echoed else float("-inf")
@@ -120,6 +122,10 @@ class Membership:
         """The monotonic time at which the next live peer would be declared dead."""
         times = [self.live_until(p) for p in self.live(now_mono)]
         return min(times) if times else None
+
+    def hear_worker(self, worker_id: str, now_mono: float) -> list[str]:
+        """The live peers that say they hear this worker."""
+        return [p.id for p in self.live(now_mono) if worker_id in p.workers]
 
     def last_heard_wall(self, peer_id: str, now_mono: float, now_wall: float) -> float:
         """When we last heard the peer, on our wall clock."""

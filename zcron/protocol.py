@@ -130,6 +130,9 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "heard": (dict, False, 64),
         # since when (wall clock) the sender has seen a majority without a break; None: not now
         "quorum_since": (OPT_NUM, False, 0),
+        # the workers live to the sender: a worker silent to us but heard by a peer is cut
+        # off from us, not dead, and runs its parked runs itself (scheduler.py)
+        "workers": (list, False, 4096),
         "pauses": (str, False, 64),  # digest of its pauses map (zcron/pauses.py); absent: empty
     },
     # scheduler -> scheduler: ticks it has just fired, [[job, tick], ...]
@@ -256,6 +259,7 @@ def _check_ready(msg: dict) -> None:
 
 
 def _check_heartbeat(msg: dict) -> None:
+    _require(strings(msg.get("workers", [])), "heartbeat.workers must hold strings")
     heard = msg.get("heard", {})
     _require(all(isinstance(k, str) and len(k) <= MAX_NAME and is_number(v)
                  for k, v in heard.items()), "heartbeat.heard maps ids to times")  # fmt: skip

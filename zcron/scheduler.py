@@ -56,6 +56,15 @@ PARKED_MARGIN_S = 0.05  # transit of a last `ready`, and loop jitter
 
 
 @dataclass
+class Undecided:
+    """Parked runs of a worker that fell silent, until peers say whether they hear it."""
+
+    at: float  # monotonic: when to decide
+    worker: str
+    runs: list[dict]
+
+
+@dataclass
 class Waiting:
     """A due tick that found no free slot in its pool."""
 
@@ -93,6 +102,8 @@ class Scheduler:
             heartbeat=cluster.heartbeat,
         )
         self.retries: list[tuple[float, str, dict, str | None]] = []  # (at, run id, msg, avoid)
+        self.undecided: list[Undecided] = []  # parked runs of silent workers, decided later
+        self.silent_runs: dict[str, tuple[str, str, float]] = {}  # run -> job, worker, until
         self.ctx = zmq.Context.instance()
         self.poller = zmq.Poller()
         self.errors: list = []
@@ -121,7 +132,9 @@ class Scheduler:
         self.pause_sync = PauseSync(self.id, self.pauses, self.mesh, self.clock,
                                     ahead_bound_s(self.config.cluster), self.rejects,
                                     self.job_table_now)  # fmt: skip
-        self.takeover.heartbeat_fields = self.pause_sync.heartbeat_fields
+        self.takeover.on_rejoin = self.drop_waiting_ticks
+        self.takeover.heartbeat_fields = lambda: {
+            **self.pause_sync.heartbeat_fields(), "workers": self.workers.live_ids()}
         self.requests = ClientRequests(self.id, self.clock, self.plan, self.ledger,
                                        self.job_message, self.fire_message, self.status,
                                        self.reply, self.roles, lambda: self.sender,
@@ -203,16 +216,21 @@ class Scheduler:
         stalled_s = now_mono - last_awake
         log.warning("scheduler %s stalled for %.1fs (bound %.2fs): fencing, then rejoining "
                     "as a new incarnation", self.id, stalled_s, self.stall_bound)  # fmt: skip
-        drain_until = now_mono + 2 * self.config.cluster.heartbeat
-        while (left := drain_until - self.clock.monotonic()) > 0:
-            if self.router.poll(max(1, int(left * 1000))):
-                self.handle_router()
-        now, now_mono = self.clock.now(), self.clock.monotonic()
+        # First out of the view we had (a new incarnation, nothing of ours waiting), so
+        # that nothing read in the drain below fires on it; then read what queued up.
+        now = self.clock.now()
         self.members.refresh(last_awake, now_mono)
         self.workers.refresh(last_awake, now_mono)
         self.takeover.last_expire_check = now_mono
         self.takeover.quorum_lost_at = None  # rejoining now in any case
+        self.drop_waiting_ticks(f"this scheduler stalled for {stalled_s:.1f}s")
         self.takeover.start_firing(now)
+        self.awake_since = now_mono  # dispatches in the drain are on the new incarnation
+        drain_until = now_mono + 2 * self.config.cluster.heartbeat
+        while (left := drain_until - self.clock.monotonic()) > 0:
+            if self.router.poll(max(1, int(left * 1000))):
+                self.handle_router()
+        now = self.clock.now()
         self.takeover.next_heartbeat = 0.0
         for job in self.plan.jobs.values():
             self.plan.plan(job, job.next_after(now) if job.enabled else None)
@@ -242,6 +260,7 @@ class Scheduler:
         self.takeover.record_claims()
         self.expire_waiting(now)
         self.expire_workers(now_mono)
+        self.decide_parked_if_due(now_mono)
         self.takeover.heartbeat_if_due(now, now_mono)
         self.security.redial_failed(now_mono)
         self.reload_if_due(now)
@@ -441,10 +460,12 @@ class Scheduler:
         """Apply overlap = forbid (record the tick `skipped`) or replace (cancel the old
         run); True when the tick must not run. Runs this scheduler dispatched count."""
         active = self.workers.active(job.name)
-        if not active:
+        silent = self.silent_run(job.name) if not active else None
+        if not active and silent is None:
             return False
-        if job.overlap == "forbid":
-            why = f"overlap = forbid: run {active[0][1]['run_id']} is still running"
+        if job.overlap == "forbid" or silent is not None:
+            why = (f"overlap = {job.overlap}: run {active[0][1]['run_id']} is still running"
+                   if active else silent)  # fmt: skip
             self.counters["skipped"] += 1
             self.record(run_record(self.job_message(job, tick, 1), None, status="skipped",
                                    stderr_tail=why))  # fmt: skip
@@ -457,6 +478,26 @@ class Scheduler:
                 "cancel", run_id=running["run_id"], reason=reason)])  # fmt: skip
         return False
 
+    def silent_run(self, job: str) -> str | None:
+        """Why a tick of this overlap = forbid/replace job must wait: its run was on a worker
+        that fell silent (stopped, cut off) and may still be running there, until that
+        worker is heard again or the job's timeout (else misfire_grace) has passed."""
+        now = self.clock.now()
+        for run_id, (name, worker, until) in list(self.silent_runs.items()):
+            if until <= now:
+                del self.silent_runs[run_id]
+            elif name == job:
+                return (f"overlap: run {run_id} was on worker {worker}, which stopped "
+                        "answering: it may still be running")  # fmt: skip
+        return None
+
+    def note_silent_runs(self, worker: WorkerSlots, runs: list[dict]) -> None:
+        for msg in runs:
+            job = self.plan.jobs.get(msg["job"])
+            if job is not None and job.overlap != "allow":
+                hold = job.timeout if job.timeout is not None else job.misfire_grace
+                self.silent_runs[msg["run_id"]] = (job.name, worker.id, self.clock.now() + hold)
+
     def dispatch_waiting(self) -> None:
         for pool, queue in list(self.waiting.items()):
             while queue and (queue[0].superseded or self.dispatch(queue[0].msg, queue[0].claim)):
@@ -467,6 +508,18 @@ class Scheduler:
     def forget_waiting(self, waiting: Waiting) -> None:
         if self.waiting_tick.get(waiting.msg["job"]) is waiting:
             del self.waiting_tick[waiting.msg["job"]]
+
+    def drop_waiting_ticks(self, why: str) -> None:
+        """Ticks fired on a view we are leaving (a stall, a cut) that still wait for a slot:
+        the peers that took them over fired them meanwhile; dispatching them now would run
+        them a second time (seen at the heal of a cut). Recorded `missed` (a run of the tick
+        elsewhere makes that guess moot at the sink). Retries and pushes keep waiting."""
+        for queue in self.waiting.values():
+            for waiting in queue:
+                if waiting.claim and not waiting.superseded:
+                    waiting.superseded = True
+                    self.forget_waiting(waiting)
+                    self.count_missed(waiting.msg, f"{why}: its peers own this tick")
 
     def expire_waiting(self, now: float) -> None:
         """Ticks that waited past their misfire_grace for a slot are recorded `missed`."""
@@ -522,7 +575,15 @@ class Scheduler:
             return
         for lost in self.workers.announce(identity, msg, now_mono):
             self.run_lost(lost, f"worker {msg['worker']} restarted")
+        self.hear_silent_worker(msg["worker"])
         self.dispatch_waiting()
+
+    def hear_silent_worker(self, worker_id: str) -> None:
+        """A worker heard again says itself what runs (its `ready`): no more guessing."""
+        if self.silent_runs:
+            for run_id, (_, worker, _) in list(self.silent_runs.items()):
+                if worker == worker_id:
+                    del self.silent_runs[run_id]
 
     def refuse_worker(self, identity: bytes, worker_id: str, live: bytes) -> None:
         """A second process announces a live worker's id: it gets no jobs and is told so;
@@ -545,18 +606,40 @@ class Scheduler:
             runs = worker.held
             # Its last sign of life, on the wall clock: a run whose instant comes more than a
             # heartbeat after it was still parked when the worker died (or fences it, if
-            # it was only stalled): it never started, and goes to another worker.
+            # it was only stalled): it never started, and may go to another worker.
             alive_until = self.clock.now() - (now_mono - worker.last_seen)
             alive_until += self.config.cluster.heartbeat + PARKED_MARGIN_S
-            unstarted = {m["run_id"] for m in runs if self.never_started(worker, m, alive_until)}
-            log.warning("worker %s silent for %.1fs: %d runs lost, %d parked runs dispatched "
-                        "again", worker.id, now_mono - worker.last_seen,
-                        len(runs) - len(unstarted), len(unstarted))  # fmt: skip
-            for msg in runs:
-                if msg["run_id"] in unstarted:
-                    self.redispatch(msg, worker.id)
-                else:
-                    self.run_lost(msg, f"worker {worker.id} stopped answering")
+            parked = [m for m in runs if self.never_started(worker, m, alive_until)]
+            log.warning("worker %s silent for %.1fs: %d runs lost, %d parked runs to dispatch "
+                        "again unless a peer still hears it", worker.id,
+                        now_mono - worker.last_seen, len(runs) - len(parked),
+                        len(parked))  # fmt: skip
+            started = [m for m in runs if m not in parked]
+            self.note_silent_runs(worker, started)
+            for msg in started:
+                self.run_lost(msg, f"worker {worker.id} stopped answering")
+            if parked:
+                # Peers' heartbeats say within two heartbeats whether they hear it still.
+                decide_at = now_mono + 2 * self.config.cluster.heartbeat + PARKED_MARGIN_S
+                self.undecided.append(Undecided(decide_at, worker.id, parked))
+
+    def decide_parked_if_due(self, now_mono: float) -> None:
+        """A silent worker's parked runs: dispatched again elsewhere when it is dead to the
+        cluster (no live peer hears it, and we see a majority: a cut-off scheduler cannot
+        tell), else left to it, recorded `lost` until its own record comes (a worker cut
+        off from us alone runs them at their instant: dispatching again ran them twice)."""
+        while self.undecided and self.undecided[0].at <= now_mono:
+            item = self.undecided.pop(0)
+            heard_by = self.members.hear_worker(item.worker, now_mono)
+            if not heard_by and self.takeover.sees_quorum(now_mono):
+                for msg in item.runs:
+                    self.redispatch(msg, item.worker)
+                continue
+            why = (f"heard by {', '.join(heard_by)}" if heard_by
+                   else "no majority here to tell a cut from a death")  # fmt: skip
+            for msg in item.runs:
+                self.run_lost(msg, f"worker {item.worker} stopped answering here ({why}): "
+                              "it may run it at its instant")  # fmt: skip
 
     @staticmethod
     def never_started(worker: WorkerSlots, msg: dict, alive_until: float) -> bool:

@@ -147,6 +147,10 @@ class WorkerTable:
                 found.append((worker, worker.reported[run_id], None))
         return found
 
+    def live_ids(self) -> list[str]:
+        """The ids of the workers we hear (for peers: a worker heard elsewhere is alive)."""
+        return sorted({w.id for w in self.workers.values()})
+
     def expire(self, now: float) -> list[WorkerSlots]:
         """Forget workers silent for longer than the timeout; return them."""
         dead = [w for w in self.workers.values() if now - w.last_seen > self.timeout_s]

@@ -135,7 +135,9 @@ def serve(sock: socket.socket) -> None:
         report_exits(answers)
         children.update(a["pid"] for a in answers if "status" not in a and "pid" in a)
         children.difference_update(a["pid"] for a in answers if "status" in a)
-        _send(sock, answers)
+        if not _send(sock, answers):
+            end_orphans(children)
+            return
 
 
 def end_orphans(children: set[int]) -> None:
@@ -167,6 +169,8 @@ def handle_requests(sock: socket.socket, answers: list[dict]) -> bool:
             packet, fds = _receive_request(sock)
         except BlockingIOError:
             return True
+        except ConnectionError:  # a SIGKILLed worker's end resets rather than closes
+            return False
         if not packet:
             return False
         try:
@@ -241,13 +245,15 @@ def report_exits(answers: list[dict]) -> None:
         answers.append({"pid": pid, "status": status})
 
 
-def _send(sock: socket.socket, answers: list[dict]) -> None:
-    """A turn's answers in as few packets as fit the socket's buffer."""
+def _send(sock: socket.socket, answers: list[dict]) -> bool:
+    """A turn's answers in as few packets as fit the socket's buffer; False when the
+    worker is gone (nobody is left to tell)."""
     try:
         for start in range(0, len(answers), ANSWERS_PER_PACKET):
             sock.sendall(msgpack.packb(answers[start : start + ANSWERS_PER_PACKET]))
     except OSError:
-        os._exit(0)  # the worker is gone: nobody is left to tell
+        return False
+    return True
 
 
 def _drain(fd: int) -> None:

@@ -101,6 +101,7 @@ class Takeover:
         self.quorum_lost_at: float | None = None  # wall: when we lost it while firing
         self.suspects: dict[str, float] = {}  # dead peer -> newest tick start it may have sent
         self.heartbeat_fields: Callable[[], dict] = dict  # more to say in heartbeats (pauses)
+        self.on_rejoin: Callable[[str], None] = lambda why: None  # drop what the old view fired
 
     def owner(self, job: Job, tick: float, now_mono: float, as_of: float = 0.0) -> str | None:
         return tick_owner(job, tick, self.members, now_mono, as_of, self.owners)
@@ -159,6 +160,7 @@ class Takeover:
             log.warning("scheduler %s was cut off from the majority (%s kept one) since %s: "
                         "rejoining as a new incarnation", self.id, ", ".join(kept),
                         iso_utc(lost))  # fmt: skip
+            self.on_rejoin(f"cut off from the majority ({', '.join(kept)} kept one)")
             self.start_firing(now)
             self.next_heartbeat = 0.0
 

@@ -117,3 +117,12 @@ def test_quorum_ticks_a_lost_owner_may_have_sent_are_suspect_later_ones_are_not(
     assert takeover.maybe_fired_by(job, bound + 0.2, now, mono) is None
     other = job_owned_by("s3", ["s1", "s2", "s3"], quorum=True)
     assert takeover.maybe_fired_by(other, bound - 0.2, now, mono) is None  # never s2's
+
+
+def test_peers_say_which_workers_they_hear():
+    clock, m = members()
+    m.heard(beat("s2", workers=["w1"]), clock.monotonic(), clock.now())
+    m.heard(beat("s3", workers=["w2"]), clock.monotonic(), clock.now())
+    assert m.hear_worker("w1", clock.monotonic()) == ["s2"]
+    clock.advance(PEER_TIMEOUT_S + 0.1)  # what dead peers said counts no more
+    assert m.hear_worker("w1", clock.monotonic()) == []
