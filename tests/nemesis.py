@@ -52,7 +52,7 @@ def truth_command(truth: Path, body: str = "") -> str:
     line = '"$ZCRON_JOB $ZCRON_TICK $ZCRON_ATTEMPT $ZCRON_RUN_ID'
     start = f'echo {line} start $(date +%s.%N)" >> {truth}'
     end = f'echo {line} end $(date +%s.%N)" >> {truth}'
-    return f"{start}; {body}{end}" if body else start
+    return f"{start}; {body}{end}"
 
 
 def jobs_toml(truth: Path) -> str:
@@ -262,8 +262,8 @@ def check_runs(
         rec = by_run_id.get(run.run_id)
         if rec is None:
             blame(run.tick)["ran_unrecorded"] += 1
-        elif rec["status"] == "lost":
-            blame(run.tick)["lost_but_ran"] += 1
+        elif rec["status"] == "lost" and run.end is not None:
+            blame(run.tick)["lost_but_ran"] += 1  # it ran to its end: `lost` is untrue
     for rec in in_window:
         if rec["status"] in ("ok", "failed") and rec["run_id"] not in truth:
             blame(rec["tick"])["recorded_not_run"] += 1

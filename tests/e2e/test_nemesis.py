@@ -33,11 +33,15 @@ def run_nemesis(tmp_path: Path, procs: Processes, seconds: float, seed: int) -> 
     print(f"faults {[(f.kind, f.target) for f in chaos.faults]}; counted duplicates {counted}")
     assert total["ticks"] > 0
     for problem in ("silent_miss", "dup_quorum", "lost_but_ran", "recorded_not_run",
-                    "ran_unrecorded", "forbid_violation"):  # fmt: skip
+                    "ran_unrecorded"):  # fmt: skip
         assert total[problem] == 0, f"{problem}: {total[problem]}\n{nemesis.format_table(table)}"
-    cut_kinds = set(nemesis.CUTS)
-    dups_outside_cuts = sum(table[kind]["dup"] for kind in table if kind not in cut_kinds)
-    assert dups_outside_cuts == 0, nemesis.format_table(table)
+    # Outside cuts: no duplicate of any job, no overlap of an overlap = forbid job. Under a
+    # cut a quorum = false job may run on both sides (counted), and a forbid job's run on
+    # the far side is not known to this one (docs/design.md, "What is not guaranteed").
+    outside = [kind for kind in table if kind not in nemesis.CUTS]
+    for problem in ("dup", "forbid_violation"):
+        found = sum(table[kind][problem] for kind in outside)
+        assert found == 0, f"{problem} outside cuts: {found}\n{nemesis.format_table(table)}"
     assert counted >= plain_dups, (counted, plain_dups)
 
 
