@@ -229,7 +229,7 @@ class HandshakeCollector:
 
 # stats key reported by a scheduler -> (metric name, help, counter?)
 SCHEDULER_STATS = {
-    "takeovers": ("zcron_scheduler_takeovers", "View changes that fired unfired ticks.", True),
+    "takeovers": ("zcron_scheduler_takeovers", "Dead peers whose jobs it took over.", True),
     "caught_up": ("zcron_scheduler_caught_up_ticks", "Ticks fired late by catch-up.", True),
     "rejected": ("zcron_scheduler_rejected_messages", "Messages a scheduler dropped.", True),
     "waiting": ("zcron_scheduler_waiting_ticks", "Due ticks waiting for a free slot.", False),

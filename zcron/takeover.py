@@ -191,7 +191,6 @@ class Takeover:
         fired = sum(self.catch_up(job, now, now_mono) for job in self.plan.jobs.values())
         self.record_claims()
         if fired:
-            self.counters["takeovers"] += 1
             log.warning("%s: fired %d unfired ticks", why, fired)
 
     def claim(self, job: str, tick: float) -> None:
@@ -250,6 +249,9 @@ class Takeover:
         self.last_expire_check = now_mono
         for peer_id in dead:
             self.suspect(peer_id, now, now_mono)
+        # Counted per dead peer, whether or not it left ticks unfired: with the 0.5 s lead a
+        # peer killed just after it sent a tick leaves none (caught_up counts those fired).
+        self.counters["takeovers"] += len(dead)
         if dead:
             log.warning(
                 "peers %s silent for %.1fs: taking over their jobs",

@@ -143,7 +143,7 @@ def test_killed_owners_unfired_ticks_fire_here_per_catch_up(
     cluster.clock.advance(PEER_TIMEOUT_S + 0.5)
     cluster.step()
     assert cluster.fired == [(job.name, T0 + s) for s in expected]
-    assert cluster.takeover.counters["takeovers"] == (1 if expected else 0)
+    assert cluster.takeover.counters["takeovers"] == 1  # s2 taken over, ticks unfired or not
 
 
 def test_catch_up_before_a_tick_fires_only_the_older_ticks_in_order(cluster: Cluster) -> None:
