@@ -259,7 +259,8 @@ def _check_ready(msg: dict) -> None:
 
 
 def _check_heartbeat(msg: dict) -> None:
-    _require(strings(msg.get("workers", [])), "heartbeat.workers must hold strings")
+    _require(all(isinstance(w, str) and len(w) <= MAX_NAME for w in msg.get("workers", [])),
+             "heartbeat.workers must hold worker ids")  # fmt: skip
     heard = msg.get("heard", {})
     _require(all(isinstance(k, str) and len(k) <= MAX_NAME and is_number(v)
                  for k, v in heard.items()), "heartbeat.heard maps ids to times")  # fmt: skip
