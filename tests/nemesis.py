@@ -269,6 +269,13 @@ def check_runs(
             blame(rec["tick"])["recorded_not_run"] += 1
 
 
+def true_duplicates(truth: dict[str, Ran]) -> int:
+    """Runs beyond the first of each (job, tick, attempt) that the jobs themselves wrote,
+    over the whole run (warm-up and settling too, as the sink's counter)."""
+    per_attempt = Counter((run.job, run.tick, run.attempt) for run in truth.values())
+    return sum(n - 1 for n in per_attempt.values())
+
+
 def counted_duplicates(cluster: Cluster) -> float:
     return sum(v for labels, v in metric_samples(cluster, "zcron_duplicate_runs_total"))
 
@@ -338,12 +345,14 @@ def main() -> int:
                    40, "all three schedulers firing", every=0.5)  # fmt: skip
         begin, end = nemesis.run(opts.seconds)
         records = settle(nemesis, end)
-        table = check(read_truth(root / "truth"), records, nemesis.faults, begin, end)
+        truth = read_truth(root / "truth")
+        table = check(truth, records, nemesis.faults, begin, end)
         print(format_table(table))
         print(f"faults: {Counter(f.kind for f in nemesis.faults)}")
         (root / "faults.txt").write_text("".join(
             f"{f.kind} {f.target} {f.at:.3f} {f.until:.3f}\n" for f in nemesis.faults))
-        print(f"zcron_duplicate_runs_total: {counted_duplicates(nemesis.cluster):.0f}")
+        print(f"duplicates run: {true_duplicates(truth)}, zcron_duplicate_runs_total: "
+              f"{counted_duplicates(nemesis.cluster):.0f}")
     finally:
         procs.stop_all()
         if not opts.keep:

@@ -30,7 +30,9 @@ def run_nemesis(tmp_path: Path, procs: Processes, seconds: float, seed: int) -> 
     total = sum(table.values(), start=nemesis.Counter())
     plain_dups = total["dup"]
     counted = nemesis.counted_duplicates(cluster)
-    print(f"faults {[(f.kind, f.target) for f in chaos.faults]}; counted duplicates {counted}")
+    true_dups = nemesis.true_duplicates(truth)
+    print(f"faults {[(f.kind, f.target) for f in chaos.faults]}; duplicates: {true_dups} ran, "
+          f"{counted:.0f} counted")
     assert total["ticks"] > 0
     for problem in ("silent_miss", "dup_quorum", "lost_but_ran", "recorded_not_run",
                     "ran_unrecorded"):  # fmt: skip
@@ -42,7 +44,8 @@ def run_nemesis(tmp_path: Path, procs: Processes, seconds: float, seed: int) -> 
     for problem in ("dup", "forbid_violation"):
         found = sum(table[kind][problem] for kind in outside)
         assert found == 0, f"{problem} outside cuts: {found}\n{nemesis.format_table(table)}"
-    assert counted >= plain_dups, (counted, plain_dups)
+    assert true_dups >= plain_dups
+    assert counted == true_dups, f"zcron_duplicate_runs_total {counted}, duplicates run {true_dups}"
 
 
 @pytest.mark.timeout(300)

@@ -160,6 +160,22 @@ def test_the_workers_record_replaces_a_schedulers_lost_guess(store: Store) -> No
     assert store.count() == 1
 
 
+def test_a_lost_guess_beside_the_ticks_real_run_is_no_duplicate(store: Store) -> None:
+    """A cut-off scheduler records `lost` for its dispatch that never reached a worker,
+    while a peer's run of the same tick ran: two records, one run, no duplicate (in either
+    order). If the guessed run did run, its worker's record replaces the guess and counts."""
+    guess = {**run(1, status="lost", worker=None, started=None, finished=None),
+             "run_id": "b-dispatch", "scheduler": "b"}  # fmt: skip
+    assert store.put_many([guess]).duplicates == []
+    assert store.put_many([run(1)]).duplicates == []
+    later = {**guess, "run_id": "b-dispatch-2"}
+    assert store.put_many([later]).duplicates == []
+    assert store.count() == 3 and store.duplicate_counts() == {}
+    ran_after_all = store.put_many([{**run(1), "run_id": "b-dispatch", "scheduler": "b"}])
+    assert [r["run_id"] for r in ran_after_all.duplicates] == ["b-dispatch"]
+    assert store.duplicate_counts() == {"backup": 1}
+
+
 def test_a_run_of_the_tick_replaces_a_missed_guess_under_another_run_id(store: Store) -> None:
     """A takeover records `missed` for a quorum tick its lost owner may have fired; when that
     owner's worker did run it, its record (another run id) replaces the guess, in any order."""
