@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -22,6 +23,7 @@ from zcron.net import make_socket
 from zcron.schedule import load_paths
 
 REQUEST_TIMEOUT_MS = 2000
+PIPELINE = 256  # requests in flight at most from ask_many (a scheduler commits up to 500)
 
 
 def _iso(instant: float, tz: str) -> str:
@@ -134,8 +136,25 @@ class SchedulerClient:
 
     def ask(self, op: str, args: dict) -> dict:
         """Send one request and return the reply (ZcronError when none comes in time)."""
-        where = f"scheduler {self.scheduler_id} at {self.address}"
         self.sock.send(protocol.encode("request", op=op, args=args))
+        return self._reply(f"scheduler {self.scheduler_id} at {self.address}")
+
+    def ask_many(self, op: str, args: Iterable[dict], window: int = PIPELINE) -> Iterator[dict]:
+        """Send requests without waiting for each reply, at most `window` unanswered;
+        yield the replies in request order (a scheduler answers in order, and a DEALER
+        keeps it). Pushes sent this way share the scheduler's commits (control.py)."""
+        where = f"scheduler {self.scheduler_id} at {self.address}"
+        waiting = 0
+        for request_args in args:
+            self.sock.send(protocol.encode("request", op=op, args=request_args))
+            waiting += 1
+            while waiting >= window or (waiting and self.sock.poll(0)):
+                yield self._reply(where)
+                waiting -= 1
+        for _ in range(waiting):
+            yield self._reply(where)
+
+    def _reply(self, where: str) -> dict:
         if not self.sock.poll(REQUEST_TIMEOUT_MS):
             self.close()  # a late reply must not be taken for the next request's
             raise ZcronError(f"{where} did not answer{_why(self.security)}")
@@ -174,9 +193,7 @@ def _why(security: Security) -> str:
     )
 
 
-def ask_any(
-    config: Config, op: str, args: dict, refused: type[ZcronError] = ZcronError
-) -> dict:
+def ask_any(config: Config, op: str, args: dict, refused: type[ZcronError] = ZcronError) -> dict:
     """Ask the schedulers in turn until one accepts the request; when none does, raise
     `refused` if one answered (with its reason), else ZcronError (none reachable)."""
     errors, answered = [], False
