@@ -4,7 +4,7 @@ zcron, one node (a scheduler, one worker with 8 slots, a sink):
 - cli: `zcron push -- /bin/sh -c true`, N times one after another as a shell script would:
   each is a Python start-up, so this is the command line's cost more than the scheduler's;
 - client: one process sending N push requests one after another over one connection, with
-  the command line's own client (zcron.commands.SchedulerClient);
+  the command line's own client (zcron.client.SchedulerClient);
 both until all N are recorded in the sink (/api/runs, polled every 0.5 s).
 Peers: Celery .delay() of the same no-op task from one client process (a prefork worker, -c 8,
 on Redis); APScheduler 3 add_job(trigger=None) into its running BackgroundScheduler (20
@@ -36,7 +36,7 @@ from benchmarks.common import (
     write_crond,
 )
 from benchmarks.systems import peer, start_apscheduler, start_celery
-from zcron.commands import SchedulerClient, ask_any
+from zcron.client import SchedulerClient, ask_any
 from zcron.config import Config, load_config
 from zcron.errors import ZcronError
 

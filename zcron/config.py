@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import socket
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -64,7 +63,7 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    id: str = field(default_factory=socket.gethostname)
+    id: str = field(default_factory=lambda: os.uname().nodename)  # gethostname(), no socket
     pool: tuple[str, ...] = ("default",)
     slots: int = 4
     spool: str = ".zcron/worker"

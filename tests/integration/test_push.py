@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Processes, make_cluster, wait_until
-from zcron.commands import SchedulerClient
+from zcron.client import SchedulerClient
 from zcron.config import Config, load_config
 from zcron.errors import ZcronError
 from zcron.ledger import TickLedger
