@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.burst import measure_loop, timed_runs_timeline, timeline
@@ -107,9 +108,12 @@ def measure_zcron(jobs: int, cli_jobs: int, timeout_s: float = 120.0) -> dict:
                 "zcron": push_by_client(config, http, jobs, timeout_s)}  # fmt: skip
 
 
-def measure_peer(system: str, jobs: int, timeout_s: float = 120.0) -> dict:
-    """Celery: .delay() from a client process once the worker is ready; APScheduler: add_job."""
-    with peer(system, "push", jobs) as run:
+def measure_peer(system: str, jobs: int, timeout_s: float = 120.0,
+                 probe: Callable | None = None, **env: str) -> dict:  # fmt: skip
+    """Celery: .delay() from a client process once the worker is ready; APScheduler: add_job
+    (`probe`: as systems.measure's)."""
+    with peer(system, "push", jobs, **env) as run:
+        watching = probe(run) if probe is not None else None
         if system == "celery":
             start_celery(run, roles=("redis", "worker"))
             if not run.wait_mark("worker-ready", 60):
@@ -121,7 +125,8 @@ def measure_peer(system: str, jobs: int, timeout_s: float = 120.0) -> dict:
         if not pushed:
             return {"error": f"not pushed after {timeout_s:.0f} s", "log": run.log_tails()}
         result = timed_runs_timeline(run, jobs, pushed["first"], timeout_s)
-        return {"submit_s": pushed["last"] - pushed["first"], **result}
+        found = watching.stop() if watching is not None else {}
+        return {"submit_s": pushed["last"] - pushed["first"], **result, **found}
 
 
 def measure(jobs: int, cli_jobs: int, systems: list[str]) -> dict:
