@@ -153,7 +153,10 @@ def main() -> int:
 
     (args.results / "latest.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.results / "latest.md").write_text(render.markdown(report))
-    render.plots(report, args.results)
+    try:
+        render.plots(report, args.results)
+    except ImportError as exc:  # the tables are written; the plots need '.[bench]'
+        print(f"no plots: {exc} (python3 -m pip install -e '.[bench]')")
     print((args.results / "latest.md").read_text())
     return 0
 

@@ -87,8 +87,9 @@ STARTERS = {"floor": start_floor, "floor_parked": start_floor_parked,
 def measure(system: str, jobs: int, seconds: int, probe: Callable | None = None,
             **env: str) -> dict:  # fmt: skip
     """N per-second jobs on `system` for `seconds` after its warm-up; as latency.measure.
-    `probe(run)`, when given, watches from the start; its `stop(first)` adds to the result
-    before the processes stop (the pool part: peak PSS, what the system recorded)."""
+    `probe(run)`, when given, watches from the start; its `stop(first, last)` (the window's
+    ticks) adds to the result before the processes stop (the pool part: peak PSS, what the
+    system recorded)."""
     with peer(system, "second", jobs, **env) as run:
         STARTERS[system](run)
         watching = probe(run) if probe is not None else None
@@ -97,7 +98,7 @@ def measure(system: str, jobs: int, seconds: int, probe: Callable | None = None,
         sleep_until(first + seconds)
         time.sleep(1.5)  # as for zcron: the last ticks' commands may still be starting
         alive = run.alive()
-        found = watching.stop(first) if watching is not None else {}
+        found = watching.stop(first, first + seconds - 1) if watching is not None else {}
         run.stop_all()
         result = {**summarize(run.out, jobs, first, seconds), **found}
         result["alive"] = alive
