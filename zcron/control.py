@@ -29,8 +29,8 @@ from zcron.roles import Roles, Sender
 MAX_PUSHES = 100_000  # delayed pushes waiting at once: the ledger map must not fill up
 MAX_PUSH_AHEAD_S = 366 * 86400.0
 MAX_TIMEOUT_S = 366 * 86400.0
-# Pushes saved per transaction at most: past this a turn commits early, so one client's
-# flood cannot hold its first replies (or the loop) for long; 500 encode in ~25 ms.
+# Requests answered per commit at most (so pushes per transaction): past this a turn commits
+# early, so one client's flood cannot hold its first replies for long; 500 take ~25 ms.
 MAX_BATCH = 500
 
 
@@ -73,7 +73,7 @@ class ClientRequests:
         except (KeyError, TypeError, ValueError, ProtocolError) as exc:
             reply = {"ok": False, "error": str(exc).strip("'\""), "body": None}
         self.unsent.append((identity, reply, self.pushing))
-        if len(self.unsaved) >= MAX_BATCH:
+        if len(self.unsent) >= MAX_BATCH:  # pushes among them, or not: the turn is long
             self.commit()
 
     def commit(self) -> None:

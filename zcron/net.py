@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from collections.abc import Callable, Iterator
-from urllib.parse import urlparse
 
 import zmq
 
@@ -23,6 +21,9 @@ HANDSHAKE_FAILED = (
 
 def is_loopback(address: str) -> bool:
     """True when a tcp:// address names a loopback host (ipc:// and inproc:// count too)."""
+    import ipaddress  # here: binds check it, the command line never does
+    from urllib.parse import urlparse
+
     parsed = urlparse(address)
     if parsed.scheme in ("ipc", "inproc"):
         return True
