@@ -75,12 +75,20 @@ def push_by_cli(config: Path, http: int, jobs: int, timeout_s: float) -> dict:
     return {"failed": failed, **until_recorded(http, jobs, first, time.time(), timeout_s)}
 
 
-def push_by_client(config: Config, http: int, jobs: int, timeout_s: float) -> dict:
+def push_by_client(
+    config: Config, http: int, jobs: int, timeout_s: float, pipelined: bool = False
+) -> dict:
+    """`jobs` pushes over one connection: each answered before the next, or pipelined
+    (SchedulerClient.ask_many: the scheduler saves each loop turn's pushes in one commit)."""
     request = {"command": NOOP_COMMAND, "pool": "default", "timeout": None}
     first = time.time()
     with SchedulerClient(config, next(iter(config.cluster.schedulers))) as client:
-        for _ in range(jobs):
-            reply = client.ask("push", {**request, "at": time.time()})
+        pushes = ({**request, "at": time.time()} for _ in range(jobs))
+        if pipelined:
+            replies = client.ask_many("push", pushes)
+        else:
+            replies = (client.ask("push", args) for args in pushes)
+        for reply in replies:
             if not reply["ok"]:
                 raise ZcronError(f"push refused: {reply['error']}")
     return until_recorded(http, jobs, first, time.time(), timeout_s)
@@ -105,7 +113,8 @@ def measure_zcron(jobs: int, cli_jobs: int, timeout_s: float = 120.0) -> dict:
         if not wait_until(lambda: worker_slots_free(config), 30):
             return {"zcron": {"error": "no worker slots after 30 s", "log": run.log_tails()}}
         return {"zcron_cli": push_by_cli(path, http, cli_jobs, timeout_s),
-                "zcron": push_by_client(config, http, jobs, timeout_s)}  # fmt: skip
+                "zcron": push_by_client(config, http, jobs, timeout_s),
+                "zcron_pipelined": push_by_client(config, http, jobs, timeout_s, True)}  # fmt: skip
 
 
 def measure_peer(system: str, jobs: int, timeout_s: float = 120.0,

@@ -51,6 +51,8 @@ LABELS = {
 PART_LABELS = {
     "push": {"zcron": "zcron, one client, one connection (each push in LMDB before its reply)",
              "zcron_cli": "zcron, `zcron push` per job (a Python start-up each)",
+             "zcron_pipelined": "zcron, one client, one connection, pipelined (a commit per "
+                                "loop turn, each push in LMDB before its reply)",
              "apscheduler": "APScheduler 3, add_job(trigger=None) in its process, 20 threads",
              "celery": "Celery, .delay() from one client, prefork worker (-c 8), Redis"},
     "failover": {"apscheduler": "APScheduler 3 (its one process)",
