@@ -46,7 +46,9 @@ class PausesFull(ValueError):
 class Pauses:
     """The map, its digest, and LWW merge; `save` persists the entries that changed."""
 
-    def __init__(self, saved: dict[str, Pause], save: Callable[[dict[str, Pause]], None]) -> None:
+    def __init__(
+        self, saved: dict[str, Pause], save: Callable[[dict[str, Pause]], None]
+    ) -> None:
         self.entries = dict(saved)
         self.save = save
         self._digest: str | None = None
@@ -80,7 +82,7 @@ class Pauses:
         changed = {job: e for job, e in incoming.items()
                    if job not in self.entries or e > self.entries[job]}  # fmt: skip
         new = [job for job in changed if job not in self.entries]
-        refused = new[max(0, MAX_PAUSES - len(self.entries)) :]
+        refused = new[max(0, MAX_PAUSES - len(self.entries)):]
         for job in refused:
             del changed[job]
         if changed:
@@ -110,6 +112,7 @@ def from_wire(entries: list[list], now: float, ahead_s: float) -> dict[str, Paus
     for _, _, stamp, _ in entries:
         protocol.check_window(stamp, now, MAX_PAUSE_AGE_S, ahead_s, "pauses stamp")
     return {job: Pause(float(stamp), paused, by) for job, paused, stamp, by in entries}
+
 
 
 class PauseSync:

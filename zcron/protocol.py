@@ -286,9 +286,8 @@ _NESTED = {
     "ready": _check_ready,
     "heartbeat": _check_heartbeat,
     "ack": lambda m: _require(strings(m["run_ids"]), "ack.run_ids must hold strings"),
-    "pauses": lambda m: _require(
-        all(map(is_pause, m["entries"])), "pauses.entries: [job, paused, stamp, by]"
-    ),
+    "pauses": lambda m: _require(all(map(is_pause, m["entries"])),
+                                 "pauses.entries: [job, paused, stamp, by]"),
 }
 
 

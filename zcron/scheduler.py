@@ -98,10 +98,7 @@ class Scheduler:
         self.ledger = TickLedger(f"{config.scheduler.state}/ledger")
         self.pauses = Pauses(self.ledger.pauses(), self.ledger.save_pauses)
         self.members = Membership(
-            self.id,
-            list(cluster.schedulers),
-            cluster.peer_timeout,
-            since=float("inf"),
+            self.id, list(cluster.schedulers), cluster.peer_timeout, since=float("inf"),
             heartbeat=cluster.heartbeat,
         )
         self.retries: list[tuple[float, str, dict, str | None]] = []  # (at, run id, msg, avoid)
@@ -137,9 +134,7 @@ class Scheduler:
                                     self.job_table_now)  # fmt: skip
         self.takeover.on_rejoin = self.drop_waiting_ticks
         self.takeover.heartbeat_fields = lambda: {
-            **self.pause_sync.heartbeat_fields(),
-            "workers": self.workers.live_ids(),
-        }
+            **self.pause_sync.heartbeat_fields(), "workers": self.workers.live_ids()}
         self.requests = ClientRequests(self.id, self.clock, self.plan, self.ledger,
                                        self.job_message, self.fire_message, self.status,
                                        self.reply, self.roles, lambda: self.sender,
