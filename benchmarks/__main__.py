@@ -5,7 +5,10 @@ push_timeline.png. Every part runs every system of --systems it has a measuremen
 
     python3 -m benchmarks [--quick] [--seconds 30] [--jobs 1,100,1000] [--parts PARTS]
         [--systems SYSTEMS] [--burst-jobs N] [--push-jobs N] [--cli-pushes N] [--scale-jobs N,N]
-        [--results DIR]
+        [--slots N] [--results DIR]
+
+The pool part (benchmarks/pool.py) runs every workload again with pools of --slots (2):
+zcron at --slots and at its default, APScheduler's ProcessPoolExecutor and Celery's -c.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks import burst, failover, ingest, latency, push, scale, systems
+from benchmarks import burst, failover, ingest, latency, pool, push, scale, systems
 from benchmarks.common import REPO, attempt
 
 RESULTS = REPO / "benchmarks" / "results"
-PARTS = ("latency", "burst", "push", "ingest", "failover", "scale")
+PARTS = ("latency", "burst", "push", "ingest", "failover", "scale", "pool")
 SYSTEMS = ("zcron", "floor", "apscheduler", "celery")
 
 
@@ -107,6 +110,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--push-jobs", type=int, help="pushes by one client (5000; quick 1000)")
     parser.add_argument("--cli-pushes", type=int, help="`zcron push` invocations (100; quick 20)")
     parser.add_argument("--scale-jobs", help="registered jobs (10000,100000; peers quick 10000)")
+    parser.add_argument("--slots", type=int, default=2, help="the pool part's pool size (2)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="output folder")
     args = parser.parse_args()
     quick = args.quick
@@ -135,6 +139,9 @@ def measure(args: argparse.Namespace) -> dict:
         report["failover"] = run_failover(only)
     if "scale" in parts:
         report["scale"] = run_scale(args.scale_jobs, args.peer_scale_jobs, only)
+    if "pool" in parts:
+        sizes = (args.burst_jobs, args.push_jobs, args.cli_pushes)
+        report["pool"] = pool.measure(args.slots, numbers(args.jobs), args.seconds, *sizes, only)
     return report
 
 
@@ -146,7 +153,10 @@ def main() -> int:
 
     (args.results / "latest.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.results / "latest.md").write_text(render.markdown(report))
-    render.plots(report, args.results)
+    try:
+        render.plots(report, args.results)
+    except ImportError as exc:  # the tables are written; the plots need '.[bench]'
+        print(f"no plots: {exc} (python3 -m pip install -e '.[bench]')")
     print((args.results / "latest.md").read_text())
     return 0
 

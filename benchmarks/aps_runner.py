@@ -7,9 +7,12 @@ scale   CronTriggers of scale.mixed_schedule, nothing due for hours
 push    a BackgroundScheduler, then add_job(trigger=None) (run now) of the timed no-op per
         job from this process, as an application does; marks "pushed"
 
-Jobs run in APScheduler's thread pool (20 threads), defaults otherwise (max_instances 1,
-coalesce off) except misfire_grace_time=None: a job that waits for a thread runs however late
-instead of being dropped after 1 s. Marks "scheduler-ready" once started (common.mark).
+Jobs run in APScheduler's thread pool (20 threads), or with BENCH_POOL=process:N in a
+ProcessPoolExecutor of N (sized like Celery's -c, the pool part); defaults otherwise
+(max_instances 1, coalesce off) except misfire_grace_time=None: a job that waits for a
+thread runs however late instead of being dropped after 1 s. A run skipped because the
+job's previous run still runs is logged ("maximum number of running instances").
+Marks "scheduler-ready" once started (common.mark).
 
     BENCH_MODE=second BENCH_JOBS=100 BENCH_OUT=FILE BENCH_MARKS=DIR python3 -m benchmarks.aps_runner
 """
@@ -23,7 +26,7 @@ from datetime import UTC, datetime
 
 import apscheduler.executors.pool as pool
 from apscheduler.events import EVENT_SCHEDULER_STARTED
-from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.executors.pool import ProcessPoolExecutor, ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -65,11 +68,17 @@ SCHEDULES = {
 }
 
 
+def executor() -> ThreadPoolExecutor | ProcessPoolExecutor:
+    """$BENCH_POOL: "process:N" (a ProcessPoolExecutor of N), else "thread:N" (default 20)."""
+    kind, _, size = os.environ.get("BENCH_POOL", "thread:20").partition(":")
+    return (ProcessPoolExecutor if kind == "process" else ThreadPoolExecutor)(int(size or 20))
+
+
 def main(mode: str, jobs: int) -> None:
     if mode == "second":
         pool.run_job = run_job
     kind = BackgroundScheduler if mode == "push" else BlockingScheduler
-    scheduler = kind(executors={"default": ThreadPoolExecutor(20)}, timezone="UTC",
+    scheduler = kind(executors={"default": executor()}, timezone="UTC",
                      job_defaults={"misfire_grace_time": None})  # fmt: skip
     ready = lambda event: mark("scheduler-ready", jobs=len(scheduler.get_jobs()))  # noqa: E731
     scheduler.add_listener(ready, EVENT_SCHEDULER_STARTED)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -134,13 +135,17 @@ def timed_runs_timeline(run: Processes, jobs: int, origin: float, timeout_s: flo
     return timeline(jobs, origin, [r[0] for r in runs], [r[1] for r in runs])
 
 
-def measure_peer(system: str, jobs: int, lead_s: float, timeout_s: float) -> dict:
-    """The burst on APScheduler 3 or Celery beat + worker: `jobs` no-ops due `lead_s` from now."""
+def measure_peer(system: str, jobs: int, lead_s: float, timeout_s: float,
+                 probe: Callable | None = None, **env: str) -> dict:  # fmt: skip
+    """The burst on APScheduler 3 or Celery beat + worker: `jobs` no-ops due `lead_s` from now
+    (`probe`: as systems.measure's)."""
     tick = int(time.time() + lead_s)
-    with peer(system, "burst", jobs, BENCH_TICK=str(tick)) as run:
+    with peer(system, "burst", jobs, BENCH_TICK=str(tick), **env) as run:
         STARTERS[system](run)
+        watching = probe(run) if probe is not None else None
         ready = [run.wait_mark(name, tick - time.time()) for name in READY_MARKS[system]]
         result = timed_runs_timeline(run, jobs, tick, tick + timeout_s - time.time())
+        result.update(watching.stop(tick) if watching is not None else {})
         result["ready_before_tick"] = all(mark and mark["at"] < tick for mark in ready)
         if not run.alive():
             result["log"] = run.log_tails()

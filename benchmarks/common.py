@@ -89,7 +89,13 @@ data = "{root}/sink"
 
 def sink_runs(http: int, since: float) -> list[dict]:
     """The sink's records (/api/runs) since `since`, up to 10,000; [] while it does not answer."""
-    url = f"http://127.0.0.1:{http}/api/runs?since={since}&limit=10000"
+    return sink_query(http, since=since, limit=10_000)
+
+
+def sink_query(http: int, **params: object) -> list[dict]:
+    """/api/runs with these parameters (job, since, until, status, limit); [] without a sink."""
+    query = "&".join(f"{name}={value}" for name, value in params.items())
+    url = f"http://127.0.0.1:{http}/api/runs?{query}"
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             return json.loads(response.read())

@@ -4,7 +4,7 @@ zcron, one node (a scheduler, one worker with 8 slots, a sink):
 - cli: `zcron push -- /bin/sh -c true`, N times one after another as a shell script would:
   each is a Python start-up, so this is the command line's cost more than the scheduler's;
 - client: one process sending N push requests one after another over one connection, with
-  the command line's own client (zcron.commands.SchedulerClient);
+  the command line's own client (zcron.client.SchedulerClient);
 both until all N are recorded in the sink (/api/runs, polled every 0.5 s).
 Peers: Celery .delay() of the same no-op task from one client process (a prefork worker, -c 8,
 on Redis); APScheduler 3 add_job(trigger=None) into its running BackgroundScheduler (20
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.burst import measure_loop, timed_runs_timeline, timeline
@@ -36,7 +37,7 @@ from benchmarks.common import (
     write_crond,
 )
 from benchmarks.systems import peer, start_apscheduler, start_celery
-from zcron.commands import SchedulerClient, ask_any
+from zcron.client import SchedulerClient, ask_any
 from zcron.config import Config, load_config
 from zcron.errors import ZcronError
 
@@ -74,12 +75,20 @@ def push_by_cli(config: Path, http: int, jobs: int, timeout_s: float) -> dict:
     return {"failed": failed, **until_recorded(http, jobs, first, time.time(), timeout_s)}
 
 
-def push_by_client(config: Config, http: int, jobs: int, timeout_s: float) -> dict:
+def push_by_client(
+    config: Config, http: int, jobs: int, timeout_s: float, pipelined: bool = False
+) -> dict:
+    """`jobs` pushes over one connection: each answered before the next, or pipelined
+    (SchedulerClient.ask_many: the scheduler saves each loop turn's pushes in one commit)."""
     request = {"command": NOOP_COMMAND, "pool": "default", "timeout": None}
     first = time.time()
     with SchedulerClient(config, next(iter(config.cluster.schedulers))) as client:
-        for _ in range(jobs):
-            reply = client.ask("push", {**request, "at": time.time()})
+        pushes = ({**request, "at": time.time()} for _ in range(jobs))
+        if pipelined:
+            replies = client.ask_many("push", pushes)
+        else:
+            replies = (client.ask("push", args) for args in pushes)
+        for reply in replies:
             if not reply["ok"]:
                 raise ZcronError(f"push refused: {reply['error']}")
     return until_recorded(http, jobs, first, time.time(), timeout_s)
@@ -104,12 +113,16 @@ def measure_zcron(jobs: int, cli_jobs: int, timeout_s: float = 120.0) -> dict:
         if not wait_until(lambda: worker_slots_free(config), 30):
             return {"zcron": {"error": "no worker slots after 30 s", "log": run.log_tails()}}
         return {"zcron_cli": push_by_cli(path, http, cli_jobs, timeout_s),
-                "zcron": push_by_client(config, http, jobs, timeout_s)}  # fmt: skip
+                "zcron": push_by_client(config, http, jobs, timeout_s),
+                "zcron_pipelined": push_by_client(config, http, jobs, timeout_s, True)}  # fmt: skip
 
 
-def measure_peer(system: str, jobs: int, timeout_s: float = 120.0) -> dict:
-    """Celery: .delay() from a client process once the worker is ready; APScheduler: add_job."""
-    with peer(system, "push", jobs) as run:
+def measure_peer(system: str, jobs: int, timeout_s: float = 120.0,
+                 probe: Callable | None = None, **env: str) -> dict:  # fmt: skip
+    """Celery: .delay() from a client process once the worker is ready; APScheduler: add_job
+    (`probe`: as systems.measure's)."""
+    with peer(system, "push", jobs, **env) as run:
+        watching = probe(run) if probe is not None else None
         if system == "celery":
             start_celery(run, roles=("redis", "worker"))
             if not run.wait_mark("worker-ready", 60):
@@ -121,7 +134,8 @@ def measure_peer(system: str, jobs: int, timeout_s: float = 120.0) -> dict:
         if not pushed:
             return {"error": f"not pushed after {timeout_s:.0f} s", "log": run.log_tails()}
         result = timed_runs_timeline(run, jobs, pushed["first"], timeout_s)
-        return {"submit_s": pushed["last"] - pushed["first"], **result}
+        found = watching.stop() if watching is not None else {}
+        return {"submit_s": pushed["last"] - pushed["first"], **result, **found}
 
 
 def measure(jobs: int, cli_jobs: int, systems: list[str]) -> dict:

@@ -51,6 +51,8 @@ LABELS = {
 PART_LABELS = {
     "push": {"zcron": "zcron, one client, one connection (each push in LMDB before its reply)",
              "zcron_cli": "zcron, `zcron push` per job (a Python start-up each)",
+             "zcron_pipelined": "zcron, one client, one connection, pipelined (a commit per "
+                                "loop turn, each push in LMDB before its reply)",
              "apscheduler": "APScheduler 3, add_job(trigger=None) in its process, 20 threads",
              "celery": "Celery, .delay() from one client, prefork worker (-c 8), Redis"},
     "failover": {"apscheduler": "APScheduler 3 (its one process)",
@@ -171,8 +173,87 @@ def ingest_section(i: dict) -> list[str]:
             f"| {i['store_only']['per_s']:,.0f} |", ""]  # fmt: skip
 
 
+def pool_name(r: dict) -> str:
+    """A row's system and its pool: zcron's slots, APScheduler's processes, Celery's -c."""
+    pools = {"zcron": "slots {}", "apscheduler": "ProcessPoolExecutor({})", "celery": "-c {}"}
+    return f"{r['system']}, {pools[r['system']].format(r['slots'])}"
+
+
+def mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def pool_latency_rows(rows: list[dict]) -> list[str]:
+    out = ["| system | jobs/s | ticks | started | not started | missed, as recorded "
+           "| unaccounted | dups | p50 ms | p99 ms | peak PSS MiB |",
+           "| --- |" + " ---: |" * 10]  # fmt: skip
+    for r in rows:
+        if reason := failed(r):
+            out.append(f"| {pool_name(r)} | - | - | - | - | - | - | - | - | - | failed: {reason} |")
+            continue
+        recorded = r.get("missed_recorded")
+        left = "-" if recorded is None else f"{r['expected_ticks'] - r['ran'] - recorded:,}"
+        out.append(f"| {pool_name(r)} | {r['jobs']:,} | {r['expected_ticks']:,} | {r['ran']:,} "
+                   f"| {r['missed']:,} | {'none' if recorded is None else f'{recorded:,}'} "
+                   f"| {left} | {r['duplicates']} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} "
+                   f"| {mib(r.get('peak_pss_mib'))} |")  # fmt: skip
+    return out
+
+
+def pool_burst_rows(rows: list[dict]) -> list[str]:
+    out = [
+        "| system | jobs | ran | all started s | started/s | all finished s | peak PSS MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if reason := failed(r):
+            out.append(f"| {pool_name(r)} | - | - | - | - | - | failed: {reason} |")
+            continue
+        rate = r["jobs"] / r["all_started_s"] if r.get("all_started_s") else None
+        pss = mib(r.get("peak_pss_mib"))
+        out.append(f"| {pool_name(r)} | {r['jobs']:,} | {r['ran']:,} "
+                   f"| {seconds(r['all_started_s'])} | {mib(rate)} "
+                   f"| {seconds(r['all_finished_s'])} | {pss} |")  # fmt: skip
+    return out
+
+
+def pool_push_rows(rows: list[dict]) -> list[str]:
+    out = ["| system | pushes | acknowledged/s | all finished s | run/s | peak PSS MiB "
+           "| CLI push / status / runs ms |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
+    for r in rows:
+        if reason := failed(r):
+            out.append(f"| {pool_name(r)} | - | - | - | - | - | failed: {reason} |")
+            continue
+        acked = r.get("acknowledged_per_s") or (r["jobs"] / r["submit_s"] if r.get("submit_s")
+                                                 else None)  # fmt: skip
+        cli = r.get("cli_ms")
+        cli_text = " / ".join(f"{cli[c]:.0f}" for c in ("push", "status", "runs")) if cli else "-"
+        out.append(f"| {pool_name(r)} | {r['jobs']:,} | {mib(acked)} "
+                   f"| {seconds(r['all_finished_s'])} | {mib(r.get('jobs_per_s'))} "
+                   f"| {mib(r.get('peak_pss_mib'))} | {cli_text} |")  # fmt: skip
+    return out
+
+
+def pool_section(pool: dict) -> list[str]:
+    slots = pool["slots"]
+    return [f"## Pools of {slots} (zcron at --slots {slots} and its default 4, APScheduler "
+            f"ProcessPoolExecutor({slots}), Celery -c {slots})", "",
+            "Not started = expected − started in the window (+1.5 s); missed, as recorded: "
+            "zcron's `missed` records for the window's ticks, APScheduler's logged skips, "
+            "Celery none; unaccounted = neither started nor recorded.", "",
+            *pool_latency_rows(pool["latency"]), "",
+            "Jobs due at one instant (`/bin/sh -c true`), times from the tick:", "",
+            *pool_burst_rows(pool["burst"]), "",
+            "Ad-hoc pushes from one client (zcron: pipelined on one connection, every "
+            "acknowledged push in LMDB; APScheduler add_job in its process; Celery .delay()), "
+            "until all have run:", "",
+            *pool_push_rows(pool["push"]), ""]  # fmt: skip
+
+
 SECTIONS = {"burst": burst_section, "push": push_section, "ingest": ingest_section,
-            "failover": failover_section, "scale": scale_section}  # fmt: skip
+            "failover": failover_section, "scale": scale_section,
+            "pool": pool_section}  # fmt: skip
 
 
 def markdown(report: dict) -> str:

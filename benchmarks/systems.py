@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 from benchmarks.common import (
     Processes,
@@ -69,7 +70,8 @@ def start_celery(run: Processes, roles: tuple[str, ...] = ("redis", "worker", "s
     if "redis" in roles:
         start_redis(run)
     if "worker" in roles:
-        worker = ["worker", "-c", str(CELERY_WORKERS), "--without-gossip", "--without-mingle",
+        processes = run.env.get("BENCH_CONCURRENCY", str(CELERY_WORKERS))  # the pool part: 2
+        worker = ["worker", "-c", processes, "--without-gossip", "--without-mingle",
                   "-l", "warning"]  # fmt: skip
         run.spawn("worker", [*CELERY, *worker])
     if "scheduler" in roles:
@@ -82,17 +84,23 @@ STARTERS = {"floor": start_floor, "floor_parked": start_floor_parked,
             "apscheduler": start_apscheduler, "celery": start_celery}  # fmt: skip
 
 
-def measure(system: str, jobs: int, seconds: int) -> dict:
-    """N per-second jobs on `system` for `seconds` after its warm-up; as latency.measure."""
-    with peer(system, "second", jobs) as run:
+def measure(system: str, jobs: int, seconds: int, probe: Callable | None = None,
+            **env: str) -> dict:  # fmt: skip
+    """N per-second jobs on `system` for `seconds` after its warm-up; as latency.measure.
+    `probe(run)`, when given, watches from the start; its `stop(first, last)` (the window's
+    ticks) adds to the result before the processes stop (the pool part: peak PSS, what the
+    system recorded)."""
+    with peer(system, "second", jobs, **env) as run:
         STARTERS[system](run)
+        watching = probe(run) if probe is not None else None
         time.sleep(WARMUP_S[system])
         first = int(time.time()) + 1
         sleep_until(first + seconds)
         time.sleep(1.5)  # as for zcron: the last ticks' commands may still be starting
         alive = run.alive()
+        found = watching.stop(first, first + seconds - 1) if watching is not None else {}
         run.stop_all()
-        result = summarize(run.out, jobs, first, seconds)
+        result = {**summarize(run.out, jobs, first, seconds), **found}
         result["alive"] = alive
         if not alive:
             result["log"] = run.log_tails()

@@ -12,108 +12,36 @@ never completes a handshake). Without keys every call is a no-op and `sender` is
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import queue
-import stat
+import struct
 import threading
 import time
 
 import zmq
-import zmq.auth
 from zmq.utils import z85
-from zmq.utils.monitor import recv_monitor_message
 
 from zcron.config import ClusterConfig
 from zcron.errors import ConfigError
+from zcron.keyfiles import (  # noqa: F401 (CLI_KEY: zcron.roles and zcron.up import it here)
+    CLI_KEY,
+    check_keys_dir,
+    client_key_name,
+    load_public,
+    load_secret,
+    trusted_keys,
+)
+from zcron.net import HANDSHAKE_FAILED, monitor_event
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
 FAILURE_LOG_EVERY_S = 10.0
-CLI_KEY = "cli"
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 # An unknown key makes the handler re-read the directory (a node added since we started),
 # at most this often: a stranger retrying must not turn into a directory scan per attempt.
 RELOAD_EVERY_S = 1.0
 REDIAL_AFTER_S = 1.0
-LOOSE_DIR = stat.S_IWGRP | stat.S_IWOTH | stat.S_IROTH
-LOOSE_SECRET = 0o077
-
-
-def _read_pair(path: str) -> tuple[bytes, bytes | None]:
-    """(public, secret) from one certificate file; ConfigError naming the file otherwise."""
-    try:
-        return zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        why = "no such file" if not os.path.exists(path) else getattr(exc, "strerror", None)
-        raise ConfigError(
-            f"[cluster] keys: cannot read {path}: {why or exc} (make one with `zcron keygen`)"
-        ) from None
-
-
-def check_keys_dir(keys_dir: str) -> None:
-    """Refuse a keys directory others could write to or list (spec §7, Files)."""
-    try:
-        info = os.stat(keys_dir)
-    except OSError:
-        raise ConfigError(f"[cluster] keys: {keys_dir} is not a directory") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"[cluster] keys: {keys_dir} is not a directory")
-    if info.st_mode & LOOSE_DIR:
-        raise ConfigError(
-            f"[cluster] keys: {keys_dir} is open to others (mode {stat.filemode(info.st_mode)}):"
-            f" chmod 0750 {keys_dir}"
-        )
-
-
-def load_secret(keys_dir: str, name: str) -> tuple[bytes, bytes]:
-    """This process's own keypair from `keys_dir/NAME.key_secret` (owner-only)."""
-    path = os.path.join(keys_dir, f"{name}.key_secret")
-    public, secret = _read_pair(path)
-    if secret is None:
-        raise ConfigError(f"[cluster] keys: {path} holds no secret-key")
-    mode = os.stat(path).st_mode
-    if mode & LOOSE_SECRET:
-        raise ConfigError(
-            f"[cluster] keys: {path} is readable or writable by others "
-            f"({stat.filemode(mode)}): chmod 0600 {path}"
-        )
-    return public, secret
-
-
-def load_public(keys_dir: str, name: str) -> bytes:
-    """The public key of the process named `name` (`keys_dir/NAME.key`)."""
-    return _read_pair(os.path.join(keys_dir, f"{name}.key"))[0]
-
-
-def trusted_keys(keys_dir: str) -> dict[bytes, str]:
-    """z85 public key -> key name, for every `NAME.key` of the directory."""
-    names: dict[bytes, str] = {}
-    for path in sorted(glob.glob(os.path.join(keys_dir, "*.key"))):
-        names[_read_pair(path)[0]] = os.path.basename(path)[: -len(".key")]
-    return names
-
-
-def client_key_name(keys_dir: str) -> str:
-    """The key the command-line client uses: `cli`, else the first readable `*.key_secret`."""
-    candidates = [CLI_KEY] + sorted(
-        os.path.basename(p)[: -len(".key_secret")]
-        for p in glob.glob(os.path.join(keys_dir, "*.key_secret"))
-    )
-    for name in candidates:
-        if os.access(os.path.join(keys_dir, f"{name}.key_secret"), os.R_OK):
-            return name
-    raise ConfigError(
-        f"[cluster] keys: no readable secret key in {keys_dir} "
-        f"(you may not be allowed to submit: ask for a client key, `zcron keygen DIR NAME`"
-        f" and [clients] in the config)"
-    )
 
 
 CERTIFICATE = """#   ZeroMQ CURVE {kind} Certificate (zcron keygen; the format of zmq.auth)
@@ -274,8 +202,8 @@ class HandshakeMonitor:
 
     def note(self, mon: zmq.Socket, peer: str, sock_id: int) -> None:
         try:
-            event = recv_monitor_message(mon)
-        except zmq.ZMQError:
+            event = monitor_event(mon.recv_multipart())
+        except (zmq.ZMQError, struct.error):
             return
         succeeded = event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
         self.outcomes.put((sock_id, succeeded))

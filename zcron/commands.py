@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from datetime import datetime
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING
 
-import zmq
+from zcron.config import load_config, parse_duration
+from zcron.errors import ConfigError, ZcronError
 
-from zcron import clock, protocol
-from zcron.auth import Security, write_keypair
-from zcron.config import Config, load_config, parse_duration
-from zcron.errors import ConfigError, ProtocolError, ScheduleError, ZcronError
-from zcron.job import Job
-from zcron.net import make_socket
-from zcron.schedule import load_paths
+if TYPE_CHECKING:
+    from zcron.errors import ScheduleError
+    from zcron.job import Job
 
-REQUEST_TIMEOUT_MS = 2000
+# What a command needs is imported in it: `zcron push` and `status` start in ~80 ms under
+# load instead of ~160, `runs` in ~58 (python -X importtime: ZeroMQ, the schedule parsers,
+# urllib, zoneinfo, logging and the CURVE server side load only where used; checked by
+# tests/integration/test_cli_imports.py).
 
 
 def _iso(instant: float, tz: str) -> str:
+    from datetime import UTC, datetime
+
+    if tz == "UTC":  # what push, cancel and runs print: no zoneinfo to load
+        return datetime.fromtimestamp(instant, UTC).isoformat(timespec="seconds")
+    from zoneinfo import ZoneInfo
+
     return datetime.fromtimestamp(instant, ZoneInfo(tz)).isoformat(timespec="seconds")
 
 
@@ -37,6 +38,10 @@ def fire_times(job: Job, count: int, after: float) -> list[float]:
 
 
 def cmd_check(args: dict) -> int:
+    import json
+
+    from zcron.schedule import load_paths
+
     config = load_config(args.get("--config"))
     paths = args.get("PATH") or [config.scheduler.schedules]
     result = load_paths(paths)
@@ -86,6 +91,10 @@ def problem_json(kind: str, problem: ScheduleError) -> dict:
 
 
 def cmd_next(args: dict) -> int:
+    import json
+
+    from zcron.schedule import load_paths
+
     config = load_config(args.get("--config"))
     count = _positive_int(args.get("-n") or "5", "-n")
     result = load_paths([config.scheduler.schedules])
@@ -115,85 +124,9 @@ def _positive_int(text: str, option: str) -> int:
     return value
 
 
-class SchedulerClient:
-    """One connection to one scheduler for a series of requests, each answered before the
-    next: the command line makes one; a program pushing many keeps it (a connection per
-    request cost ~3 ms, most of a push)."""
-
-    def __init__(self, config: Config, scheduler_id: str):
-        self.scheduler_id = scheduler_id
-        self.address = config.scheduler_address(scheduler_id)
-        self.security = Security.for_client(config.cluster)
-        self.sock = make_socket(zmq.Context.instance(), zmq.DEALER)
-        try:
-            self.security.client(self.sock, scheduler_id)
-            self.sock.connect(self.address)
-        except BaseException:
-            self.close()
-            raise
-
-    def ask(self, op: str, args: dict) -> dict:
-        """Send one request and return the reply (ZcronError when none comes in time)."""
-        where = f"scheduler {self.scheduler_id} at {self.address}"
-        self.sock.send(protocol.encode("request", op=op, args=args))
-        if not self.sock.poll(REQUEST_TIMEOUT_MS):
-            self.close()  # a late reply must not be taken for the next request's
-            raise ZcronError(f"{where} did not answer{_why(self.security)}")
-        try:
-            kind, reply = protocol.decode(self.sock.recv())
-        except ProtocolError as exc:
-            raise ZcronError(f"{where}: bad reply: {exc}") from None
-        if kind != "reply":
-            raise ZcronError(f"{where}: unexpected {kind!r}")
-        return reply
-
-    def close(self) -> None:
-        if not self.sock.closed:
-            self.sock.close(linger=0)
-            self.security.close()
-
-    def __enter__(self) -> SchedulerClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def request(config: Config, op: str, args: dict, scheduler_id: str) -> dict:
-    """Send one request to one scheduler and return its reply (ZcronError when none)."""
-    with SchedulerClient(config, scheduler_id) as client:
-        return client.ask(op, args)
-
-
-def _why(security: Security) -> str:
-    if not security.handshake_failures:
-        return ""
-    return (
-        f" (CURVE handshake failed: is {security.name}.key trusted there, "
-        f"and is its public key in {security.keys_dir} current?)"
-    )
-
-
-def ask_any(
-    config: Config, op: str, args: dict, refused: type[ZcronError] = ZcronError
-) -> dict:
-    """Ask the schedulers in turn until one accepts the request; when none does, raise
-    `refused` if one answered (with its reason), else ZcronError (none reachable)."""
-    errors, answered = [], False
-    for sid in config.cluster.schedulers:
-        try:
-            reply = request(config, op, args, sid)
-        except ZcronError as exc:
-            errors.append(str(exc))
-            continue
-        if reply["ok"]:
-            return reply["body"]
-        answered = True
-        errors.append(f"scheduler {sid}: {reply['error']}")
-    raise (refused if answered else ZcronError)("; ".join(errors))
-
-
 def cmd_run(args: dict) -> int:
+    from zcron.client import ask_any
+
     config = load_config(args.get("--config"))
     body = ask_any(config, "run", {"job": args["JOB"]})
     run = f" (run {body['run_id']})" if body.get("run_id") else ""
@@ -203,10 +136,14 @@ def cmd_run(args: dict) -> int:
 
 def parse_time(text: str, option: str) -> float:
     """Unix seconds, ISO 8601 (naive = UTC), or a duration meaning that long ago."""
+    from zcron import clock
+
     return clock.parse_time(option, text, time.time())
 
 
 def cmd_push(args: dict) -> int:
+    from zcron.client import ask_any
+
     config = load_config(args.get("--config"))
     at = time.time()
     if args.get("--at"):
@@ -233,6 +170,8 @@ def cmd_push(args: dict) -> int:
 
 
 def cmd_cancel(args: dict) -> int:
+    from zcron.client import ask_any
+
     config = load_config(args.get("--config"))
     body = ask_any(config, "cancel", {"run_id": args["RUN_ID"]})
     print(f"cancelled run {body['run_id']} of {body['job']} ({body['cancelled']})")
@@ -250,6 +189,8 @@ def cmd_resume(args: dict) -> int:
 def _set_paused(args: dict, op: str) -> int:
     """Pause or resume a job on every scheduler (one takes it and tells the others). A job
     no scheduler knows, or a key that may not, is exit 2; no scheduler reachable, exit 1."""
+    from zcron.client import ask_any
+
     config = load_config(args.get("--config"))
     body = ask_any(config, op, {"job": args["JOB"]}, refused=ConfigError)
     state = "paused" if body["paused"] else "resumed"
@@ -258,6 +199,10 @@ def _set_paused(args: dict, op: str) -> int:
 
 
 def cmd_status(args: dict) -> int:
+    import json
+
+    from zcron.client import request
+
     config = load_config(args.get("--config"))
     views = {}
     for sid in config.cluster.schedulers:
@@ -314,6 +259,8 @@ def _print_paused(views: dict) -> None:
 
 
 def cmd_runs(args: dict) -> int:
+    from urllib.parse import urlencode
+
     config = load_config(args.get("--config"))
     params = {"limit": str(_positive_int(args.get("--limit") or "20", "--limit"))}
     if args.get("JOB"):
@@ -322,8 +269,10 @@ def cmd_runs(args: dict) -> int:
         params["since"] = f"{parse_time(args['--since'], '--since'):.6f}"
     if args.get("--status"):
         params["status"] = args["--status"]
-    runs = _get_runs(f"http://{config.sink.http}/api/runs?{urllib.parse.urlencode(params)}")
+    runs = _get_runs(config.sink.http, f"/api/runs?{urlencode(params)}")
     if args.get("--json"):
+        import json
+
         for run in runs:
             print(json.dumps(run, sort_keys=True))
     else:
@@ -331,12 +280,16 @@ def cmd_runs(args: dict) -> int:
     return 0
 
 
-def _get_runs(url: str) -> list[dict]:
+def _get_runs(http: str, path: str) -> list[dict]:
+    import json
+
+    from zcron.sinkapi import ApiError, get_json
+
+    url = f"http://{http}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            runs = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode(errors="replace")
+        return get_json(http, path)
+    except ApiError as exc:
+        body = exc.body
         try:
             body = json.loads(body)["error"]
         except (ValueError, KeyError, TypeError):
@@ -344,9 +297,8 @@ def _get_runs(url: str) -> list[dict]:
         # 400: the sink did not accept our arguments, a usage error (exit 2).
         error = ConfigError if exc.code == 400 else ZcronError
         raise error(f"{url}: HTTP {exc.code}: {body}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (OSError, ValueError) as exc:
         raise ZcronError(f"cannot reach the sink at {url}: {exc}") from None
-    return runs
 
 
 RUNS_HEADER = ("TICK (UTC)", "STATUS", "LATE", "TOOK", "JOB", "WORKER", "RUN")
@@ -380,6 +332,8 @@ def _run_row(run: dict) -> tuple[str, ...]:
 
 
 def cmd_keygen(args: dict) -> int:
+    from zcron.auth import write_keypair
+
     public, secret = write_keypair(args["DIR"], args["NAME"])
     print(f"wrote {public} and {secret}")
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import socket
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -46,6 +45,8 @@ def default_schedules_dir() -> str:
 
 @dataclass(frozen=True)
 class ClusterConfig:
+    """[cluster]: the schedulers, the sink, the keys and the timing they share."""
+
     schedulers: dict[str, str] = field(default_factory=lambda: {"a": "tcp://127.0.0.1:7701"})
     sink: str = "tcp://127.0.0.1:7710"
     keys: str | None = None
@@ -57,6 +58,8 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
+    """[scheduler]: this scheduler's id, its schedule directory and state."""
+
     id: str = "a"
     schedules: str = field(default_factory=default_schedules_dir)
     state: str = ".zcron/scheduler"
@@ -64,7 +67,9 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    id: str = field(default_factory=socket.gethostname)
+    """[worker]: this worker's id, pools, slots, spool and drain timeout."""
+
+    id: str = field(default_factory=lambda: os.uname().nodename)  # gethostname(), no socket
     pool: tuple[str, ...] = ("default",)
     slots: int = 4
     spool: str = ".zcron/worker"
@@ -73,6 +78,8 @@ class WorkerConfig:
 
 @dataclass(frozen=True)
 class SinkConfig:
+    """[sink]: the HTTP address, the data directory and what it keeps."""
+
     http: str = "127.0.0.1:9464"
     data: str = ".zcron/sink"
     retention: float = 14 * 86400.0
@@ -82,6 +89,9 @@ class SinkConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration file. (Each class has a docstring: without one, @dataclass
+    computes inspect.signature for it at import, ~0.5 ms of every CLI start for the five.)"""
+
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)

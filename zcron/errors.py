@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable
 
@@ -37,6 +36,8 @@ class ProtocolError(ZcronError):
 
 def did_you_mean(word: str, known: Iterable[str]) -> str:
     """' (did you mean "X"?)' for the closest known word, else ''."""
+    import difflib  # only on an error: not in every command's start-up
+
     close = difflib.get_close_matches(word, list(known), n=1)
     return f' (did you mean "{close[0]}"?)' if close else ""
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from zcron.cron import CronSchedule, parse_schedule
+if TYPE_CHECKING:  # zcron.cron (zoneinfo) and hashlib load when a job is made: the
+    from zcron.cron import CronSchedule  # command line's protocol import needs neither
 
 OWN_USER = "-"  # the cron.d user column for "the worker's own user"
 
@@ -59,6 +60,8 @@ class Job:
 
     def __post_init__(self) -> None:
         if self.cron is None:
+            from zcron.cron import parse_schedule
+
             object.__setattr__(self, "cron", parse_schedule(self.schedule, self.timezone))
 
     def next_after(self, t: float) -> float | None:
@@ -76,6 +79,8 @@ def jitter_delay(name: str, jitter: float) -> float:
     scheduler), spread evenly over [0, jitter) across names; to the microsecond."""
     if jitter <= 0:
         return 0.0
+    import hashlib
+
     spread = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2.0**64
     return round(spread * jitter, 6)
 

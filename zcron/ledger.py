@@ -100,8 +100,19 @@ class TickLedger:
 
     def save_push(self, name: str, msg: dict) -> None:
         """Keep a delayed `zcron push` until it fires, across restarts."""
-        data = msgpack.packb(msg, use_bin_type=True)
-        self._write(lambda txn: txn.put(name.encode(), data, db=self.push_db))
+        self.save_pushes({name: msg})
+
+    def save_pushes(self, pushes: dict[str, dict]) -> None:
+        """Keep pushes until they fire, all in one synced transaction: one fsync for a
+        loop turn's pushes (~1-5 ms each on ext4, which capped one client at ~450/s)."""
+        rows = [(name.encode(), msgpack.packb(msg, use_bin_type=True))
+                for name, msg in pushes.items()]  # fmt: skip
+
+        def write(txn: lmdb.Transaction) -> None:
+            for key, data in rows:
+                txn.put(key, data, db=self.push_db)
+
+        self._write(write)
 
     def drop_push(self, name: str) -> None:
         with self.env.begin(write=True, db=self.push_db) as txn:

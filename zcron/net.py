@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
-import secrets
+import struct
 from collections.abc import Callable, Iterator
-from urllib.parse import urlparse
 
 import zmq
 
@@ -14,10 +12,18 @@ from zcron.errors import ConfigError, ProtocolError
 from zcron.protocol import MAX_MESSAGE_BYTES
 
 DEFAULT_HWM = 10_000
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 def is_loopback(address: str) -> bool:
     """True when a tcp:// address names a loopback host (ipc:// and inproc:// count too)."""
+    import ipaddress  # here: binds check it, the command line never does
+    from urllib.parse import urlparse
+
     parsed = urlparse(address)
     if parsed.scheme in ("ipc", "inproc"):
         return True
@@ -63,6 +69,8 @@ def incarnation(name: str) -> str:
     incarnation, so that neither a second process with the same id nor a stranger who
     knows the id can take our route over (ROUTER_HANDOVER hands a route to whoever
     connects with its routing id; spec §7, Identity)."""
+    import secrets  # base64, hmac, random: not for the command line, which needs no id
+
     return f"{name}.{secrets.token_hex(8)}"
 
 
@@ -114,3 +122,12 @@ def receive(
             reject(str(exc))
             continue
         yield kind, msg
+
+
+def monitor_event(frames: list[bytes]) -> dict:
+    """A socket monitor's message (libzmq ≥ 4: event u16 and value u32, then the endpoint),
+    decoded as zmq.utils.monitor does; that module loads asyncio, ~10 ms of a CLI start."""
+    if len(frames) != 2:
+        raise struct.error(f"{len(frames)} frames in a monitor message")
+    event, value = struct.unpack("=hi", frames[0])
+    return {"event": event, "value": value, "endpoint": frames[1]}

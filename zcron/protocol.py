@@ -12,7 +12,6 @@ from typing import Any
 import msgpack
 
 from zcron.errors import ProtocolError
-from zcron.job import NAME_RE, mailto_problem
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20
@@ -223,6 +222,8 @@ def _check_record(msg: dict) -> None:
 
 
 def _check_job(msg: dict) -> None:
+    from zcron.job import mailto_problem  # here: the command line sends no job messages
+
     env, command = msg["env"], msg["command"]
     _require(bool(msg["run_id"]) and bool(msg["job"]), "job.run_id and job must be set")
     _require(1 <= msg["attempt"] <= MAX_ATTEMPT, "job.attempt out of range")
@@ -309,6 +310,8 @@ def _is_tick_pair(pair: Any) -> bool:
 
 def is_pause(entry: Any) -> bool:
     """[job, paused, stamp, by]: a job name, a bool, a finite number, a short string."""
+    from zcron.job import NAME_RE
+
     return (
         isinstance(entry, list)
         and len(entry) == 4

@@ -541,6 +541,7 @@ class Scheduler:
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
+                self.requests.commit()  # the turn's pushes in one transaction, then replies
                 return
             try:
                 if len(frames) != 2:
