@@ -58,7 +58,10 @@ JOB_ENTRY = {
     "source": (str, type(None)),
     "next_tick": (int, float, type(None)),
     "paused": (bool, type(None)),  # zcron pause (schedulers agree within a heartbeat)
+    "after": (list, type(None)),  # a chained job's parents (names, at most 64)
+    "on_failure": (bool, type(None)),  # it has a failure hook (runs as JOB:on_failure)
 }
+MAX_PARENTS = 64
 
 
 @dataclass
@@ -104,7 +107,9 @@ def check_job_entry(entry: Any) -> dict:
             name == "next_tick"
             and value is not None
             and (isinstance(value, bool) or not math.isfinite(value))
-        )
+        ) or (name == "after" and value is not None and not (
+            len(value) <= MAX_PARENTS
+            and all(isinstance(p, str) and len(p) <= MAX_NAME for p in value)))  # fmt: skip
         clean[name] = None if wrong else value
     return clean
 
