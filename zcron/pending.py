@@ -49,14 +49,20 @@ class DurableMap(MutableMapping):
 
     def __setitem__(self, key: tuple, value: object) -> None:
         row = value.wire() if hasattr(value, "wire") else value
-        with self.env.begin(write=True, db=self.db) as txn:
-            txn.put(_pack(list(key)), _pack(row))
         self.data[key] = value
+        self._write(lambda txn: txn.put(_pack(list(key)), _pack(row), db=self.db))
 
     def __delitem__(self, key: tuple) -> None:
         del self.data[key]
-        with self.env.begin(write=True, db=self.db) as txn:
-            txn.delete(_pack(list(key)))
+        self._write(lambda txn: txn.delete(_pack(list(key)), db=self.db))
+
+    def _write(self, step: Callable[[lmdb.Transaction], object]) -> None:
+        """One write; a full map keeps the entry in memory only (the peers hold it too)."""
+        try:
+            with self.env.begin(write=True) as txn:
+                step(txn)
+        except lmdb.MapFullError:
+            log.error("pending follow-ups: the map is full; this one is kept in memory only")
 
     def __iter__(self) -> Iterator:
         return iter(list(self.data))
@@ -72,7 +78,7 @@ class Pending:
         self, directory: str, counters: dict[str, int], behind_s: float, ahead_s: float
     ) -> None:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        self.env = lmdb.open(directory, map_size=64 << 20, max_dbs=2, subdir=True, mode=0o700)
+        self.env = lmdb.open(directory, map_size=256 << 20, max_dbs=2, subdir=True, mode=0o700)
         self.items: DurableMap = DurableMap(self.env, b"followups", FollowUp.from_wire)
         progress = DurableMap(self.env, b"chains", list)
         self.decider = FollowUps(progress)  # type: ignore[arg-type]

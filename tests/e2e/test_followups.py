@@ -96,15 +96,8 @@ def test_child_runs_once_per_ok_parent_tick_and_is_skipped_after_a_failed_one(
     assert jobs["load"]["after"] == ["extract"]
 
 
-SLOW_CHAIN = """
-[extract]
-schedule = "*/2 * * * * *"
-command = 'sleep 1; test $(( ${ZCRON_TICK%.*} % 3 )) -ne 0'
-
-[load]
-after = ["extract"]
-command = "true"
-"""
+SLOW_CHAIN = CHAIN.replace('"* * * * * *"', '"*/2 * * * * *"').replace(
+    "command = 'test", "command = 'sleep 1; test")
 
 
 def test_child_runs_once_across_a_sigkill_of_the_parents_scheduler(
