@@ -17,8 +17,10 @@ import lmdb
 import msgpack
 
 from zcron.chains import children_of
+from zcron.errors import ProtocolError
 from zcron.followups import FollowUp, FollowUps, Key, Outcome
-from zcron.job import Job
+from zcron.job import HOOK_SUFFIX, Job
+from zcron.protocol import check_window
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +77,9 @@ class Pending:
     """The follow-ups this scheduler knows of and has not seen done."""
 
     def __init__(
-        self, directory: str, counters: dict[str, int], behind_s: float, ahead_s: float
-    ) -> None:
+        self, directory: str, counters: dict[str, int], window: tuple[float, float],
+        reject: Callable[[str], None] = log.warning,
+    ) -> None:  # fmt: skip
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.env = lmdb.open(directory, map_size=256 << 20, max_dbs=2, subdir=True, mode=0o700)
         self.items: DurableMap = DurableMap(self.env, b"followups", FollowUp.from_wire)
@@ -84,24 +87,51 @@ class Pending:
         self.decider = FollowUps(progress)  # type: ignore[arg-type]
         self.done: dict[Key, float] = {}  # key -> when we learnt it was done (wall)
         self.counters = counters
-        self.behind_s, self.ahead_s = behind_s, ahead_s  # the window wire times must be in
+        self.window, self.reject = window, reject  # how far back and ahead wire times may be
         self.jobs: Mapping[str, Job] = {}
         self.children: dict[str, tuple[str, ...]] = {}
+        self.chained: set[str] = set()  # jobs with `after`: their first attempts are follow-ups
         self.outgoing: list[list] = []  # our own outcomes, for the peers
         self.started: list[list] = []  # keys we started, for the peers
 
-    def times_of(self, msg: dict) -> list[tuple[float, float, float]]:
-        """A heard outcome's tick and end, each with how far back and ahead it may be."""
-        return [(msg["tick"], self.behind_s, self.ahead_s),
-                (msg["ended"], self.behind_s, self.ahead_s)]  # fmt: skip
+    def in_window(self, outcomes: list[Outcome], now: float, what: str) -> bool:
+        """Every tick and end within [now - retention, now + ahead] (spec §7), else the
+        message is dropped and counted: nothing out of it is persisted."""
+        behind, ahead = self.window
+        try:
+            for out in outcomes:
+                check_window(out.tick, now, behind, ahead, f"{what} tick")
+                check_window(out.ended, now, behind, ahead, f"{what} end")
+        except ProtocolError as exc:
+            self.reject(f"dropped {what}: {exc}")
+            return False
+        return True
+
+    def on_finished(self, msg: dict, worker: str, now: float) -> None:
+        """A worker's `finished` (with the run's tick, attempt and end: all or none)."""
+        if "tick" not in msg:
+            return
+        out = Outcome(msg["run_id"], msg["job"], msg["tick"], msg["attempt"], msg["status"],
+                      msg.get("exit_code"), msg["ended"], worker)  # fmt: skip
+        if self.in_window([out], now, "finished"):
+            self.note(out)
+
+    def on_outcomes(self, msg: dict, now: float) -> None:
+        """A peer's `outcomes`: the ends it recorded, and the follow-ups it started."""
+        rows = [Outcome.from_wire(row) for row in msg["outcomes"]]
+        if self.in_window(rows, now, "outcomes"):
+            for out in rows:
+                self.note(out)
+            self.heard_done(msg["runs"], now)
 
     def set_jobs(self, jobs: Mapping[str, Job]) -> None:
         self.jobs, self.children = jobs, children_of(jobs)
+        self.chained = {name for name, job in jobs.items() if job.after}
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
-    def note(self, out: Outcome, now: float, ours: bool = False) -> None:
+    def note(self, out: Outcome, ours: bool = False) -> None:
         """An outcome heard (ours: recorded by us, so the peers are told of it)."""
         if ours and self.has_followups(out.job):
             self.outgoing.append(out.wire())
@@ -131,9 +161,11 @@ class Pending:
             del self.done[next(iter(self.done))]
 
     def heard_done(self, keys: list[list], now: float) -> None:
-        """Runs a peer started or a worker took: [[job, tick, attempt], ...]."""
+        """Runs a peer started or a worker took: [[job, tick, attempt], ...]; only those
+        that can be follow-ups are remembered (a retry, a hook, a chained job's run)."""
         for job, tick, attempt in keys:
-            self.mark_done((job, float(tick), attempt), now)
+            if attempt > 1 or job.endswith(HOOK_SUFFIX) or job in self.chained:
+                self.mark_done((job, float(tick), attempt), now)
 
     def due(self, now: float) -> list[FollowUp]:
         return sorted((f for f in self.items.values() if f.at <= now), key=lambda f: f.at)

@@ -113,11 +113,12 @@ class Scheduler:
         self.counters = dict.fromkeys(("rejected", "takeovers", "caught_up", "missed", "retries",
                                        "skipped", "replaced"), 0)  # fmt: skip
         # retries, chained children, failure hooks: known to every scheduler (pending.py)
-        self.pending = Pending(f"{config.scheduler.state}/pending", self.counters,
-                               config.sink.retention, ahead_bound_s(cluster))  # fmt: skip
         self.roles = Roles(config.cluster.schedulers, config.clients)
         self.sender: Sender = ANYONE  # the key behind the message being handled
         self.rejects = Rejects(self.clock.monotonic, self.count_reject)
+        self.pending = Pending(f"{config.scheduler.state}/pending", self.counters,
+                               (config.sink.retention, ahead_bound_s(cluster)),
+                               self.rejects)  # fmt: skip
         self.misses = Rejects(self.clock.monotonic)  # missed ticks: logged once per interval
         self.stall_bound = stall_bound_s(cluster)
         self.awake_since = self.clock.monotonic()
@@ -164,7 +165,7 @@ class Scheduler:
             "ready": self.on_ready, "finished": self.on_finished,
             "request": self.requests.on_request, "heartbeat": self.on_heartbeat,
             "claims": takeover.on_fired, "accepted": self.on_accepted,
-            "outcomes": self.on_outcomes,
+            "outcomes": lambda identity, msg: self.pending.on_outcomes(msg, self.clock.now()),
             "jobset_request": takeover.on_jobset_request, "jobset": takeover.on_jobset,
             "pauses": self.pause_sync.on_pauses, "pauses_request": self.pause_sync.on_request,
         }  # fmt: skip
@@ -607,28 +608,13 @@ class Scheduler:
         decide its follow-ups in any case (pending.py)."""
         self.workers.finished(identity, msg["run_id"])
         worker = self.workers.workers.get(identity)
-        if "tick" in msg and worker is not None and self.takeover.in_window(
-                self.clock.now(), *self.pending.times_of(msg), what="finished"):  # fmt: skip
-            outcome = Outcome(msg["run_id"], msg["job"], msg["tick"], msg["attempt"],
-                              msg["status"], msg.get("exit_code"), msg["ended"],
-                              worker.id if worker else None)  # fmt: skip
-            self.pending.note(outcome, self.clock.now())
+        if worker is not None:  # a worker that announced itself (its key checked: roles.py)
+            self.pending.on_finished(msg, worker.id, self.clock.now())
 
     def on_accepted(self, identity: bytes, msg: dict) -> None:
         """A worker took these runs: the ticks fired (takeover.py), the follow-ups are done."""
         self.takeover.on_fired(identity, msg)
         self.pending.heard_done(msg.get("runs", []), self.clock.now())
-
-    def on_outcomes(self, identity: bytes, msg: dict) -> None:
-        """A peer's records (lost, missed, skipped) and the follow-ups it started."""
-        now = self.clock.now()
-        rows = [Outcome.from_wire(row) for row in msg["outcomes"]]
-        times = [t for out in rows for t in self.pending.times_of(
-            {"tick": out.tick, "ended": out.ended})]  # fmt: skip
-        if self.takeover.in_window(now, *times, what="outcomes"):
-            for outcome in rows:
-                self.pending.note(outcome, now)
-        self.pending.heard_done(msg["runs"], now)
 
     def fire_followups(self, now: float, now_mono: float) -> None:
         """Start the due follow-ups we own, then tell the peers (and what we recorded)."""
@@ -733,8 +719,7 @@ class Scheduler:
         send_nowait(self.sink, protocol.encode("result", record=rec))
         self.spool.mark_sent(rec["run_id"], self.clock.monotonic())
         if outcome:
-            self.pending.note(Outcome.from_record(rec, self.clock.now()), self.clock.now(),
-                              ours=True)  # fmt: skip
+            self.pending.note(Outcome.from_record(rec, self.clock.now()), ours=True)
 
     def send_job_table(self, report: dict, now: float) -> None:
         """The job table with next ticks, in parts; large tables less often (idle CPU)."""

@@ -28,6 +28,7 @@ from zcron.daemon import Notifier, Rejects, Signals, run_daemon
 from zcron.errors import ProtocolError
 from zcron.fence import ahead_bound_s
 from zcron.http import Api, HttpServer
+from zcron.job import HOOK_SUFFIX
 from zcron.log import setup_logging
 from zcron.metrics import Metrics
 from zcron.net import bind, make_socket
@@ -225,6 +226,14 @@ class Reports:
         with self.lock:
             return list(self.first_seen)
 
+    def metric_names(self) -> list[str]:
+        """The job_name labels with a series from the start: every job, and JOB:on_failure
+        of each job with a failure hook (its runs are counted under that name)."""
+        with self.lock:
+            hooks = {entry["name"] + HOOK_SUFFIX for report in self.schedulers.values()
+                     for entry in report["jobs"] if entry.get("on_failure")}  # fmt: skip
+            return [*self.first_seen, *hooks]
+
     def first_seen_times(self) -> dict[str, float]:
         with self.lock:
             return dict(self.first_seen)
@@ -403,7 +412,7 @@ class Sink:
         self.reports.expire(now)
         self.metrics.set_schedulers(*self.reports.scheduler_states(now))
         self.metrics.set_slots(*self.reports.slots())
-        self.metrics.know_jobs(self.reports.job_names())
+        self.metrics.know_jobs(self.reports.metric_names())
 
     def close(self) -> None:
         """Stop HTTP first (its threads read the store), then the socket, then LMDB."""

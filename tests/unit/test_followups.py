@@ -112,14 +112,14 @@ def test_hook_message_carries_the_failed_runs_end() -> None:
 
 
 def pending(tmp_path: Path, jobs: list[Job]) -> Pending:
-    store = Pending(str(tmp_path / "pending"), {}, 86400.0, 10.0)
+    store = Pending(str(tmp_path / "pending"), {}, (86400.0, 10.0))
     store.set_jobs({j.name: j for j in jobs})
     return store
 
 
 def test_the_owner_starts_a_due_follow_up_once_and_tells_its_peers(tmp_path: Path) -> None:
     store = pending(tmp_path, [job("a", retries=1, retry_delay=5.0)])
-    store.note(out("a", "failed"), T + 2, ours=True)
+    store.note(out("a", "failed"), ours=True)
     started: list[FollowUp] = []
     store.fire_due(T + 6, lambda j, at: True, lambda f, j: started.append(f))
     assert started == []  # due at T + 7
@@ -135,7 +135,7 @@ def test_the_owner_starts_a_due_follow_up_once_and_tells_its_peers(tmp_path: Pat
 def test_a_follow_up_waits_for_its_owner_and_survives_a_restart(tmp_path: Path) -> None:
     jobs = [job("a", retries=1)]
     store = pending(tmp_path, jobs)
-    store.note(out("a", "failed"), T + 2)
+    store.note(out("a", "failed"))
     store.fire_due(T + 3, lambda j, at: False, lambda f, j: pytest.fail("not ours"))
     assert store.next_at(T + 3, 2.0) == T + 5  # due, not ours: looked at again
     store.close()
@@ -149,26 +149,26 @@ def test_a_follow_up_waits_for_its_owner_and_survives_a_restart(tmp_path: Path) 
 def test_a_follow_up_a_peer_or_worker_started_is_never_started_here(tmp_path: Path) -> None:
     store = pending(tmp_path, [job("p"), job("c", after=("p",))])
     store.heard_done([["c", T, 1]], T + 1)  # the claim came before the parent's end
-    store.note(out("p"), T + 2)
+    store.note(out("p"))
     assert not store.items
-    store.note(out("p", "ok", attempt=1), T + 2)
+    store.note(out("p", "ok", attempt=1))
     store.fire_due(T + 9, lambda j, at: True, lambda f, j: pytest.fail("done elsewhere"))
 
 
 def test_a_half_finished_chain_survives_a_restart(tmp_path: Path) -> None:
     jobs = [job("p1"), job("p2"), job("c", after=("p1", "p2"))]
     store = pending(tmp_path, jobs)
-    store.note(out("p1"), T + 2)
+    store.note(out("p1"))
     store.close()
     again = pending(tmp_path, jobs)
-    again.note(out("p2"), T + 3)
+    again.note(out("p2"))
     assert list(again.items) == [("c", T, 1)]
     again.close()
 
 
 def test_follow_ups_nobody_started_are_dropped_and_counted(tmp_path: Path) -> None:
     store = pending(tmp_path, [job("a", retries=1, misfire_grace=60.0)])
-    store.note(out("a", "failed"), T + 2)
+    store.note(out("a", "failed"))
     store.fire_due(T + 2 + 60 + 601, lambda j, at: False, lambda f, j: None)
     assert not store.items and store.counters == {"followups_expired": 1}
 
@@ -249,3 +249,28 @@ def test_outcomes_and_accepted_runs_are_validated() -> None:
                                             runs=[bad_key]))  # fmt: skip
     with pytest.raises(ProtocolError, match="too_large|longer"):
         protocol.decode(protocol.encode("outcomes", **{**msg, "runs": [["a", T, 1]] * 2001}))
+
+
+def test_hook_runs_have_a_metrics_series_from_the_start() -> None:
+    from zcron.sink import Reports
+
+    reports = Reports(["a"])
+    table = [{"name": "j", "on_failure": True}, {"name": "k"}, {"name": "c", "after": ["j"]}]
+    reports.note_jobs({"scheduler": "a", "sent": T, "jobs": table}, T)
+    assert sorted(reports.metric_names()) == ["c", "j", "j:on_failure", "k"]
+    assert reports.snapshot(T)[0]["jobs"][2]["after"] == ["j"]
+
+
+def test_outcomes_out_of_the_window_are_dropped_and_counted(tmp_path: Path) -> None:
+    dropped: list[str] = []
+    store = Pending(str(tmp_path / "pending"), {}, (86400.0, 10.0), dropped.append)
+    store.set_jobs({"a": job("a", retries=1)})
+    far = Outcome("r", "a", T, 1, "failed", 1, T + 3600, "w1")
+    store.on_outcomes({"outcomes": [far.wire()], "runs": []}, T)
+    store.on_finished({"run_id": "r", "job": "a", "status": "failed", "tick": T - 2 * 86400,
+                       "attempt": 1, "ended": T}, "w1", T)  # fmt: skip
+    assert not store.items
+    assert [d.split(":")[0] for d in dropped] == ["dropped outcomes", "dropped finished"]
+    store.on_finished({"run_id": "r", "job": "a", "status": "failed", "tick": T,
+                       "attempt": 1, "ended": T + 1}, "w1", T)  # fmt: skip
+    assert list(store.items) == [("a", T, 2)]
