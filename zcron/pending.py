@@ -193,9 +193,9 @@ class Pending:
                 self.count("followups_expired")
                 del self.items[followup.key]
             elif mine(job, followup.at):
+                start(followup, job)  # first: a stall raised in it leaves it to the peers
                 self.mark_done(followup.key, now)
                 self.started.append(list(followup.key))
-                start(followup, job)
 
     def take_messages(self) -> dict | None:
         """What to tell the peers (`outcomes`), or None."""

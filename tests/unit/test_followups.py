@@ -274,3 +274,15 @@ def test_outcomes_out_of_the_window_are_dropped_and_counted(tmp_path: Path) -> N
     store.on_finished({"run_id": "r", "job": "a", "status": "failed", "tick": T,
                        "attempt": 1, "ended": T + 1}, "w1", T)  # fmt: skip
     assert list(store.items) == [("a", T, 2)]
+
+
+def test_a_follow_up_whose_start_stalled_stays_pending(tmp_path: Path) -> None:
+    store = pending(tmp_path, [job("a", retries=1)])
+    store.note(out("a", "failed"))
+
+    def stalled(followup: FollowUp, job: Job) -> None:
+        raise TimeoutError("stalled")  # as fence.Stalled: nothing was sent
+
+    with pytest.raises(TimeoutError):
+        store.fire_due(T + 3, lambda j, at: True, stalled)
+    assert list(store.items) == [("a", T, 2)] and store.take_messages() is None
