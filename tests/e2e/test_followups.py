@@ -128,7 +128,7 @@ HOOKS = """
 schedule = "*/2 * * * * *"
 command = "exit 3"
 retries = 1
-on_failure = 'env > {out}/$ZCRON_FAILED_RUN_ID.env'
+on_failure = 'env > {out}/$ZCRON_FAILED_RUN_ID.$ZCRON_RUN_ID.env'
 
 [hook-fails]
 schedule = "*/2 * * * * *"
@@ -159,11 +159,14 @@ def test_hook_runs_once_per_failed_run_with_its_environment(tmp_path: Path, proc
     assert old_final and old_final <= set(hooked), (old_final, hooked)
     assert max(hooked.values()) == 1 and not set(hooked) & {r["run_id"] for r in first}
     rec = next(r for r in final if r["run_id"] in hooked)
-    env = hook_env(out / f"{rec['run_id']}.env")
+    (path,) = out.glob(f"{rec['run_id']}.*.env")
+    env = hook_env(path)
     assert env["ZCRON_STATUS"] == "failed" and env["ZCRON_EXIT_CODE"] == "3"
     assert float(env["ZCRON_TICK"]) == rec["tick"] and env["ZCRON_ATTEMPT"] == "2"
     assert env["ZCRON_JOB"] == "flaky:on_failure"
-    assert {h["status"] for h in hooks} == {"ok"} and len(hooks) == len(hooked)
+    assert {h["status"] for h in hooks} == {"ok"}
+    assert abs(len(hooks) - len(hooked)) <= 1  # the newest's file or record may be on its way
+    assert {h["run_id"] for h in hooks} <= {hook_env(p)["ZCRON_RUN_ID"] for p in out.glob("*")}
     failing = records(cluster, "hook-fails:on_failure")
     assert {h["status"] for h in failing} == {"failed"}
     assert not records(cluster, "hook-fails:on_failure:on_failure")
