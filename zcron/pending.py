@@ -20,7 +20,7 @@ from zcron.chains import children_of
 from zcron.errors import ProtocolError
 from zcron.followups import FollowUp, FollowUps, Key, Outcome
 from zcron.job import HOOK_SUFFIX, Job
-from zcron.protocol import check_window
+from zcron.protocol import MAX_OUTCOMES, check_window
 
 log = logging.getLogger(__name__)
 
@@ -197,13 +197,13 @@ class Pending:
                 self.mark_done(followup.key, now)
                 self.started.append(list(followup.key))
 
-    def take_messages(self) -> dict | None:
-        """What to tell the peers (`outcomes`), or None."""
-        if not self.outgoing and not self.started:
-            return None
-        fields = {"outcomes": self.outgoing, "runs": self.started}
-        self.outgoing, self.started = [], []
-        return fields
+    def take_messages(self) -> list[dict]:
+        """What to tell the peers: `outcomes` messages of at most MAX_OUTCOMES rows each."""
+        size, messages = MAX_OUTCOMES, []
+        while self.outgoing or self.started:
+            messages.append({"outcomes": self.outgoing[:size], "runs": self.started[:size]})
+            self.outgoing, self.started = self.outgoing[size:], self.started[size:]
+        return messages
 
     def forget_old(self, now: float) -> None:
         """Done keys and half-finished chains older than a day are let go."""

@@ -623,8 +623,7 @@ class Scheduler:
                 not job.quorum or self.takeover.sees_quorum(now_mono))
 
         self.pending.fire_due(now, mine, self.start_followup)
-        fields = self.pending.take_messages()
-        if fields is not None:
+        for fields in self.pending.take_messages():
             self.mesh.broadcast("outcomes", scheduler=self.id, **fields)
 
     def start_followup(self, followup: FollowUp, job: Job) -> None:
@@ -742,6 +741,7 @@ class Scheduler:
             **self.counters,
             "waiting": sum(len(q) for q in self.waiting.values()),
             "spool": len(self.spool),
+            "followups_pending": len(self.pending.items),
             "eligible": int(self.members.self_eligible),
             "digests_agree": int(self.members.digests_agree(now_mono)),
             "live_peers": len(self.members.live(now_mono)),

@@ -126,10 +126,10 @@ def test_the_owner_starts_a_due_follow_up_once_and_tells_its_peers(tmp_path: Pat
     store.fire_due(T + 7, lambda j, at: True, lambda f, j: started.append(f))
     store.fire_due(T + 8, lambda j, at: True, lambda f, j: started.append(f))
     assert [f.key for f in started] == [("a", T, 2)]
-    sent = store.take_messages()
-    assert sent is not None and sent["runs"] == [["a", T, 2]]
+    (sent,) = store.take_messages()
+    assert sent["runs"] == [["a", T, 2]]
     assert [Outcome.from_wire(row) for row in sent["outcomes"]] == [out("a", "failed")]
-    assert store.take_messages() is None
+    assert store.take_messages() == []
 
 
 def test_a_follow_up_waits_for_its_owner_and_survives_a_restart(tmp_path: Path) -> None:
@@ -285,4 +285,14 @@ def test_a_follow_up_whose_start_stalled_stays_pending(tmp_path: Path) -> None:
 
     with pytest.raises(TimeoutError):
         store.fire_due(T + 3, lambda j, at: True, stalled)
-    assert list(store.items) == [("a", T, 2)] and store.take_messages() is None
+    assert list(store.items) == [("a", T, 2)] and store.take_messages() == []
+
+
+def test_many_ends_go_to_the_peers_in_messages_the_wire_accepts(tmp_path: Path) -> None:
+    store = pending(tmp_path, [job("a", retries=1)])
+    for n in range(4500):
+        store.note(Outcome(f"r{n}", "a", T + n, 2, "failed", 1, T + n, None), ours=True)
+    messages = store.take_messages()
+    assert [len(m["outcomes"]) for m in messages] == [2000, 2000, 500]
+    for fields in messages:
+        protocol.decode(protocol.encode("outcomes", scheduler="a", **fields))
