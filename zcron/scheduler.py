@@ -628,6 +628,7 @@ class Scheduler:
 
     def start_followup(self, followup: FollowUp, job: Job) -> None:
         """A retry, a chained child's run, its `skipped` record, or a failure hook."""
+        self.check_awake()  # never decide on a view a stall made stale (a `skipped` too)
         kind, tick, now = followup.kind, followup.tick, self.clock.now()
         msg = self.job_message(job, tick, followup.attempt)
         if kind == "skip":
