@@ -296,3 +296,15 @@ def test_many_ends_go_to_the_peers_in_messages_the_wire_accepts(tmp_path: Path) 
     assert [len(m["outcomes"]) for m in messages] == [2000, 2000, 500]
     for fields in messages:
         protocol.decode(protocol.encode("outcomes", scheduler="a", **fields))
+
+
+def test_only_a_scheduler_key_sends_outcomes_and_only_as_itself() -> None:
+    from zcron.roles import Roles
+
+    roles = Roles({"a": "tcp://x:1", "b": "tcp://y:1"}, {})
+    msg = {"scheduler": "a", "outcomes": [], "runs": []}
+    roles.check("outcomes", msg, roles.sender("a"))
+    for key, reason in (("w1", "unauthorized"), ("b", "impersonation")):
+        with pytest.raises(ProtocolError) as caught:
+            roles.check("outcomes", msg, roles.sender(key))
+        assert caught.value.reason == reason
