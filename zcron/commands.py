@@ -56,6 +56,8 @@ def cmd_check(args: dict) -> int:
         return 2 if result.errors else 0
     for job in jobs:
         nexts = ", ".join(_iso(t, job.timezone) for t in fire_times(job, 3, now)) or "never"
+        if job.after:
+            nexts = f"after {', '.join(job.after)}"
         print(f"{job.source}  {job.name}  [{job.schedule}] {job.timezone}  next: {nexts}")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -83,6 +85,7 @@ def job_json(job: Job, instants: list[float]) -> dict:
         "schedule": job.schedule,
         "timezone": job.timezone,
         "next": instants,
+        **({"after": list(job.after)} if job.after else {}),
     }
 
 

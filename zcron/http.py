@@ -96,7 +96,7 @@ def merge_jobs(reports: list[dict], last_runs: dict[str, dict]) -> list[dict]:
     for report in sorted(dashboard.job_tables(reports), key=lambda r: (r["live"], r["seen"])):
         for entry in report["jobs"]:
             row = jobs.setdefault(entry["name"], _blank_job(entry["name"]))
-            row.update({f: entry.get(f) for f in (*JOB_FIELDS, "paused")})
+            row.update({f: entry.get(f) for f in (*JOB_FIELDS, "paused", "after", "on_failure")})
             if report["live"]:
                 row["schedulers"].append(report["scheduler"])
     for name, row in jobs.items():

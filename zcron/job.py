@@ -54,15 +54,18 @@ class Job:
     enabled: bool = True
     memory_max: int | None = None  # bytes of address space (RLIMIT_AS); None: no limit
     mailto: str = ""  # mail a run's output here when it printed anything; "": never
+    after: tuple[str, ...] = ()  # a chained job: fires when these jobs' runs of a tick end ok
+    on_failure: str | tuple[str, ...] = ""  # run once per failed run (followups.py); "": none
     # Parsed from schedule and timezone when not given (shared by jobs with the same
     # schedule and timezone); raises ValueError if they are bad.
-    cron: CronSchedule = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    cron: CronSchedule | NoSchedule = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.cron is None:
             from zcron.cron import parse_schedule
 
-            object.__setattr__(self, "cron", parse_schedule(self.schedule, self.timezone))
+            cron = NO_SCHEDULE if self.after else parse_schedule(self.schedule, self.timezone)
+            object.__setattr__(self, "cron", cron)
 
     def next_after(self, t: float) -> float | None:
         """The first fire instant strictly after `t` (Unix seconds); None if none is left."""
@@ -72,6 +75,23 @@ class Job:
     def delay_s(self) -> float:
         """This job's share of its `jitter`: a stable delay in [0, jitter) from its name."""
         return jitter_delay(self.name, self.jitter)
+
+
+class NoSchedule:
+    """A chained job's schedule: it has no instants of its own (its parents' ticks fire it)."""
+
+    expression = ""
+    fixed_time = False
+
+    def next_after(self, t: float) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "NoSchedule()"
+
+
+NO_SCHEDULE = NoSchedule()
+HOOK_SUFFIX = ":on_failure"  # a job's failure hook runs under the job name JOB:on_failure
 
 
 def jitter_delay(name: str, jitter: float) -> float:

@@ -240,6 +240,21 @@ SCHEDULER_STATS = {
         False,
     ),
     "live_peers": ("zcron_scheduler_live_peers", "Peers the scheduler sees live.", False),
+    "followups_pending": (
+        "zcron_scheduler_followups_pending",
+        "Retries, chained runs and failure hooks a scheduler holds until one is started.",
+        False,
+    ),
+    "followups_expired": (
+        "zcron_scheduler_followups_expired",
+        "Follow-ups dropped because nobody started them long past their instant.",
+        True,
+    ),
+    "followups_dropped": (
+        "zcron_scheduler_followups_dropped",
+        "Follow-ups refused because too many were pending.",
+        True,
+    ),
     "handshake_failures": (
         "zcron_scheduler_handshake_failures",
         "Failed CURVE handshakes on a scheduler's sockets.",

@@ -28,6 +28,7 @@ MAX_SLOTS = 100_000
 MAX_NUMBER = float(1 << 53)
 MAX_ATTEMPT = 1000
 MAX_DELAY_S = 86400.0  # jitter
+MAX_OUTCOMES = 2_000  # rows of an `outcomes` message: under 700 bytes each
 STATUSES = ("ok", "failed", "timeout", "killed", "lost", "skipped", "missed", "refused")
 
 NUM = (int, float)
@@ -92,11 +93,17 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
     },
     # scheduler -> worker: kill this run's process group (overlap = replace), record `killed`
     "cancel": {"run_id": (str, True, MAX_NAME), "reason": (str, True, 256)},
-    # worker -> scheduler: a run ended (frees overlap state)
+    # worker -> every scheduler: a run ended (frees overlap state; sets off follow-ups)
     "finished": {
         "run_id": (str, True, MAX_NAME),
         "job": (str, True, MAX_NAME),
         "status": (str, True, 16),
+        # the run's tick, attempt, exit code and end: every scheduler decides its retry,
+        # chained children and hook from them (followups.py); all four or none
+        "tick": (NUM, False, 0),
+        "attempt": (int, False, 0),
+        "exit_code": (OPT_INT, False, 0),
+        "ended": (NUM, False, 0),
     },
     # worker or scheduler -> sink: one run record (spec §5)
     "result": {"record": (dict, True, 64)},
@@ -136,8 +143,21 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
     },
     # scheduler -> scheduler: ticks it has just fired, [[job, tick], ...]
     "claims": {"scheduler": (str, True, MAX_NAME), "ticks": (list, True, MAX_PAIRS)},
-    # worker -> every scheduler: ticks it has received, [[job, tick], ...] (takeover evidence)
-    "accepted": {"worker": (str, True, MAX_NAME), "ticks": (list, True, MAX_PAIRS)},
+    # worker -> every scheduler: ticks it has received, [[job, tick], ...] (takeover evidence),
+    # and the same runs as [[job, tick, attempt], ...] (follow-ups done: pending.py)
+    "accepted": {
+        "worker": (str, True, MAX_NAME),
+        "ticks": (list, True, MAX_PAIRS),
+        "runs": (list, False, MAX_PAIRS),
+    },
+    # scheduler -> scheduler: run ends it recorded (lost, missed, skipped) as
+    # [run_id, job, tick, attempt, status, exit_code, ended, worker], and the follow-ups it
+    # started as [[job, tick, attempt], ...] (followups.py, pending.py)
+    "outcomes": {
+        "scheduler": (str, True, MAX_NAME),
+        "outcomes": (list, True, MAX_OUTCOMES),
+        "runs": (list, True, MAX_OUTCOMES),
+    },
     # scheduler -> scheduler: send me your job names (our digests differ), and the answer
     "jobset_request": {"scheduler": (str, True, MAX_NAME)},
     "jobset": {
@@ -277,7 +297,19 @@ _NESTED = {
     "result": _check_record,
     "job": _check_job,
     "claims": lambda m: _require(all(map(_is_tick_pair, m["ticks"])), "ticks: [job, tick]"),
-    "accepted": lambda m: _require(all(map(_is_tick_pair, m["ticks"])), "ticks: [job, tick]"),
+    "accepted": lambda m: (
+        _require(all(map(_is_tick_pair, m["ticks"])), "ticks: [job, tick]"),
+        _require(all(map(is_run_key, m.get("runs", []))), "runs: [job, tick, attempt]"),
+    ),
+    "finished": lambda m: _require(
+        len({"tick", "attempt", "ended"} & m.keys()) in (0, 3)
+        and 1 <= m.get("attempt", 1) <= MAX_ATTEMPT and m["status"] in STATUSES,
+        "finished: tick, attempt and ended all or none; a known status"),
+    "outcomes": lambda m: (
+        _require(all(map(is_outcome, m["outcomes"])), "outcomes: [run_id, job, tick, attempt, "
+                 "status, exit_code, ended, worker]"),
+        _require(all(map(is_run_key, m["runs"])), "runs: [job, tick, attempt]"),
+    ),
     "jobs": lambda m: (_check_numbers(m), _check_parts(m)),
     "jobset": lambda m: (
         _require(strings(m["names"]), "jobset.names must hold strings"),
@@ -306,6 +338,37 @@ def _is_tick_pair(pair: Any) -> bool:
         and len(pair[0]) <= MAX_NAME
         and is_number(pair[1])
     )
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME
+
+
+def _is_attempt(value: Any) -> bool:
+    return isinstance(value, int) and value.__class__ is not bool and 1 <= value <= MAX_ATTEMPT
+
+
+def is_run_key(entry: Any) -> bool:
+    """[job, tick, attempt]: one run (a follow-up's key, followups.py)."""
+    return (
+        isinstance(entry, list)
+        and len(entry) == 3
+        and _is_name(entry[0])
+        and is_number(entry[1])
+        and _is_attempt(entry[2])
+    )
+
+
+def is_outcome(row: Any) -> bool:
+    """[run_id, job, tick, attempt, status, exit_code, ended, worker] (followups.Outcome)."""
+    if not isinstance(row, list) or len(row) != 8:
+        return False
+    run_id, job, tick, attempt, status, code, ended, worker = row
+    return (
+        _is_name(run_id) and _is_name(job) and is_number(tick) and _is_attempt(attempt)
+        and status in STATUSES and (code is None or (isinstance(code, int) and is_number(code)))
+        and is_number(ended) and (worker is None or _is_name(worker))
+    )  # fmt: skip
 
 
 def is_pause(entry: Any) -> bool:

@@ -25,6 +25,7 @@ SENDERS: dict[str, tuple[str, str | None]] = {
     "finished": (WORKER, None),  # bound to the worker by its routing id (slots.WorkerTable)
     "heartbeat": (SCHEDULER, "scheduler"),
     "claims": (SCHEDULER, "scheduler"),
+    "outcomes": (SCHEDULER, "scheduler"),
     "jobset_request": (SCHEDULER, "scheduler"),
     "jobset": (SCHEDULER, "scheduler"),
     "pauses": (SCHEDULER, "scheduler"),

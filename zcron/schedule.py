@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
+from zcron.chains import check_chains
 from zcron.cron import local_timezone_name
 from zcron.crontab import read_crond
 from zcron.errors import ScheduleError
@@ -156,7 +157,8 @@ def _parse_file_warning(
 def merge_jobs(
     files: Iterable[tuple[str, list[Job]]],
 ) -> tuple[dict[str, Job], list[ScheduleError]]:
-    """All jobs by name; a later definition of a name is dropped and reported."""
+    """All jobs by name; a later definition of a name is dropped and reported, and so is
+    a chained job whose `after` names an unknown job or makes a cycle (chains.py)."""
     jobs: dict[str, Job] = {}
     errors = []
     for _, file_jobs in files:
@@ -169,7 +171,8 @@ def merge_jobs(
                     "ignored, the rest of its file is loaded"
                 )
                 errors.append(ScheduleError(path, line, message))
-    return jobs, errors
+    jobs, chain_errors = check_chains(jobs)
+    return jobs, errors + chain_errors
 
 
 def digest(jobs: dict[str, Job]) -> str:
@@ -201,6 +204,8 @@ def to_wire(job: Job) -> dict:
         "pool": job.pool,
         "enabled": job.enabled,
         "source": job.source,
+        **({"after": list(job.after)} if job.after else {}),
+        **({"on_failure": True} if job.on_failure else {}),
     }
 
 

@@ -11,7 +11,6 @@ within misfire_grace): a killed peer costs lateness, never a missed tick.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 import uuid
@@ -30,6 +29,7 @@ from zcron.control import ClientRequests, job_message_defaults
 from zcron.daemon import Notifier, Rejects, Signals, run_daemon
 from zcron.errors import ProtocolError
 from zcron.fence import Stalled, ahead_bound_s, stall_bound_s
+from zcron.followups import FollowUp, Outcome, hook_message
 from zcron.job import Job
 from zcron.ledger import TickLedger
 from zcron.log import iso_utc, setup_logging
@@ -37,6 +37,7 @@ from zcron.mesh import PeerMesh
 from zcron.net import bind, incarnation, make_socket, send_nowait
 from zcron.pauses import Pauses, PauseSync
 from zcron.peers import Membership
+from zcron.pending import Pending
 from zcron.plan import Due, Plan
 from zcron.protocol import run_record
 from zcron.roles import ANYONE, Roles, Sender
@@ -101,7 +102,6 @@ class Scheduler:
             self.id, list(cluster.schedulers), cluster.peer_timeout, since=float("inf"),
             heartbeat=cluster.heartbeat,
         )
-        self.retries: list[tuple[float, str, dict, str | None]] = []  # (at, run id, msg, avoid)
         self.undecided: list[Undecided] = []  # parked runs of silent workers, decided later
         self.silent_runs: dict[str, tuple[str, str, float]] = {}  # run -> job, worker, until
         self.ctx = zmq.Context.instance()
@@ -112,9 +112,13 @@ class Scheduler:
         self.next_job_table = 0.0
         self.counters = dict.fromkeys(("rejected", "takeovers", "caught_up", "missed", "retries",
                                        "skipped", "replaced"), 0)  # fmt: skip
+        # retries, chained children, failure hooks: known to every scheduler (pending.py)
         self.roles = Roles(config.cluster.schedulers, config.clients)
         self.sender: Sender = ANYONE  # the key behind the message being handled
         self.rejects = Rejects(self.clock.monotonic, self.count_reject)
+        self.pending = Pending(f"{config.scheduler.state}/pending", self.counters,
+                               (config.sink.retention, ahead_bound_s(cluster)),
+                               self.rejects)  # fmt: skip
         self.misses = Rejects(self.clock.monotonic)  # missed ticks: logged once per interval
         self.stall_bound = stall_bound_s(cluster)
         self.awake_since = self.clock.monotonic()
@@ -160,7 +164,8 @@ class Scheduler:
         return {
             "ready": self.on_ready, "finished": self.on_finished,
             "request": self.requests.on_request, "heartbeat": self.on_heartbeat,
-            "claims": takeover.on_fired, "accepted": takeover.on_fired,
+            "claims": takeover.on_fired, "accepted": self.on_accepted,
+            "outcomes": lambda identity, msg: self.pending.on_outcomes(msg, self.clock.now()),
             "jobset_request": takeover.on_jobset_request, "jobset": takeover.on_jobset,
             "pauses": self.pause_sync.on_pauses, "pauses_request": self.pause_sync.on_request,
         }  # fmt: skip
@@ -245,6 +250,7 @@ class Scheduler:
             self.router.close(linger=0)
             self.sink.close(linger=0)
         self.ledger.close()
+        self.pending.close()
         self.security.close()
         log.info("scheduler %s stopped", self.id)
 
@@ -256,7 +262,7 @@ class Scheduler:
         self.takeover.expire_peers(now, now_mono)
         self.takeover.change_view_if_due(now, now_mono)
         self.fire_due_ticks(now, now_mono)
-        self.retry_due(now)
+        self.fire_followups(now, now_mono)
         self.takeover.record_claims()
         self.expire_waiting(now)
         self.expire_workers(now_mono)
@@ -292,8 +298,8 @@ class Scheduler:
             deadlines.append(self.next_poll_dir)
         if self.waiting:
             deadlines.append(min(q[0].give_up_at for q in self.waiting.values()))
-        if self.retries:
-            deadlines.append(self.retries[0][0])
+        if (followup_at := self.pending.next_at(self.clock.now(), REPORT_EVERY_S)) is not None:
+            deadlines.append(followup_at)
         return deadlines
 
     def handle_events(self, ready: dict) -> None:
@@ -337,6 +343,7 @@ class Scheduler:
             if self.plan.jobs.get(name) != job:
                 self.plan.plan(job, next_after_now(job.cron) if job.enabled else None)
         self.plan.replace_jobs(result.jobs)
+        self.pending.set_jobs(self.plan.jobs)
         self.ledger.forget(set(result.jobs))
         new_digest = result.digest
         if new_digest != self.members.my_digest:
@@ -386,7 +393,7 @@ class Scheduler:
             return False
         self.counters["quorum_fenced"] = self.counters.get("quorum_fenced", 0) + 1
         self.count_missed(self.job_message(job, tick, 1), f"quorum job: its owner {peer} was "
-                          "lost and may have fired it (at most once)")  # fmt: skip
+                          "lost and may have fired it (at most once)", guess=True)  # fmt: skip
         self.takeover.claim(job.name, tick)
         return True
 
@@ -428,10 +435,11 @@ class Scheduler:
         self.count_missed(older.msg, f"tick {newest.msg['tick']:.3f} came before a slot did "
                           "(at most one tick of a job waits)")  # fmt: skip
 
-    def count_missed(self, msg: dict, why: str) -> None:
+    def count_missed(self, msg: dict, why: str, guess: bool = False) -> None:
+        """Record a tick `missed`; a guess (a peer may have run it) sets off no follow-up."""
         self.counters["missed"] += 1
         self.misses(f"tick {msg['tick']:.3f} of {msg['job']} missed: {why}")
-        self.record(run_record(msg, None, status="missed", stderr_tail=why))
+        self.record(run_record(msg, None, status="missed", stderr_tail=why), outcome=not guess)
 
     def job_message(self, job: Job, tick: float, attempt: int) -> dict:
         return {
@@ -519,7 +527,7 @@ class Scheduler:
                 if waiting.claim and not waiting.superseded:
                     waiting.superseded = True
                     self.forget_waiting(waiting)
-                    self.count_missed(waiting.msg, f"{why}: its peers own this tick")
+                    self.count_missed(waiting.msg, f"{why}: its peers own this tick", guess=True)
 
     def expire_waiting(self, now: float) -> None:
         """Ticks that waited past their misfire_grace for a slot are recorded `missed`."""
@@ -597,10 +605,49 @@ class Scheduler:
         self.router.send_multipart([identity, protocol.encode("refused", reason=why)])
 
     def on_finished(self, identity: bytes, msg: dict) -> None:
-        job_msg = self.workers.finished(identity, msg["run_id"])
-        if job_msg is not None and msg["status"] in RETRY_ON:
-            worker = self.workers.workers.get(identity)
-            self.retry(job_msg, worker.id if worker else None)
+        """A run ended (every worker tells every scheduler): free its slot if we sent it;
+        decide its follow-ups in any case (pending.py)."""
+        self.workers.finished(identity, msg["run_id"])
+        worker = self.workers.workers.get(identity)
+        if worker is not None:  # a worker that announced itself (its key checked: roles.py)
+            self.pending.on_finished(msg, worker.id, self.clock.now())
+
+    def on_accepted(self, identity: bytes, msg: dict) -> None:
+        """A worker took these runs: the ticks fired (takeover.py), the follow-ups are done."""
+        self.takeover.on_fired(identity, msg)
+        self.pending.heard_done(msg.get("runs", []), self.clock.now())
+
+    def fire_followups(self, now: float, now_mono: float) -> None:
+        """Start the due follow-ups we own, then tell the peers (and what we recorded)."""
+        def mine(job: Job, at: float) -> bool:
+            return self.takeover.owner(job, at, now_mono, as_of=now) == self.id and (
+                not job.quorum or self.takeover.sees_quorum(now_mono))
+
+        self.pending.fire_due(now, mine, self.start_followup)
+        for fields in self.pending.take_messages():
+            self.mesh.broadcast("outcomes", scheduler=self.id, **fields)
+
+    def start_followup(self, followup: FollowUp, job: Job) -> None:
+        """A retry, a chained child's run, its `skipped` record, or a failure hook."""
+        self.check_awake()  # never decide on a view a stall made stale (a `skipped` too)
+        kind, tick, now = followup.kind, followup.tick, self.clock.now()
+        msg = self.job_message(job, tick, followup.attempt)
+        if kind == "skip":
+            return self.record(run_record(msg, None, status="skipped",
+                                          stderr_tail=followup.detail["why"]))  # fmt: skip
+        if kind == "hook":
+            msg = hook_message(msg, job, followup)
+        if now > followup.at + job.misfire_grace:
+            return self.count_missed(msg, f"{kind} due at {iso_utc(followup.at)} found no "
+                                     "live owner within misfire_grace")  # fmt: skip
+        if kind == "child":
+            return self.fire(job, tick)
+        self.counters["retries" if kind == "retry" else "hooks"] = (
+            self.counters.get("retries" if kind == "retry" else "hooks", 0) + 1)
+        avoid = followup.detail.get("avoid")
+        if not self.dispatch(msg, claim=False, avoid=avoid):
+            self.waiting.setdefault(msg["pool"], deque()).append(
+                Waiting(msg, now + job.misfire_grace, False))
 
     def expire_workers(self, now_mono: float) -> None:
         for worker in self.workers.expire(now_mono):
@@ -660,38 +707,20 @@ class Scheduler:
                  msg["run_id"], msg["job"], dead, again["run_id"])  # fmt: skip
 
     def run_lost(self, msg: dict, why: str) -> None:
-        """Record a run whose worker vanished as `lost` (same run id), then retry if allowed."""
+        """Record a run whose worker vanished as `lost` (same run id); its retry, like any
+        follow-up, comes from the record (record → pending.py)."""
         self.record(run_record(msg, None, status="lost", stderr_tail=why))
-        self.retry(msg, None)
-
-    def retry(self, msg: dict, failed_on: str | None) -> None:
-        """Fire the next attempt after retry_delay when the job has retries left,
-        preferring a worker other than the one it failed on."""
-        job = self.plan.jobs.get(msg["job"])
-        if job is None or msg["attempt"] > job.retries:
-            return
-        again = self.job_message(job, msg["tick"], msg["attempt"] + 1)
-        self.counters["retries"] += 1
-        heapq.heappush(self.retries, (self.clock.now() + job.retry_delay, again["run_id"], again,
-                                      failed_on))  # fmt: skip
-
-    def retry_due(self, now: float) -> None:
-        while self.retries and self.retries[0][0] <= now:
-            _, _, msg, avoid = heapq.heappop(self.retries)
-            job = self.plan.jobs.get(msg["job"])
-            grace = job.misfire_grace if job else 60.0
-            if not self.dispatch(msg, claim=False, avoid=avoid):
-                self.waiting.setdefault(msg["pool"], deque()).append(
-                    Waiting(msg, now + grace, False)
-                )
 
     # -- results and reports --------------------------------------------------------------
 
-    def record(self, rec: dict) -> None:
-        """Spool a record this scheduler made (missed, lost) and send it to the sink."""
+    def record(self, rec: dict, outcome: bool = True) -> None:
+        """Spool a record this scheduler made (missed, lost, skipped) and send it to the
+        sink; an outcome (not a guess) sets off follow-ups here and at the peers."""
         self.spool.add(rec)
         send_nowait(self.sink, protocol.encode("result", record=rec))
         self.spool.mark_sent(rec["run_id"], self.clock.monotonic())
+        if outcome:
+            self.pending.note(Outcome.from_record(rec, self.clock.now()), ours=True)
 
     def send_job_table(self, report: dict, now: float) -> None:
         """The job table with next ticks, in parts; large tables less often (idle CPU)."""
@@ -714,6 +743,7 @@ class Scheduler:
             **self.counters,
             "waiting": sum(len(q) for q in self.waiting.values()),
             "spool": len(self.spool),
+            "followups_pending": len(self.pending.items),
             "eligible": int(self.members.self_eligible),
             "digests_agree": int(self.members.digests_agree(now_mono)),
             "live_peers": len(self.members.live(now_mono)),
@@ -815,8 +845,6 @@ class Scheduler:
         for rec in self.spool.due(now_mono):
             send_nowait(self.sink, protocol.encode("result", record=rec))
 
-
-RETRY_ON = ("failed", "timeout", "killed")
 
 
 def cmd_scheduler(args: dict) -> int:

@@ -28,6 +28,7 @@ from zcron.daemon import Notifier, Rejects, Signals, run_daemon
 from zcron.errors import ProtocolError
 from zcron.fence import ahead_bound_s
 from zcron.http import Api, HttpServer
+from zcron.job import HOOK_SUFFIX
 from zcron.log import setup_logging
 from zcron.metrics import Metrics
 from zcron.net import bind, make_socket
@@ -58,7 +59,10 @@ JOB_ENTRY = {
     "source": (str, type(None)),
     "next_tick": (int, float, type(None)),
     "paused": (bool, type(None)),  # zcron pause (schedulers agree within a heartbeat)
+    "after": (list, type(None)),  # a chained job's parents (names, at most 64)
+    "on_failure": (bool, type(None)),  # it has a failure hook (runs as JOB:on_failure)
 }
+MAX_PARENTS = 64
 
 
 @dataclass
@@ -104,7 +108,9 @@ def check_job_entry(entry: Any) -> dict:
             name == "next_tick"
             and value is not None
             and (isinstance(value, bool) or not math.isfinite(value))
-        )
+        ) or (name == "after" and value is not None and not (
+            len(value) <= MAX_PARENTS
+            and all(isinstance(p, str) and len(p) <= MAX_NAME for p in value)))  # fmt: skip
         clean[name] = None if wrong else value
     return clean
 
@@ -219,6 +225,14 @@ class Reports:
         """Every job name in a kept job table."""
         with self.lock:
             return list(self.first_seen)
+
+    def metric_names(self) -> list[str]:
+        """The job_name labels with a series from the start: every job, and JOB:on_failure
+        of each job with a failure hook (its runs are counted under that name)."""
+        with self.lock:
+            hooks = {entry["name"] + HOOK_SUFFIX for report in self.schedulers.values()
+                     for entry in report["jobs"] if entry.get("on_failure")}  # fmt: skip
+            return [*self.first_seen, *hooks]
 
     def first_seen_times(self) -> dict[str, float]:
         with self.lock:
@@ -398,7 +412,7 @@ class Sink:
         self.reports.expire(now)
         self.metrics.set_schedulers(*self.reports.scheduler_states(now))
         self.metrics.set_slots(*self.reports.slots())
-        self.metrics.know_jobs(self.reports.job_names())
+        self.metrics.know_jobs(self.reports.metric_names())
 
     def close(self) -> None:
         """Stop HTTP first (its threads read the store), then the socket, then LMDB."""

@@ -61,14 +61,12 @@ def _toml_job(
             values[key] = _toml_value(key, value)
         except ValueError as exc:
             errors.append(ScheduleError(path, lines.line_of(name, key), f"[{name}] {key}: {exc}"))
-    errors += [
-        ScheduleError(path, header, f"[{name}] has no {key} (it is required)")
-        for key in ("schedule", "command")
-        if key not in table
-    ]
+    errors += _required_keys(path, name, table, header, lines)
     bad_zone = "timezone" in table and "timezone" not in values
     values.setdefault("timezone", default_tz)
-    if "schedule" in values and not bad_zone:
+    if "after" in table:
+        values.setdefault("schedule", "")  # chained: no instants of its own
+    if "schedule" in values and not bad_zone and "after" not in table:
         try:
             values["cron"] = parse_schedule(values["schedule"], values["timezone"])
         except ValueError as exc:
@@ -77,6 +75,22 @@ def _toml_job(
     if errors:
         return None, errors
     return Job(name=name, source=f"{path}:{header}", **values), []
+
+
+def _required_keys(
+    path: str, name: str, table: dict, header: int, lines: _TomlLines
+) -> list[ScheduleError]:
+    """`command` always; `schedule` unless the job is chained (`after`), which has none."""
+    if "after" in table and "schedule" in table:
+        line = lines.line_of(name, "schedule")
+        why = "a chained job (after) has no schedule: its parents' ticks fire it"
+        return [ScheduleError(path, line, f"[{name}] schedule: {why}")]
+    needed = ("command",) if "after" in table else ("schedule", "command")
+    return [
+        ScheduleError(path, header, f"[{name}] has no {key} (it is required)")
+        for key in needed
+        if key not in table
+    ]
 
 
 def _toml_value(key: str, value: Any) -> Any:
@@ -114,6 +128,19 @@ def _mailto(value: Any) -> str:
     if (problem := mailto_problem(value)) is not None:
         raise ValueError(problem)
     return value
+
+
+MAX_PARENTS = 64
+
+
+def _after(value: Any) -> tuple[str, ...]:
+    """The parents of a chained job: 1 to MAX_PARENTS distinct job names."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_PARENTS:
+        raise ValueError(f'expected a list of 1 to {MAX_PARENTS} job names, got {value!r}')
+    names = tuple(_name(v) for v in value)
+    if len(set(names)) != len(names):
+        raise ValueError(f"a parent is listed twice in {value!r}")
+    return names
 
 
 def _timezone(value: Any) -> str:
@@ -255,4 +282,6 @@ _TOML_KEYS: dict[str, Callable[[Any], Any]] = {
     "shell": _string,
     "memory_max": _size,
     "mailto": _mailto,
+    "after": _after,
+    "on_failure": _command,
 }

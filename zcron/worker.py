@@ -70,6 +70,7 @@ class Worker:
         self.schedulers: dict[zmq.Socket, str] = {}
         self.seen: dict[str, int] = {}
         self.accepted: list[list] = []  # [job, tick] received since the last `accepted`
+        self.accepted_runs: list[list] = []  # [job, tick, attempt], the same runs
         self.spawners_full = False  # no spawner had room for the next received job
         self.spool = Spool(config.worker.spool)
         self.poller = zmq.Poller()
@@ -269,6 +270,7 @@ class Worker:
                 self.refuse_stale(msg, sid, now - msg["dispatched"])
                 continue
             self.accepted.append([msg["job"], msg["tick"]])
+            self.accepted_runs.append([msg["job"], msg["tick"], msg["attempt"]])
             self.runs.receive(msg)
         self.tell_accepted()
 
@@ -333,10 +335,11 @@ class Worker:
         reaches the others, this is how the next owner knows not to fire them again."""
         if not self.accepted:
             return
-        frame = protocol.encode("accepted", worker=self.id, ticks=self.accepted)
+        frame = protocol.encode("accepted", worker=self.id, ticks=self.accepted,
+                                runs=self.accepted_runs)  # fmt: skip
         for other in self.schedulers:
             send_nowait(other, frame)
-        self.accepted = []
+        self.accepted, self.accepted_runs = [], []
 
     def arm_received(self) -> None:
         """Arm received jobs for at most ARM_BUDGET_S, releasing runs as their ticks come;
@@ -417,16 +420,16 @@ class Worker:
         self.freed = True
 
     def tell_finished(self, rec: dict) -> None:
-        """Tell the run's scheduler it ended (it frees the run's overlap state and slot)."""
-        owner = self.owner_socket(rec["scheduler"])
-        if owner is not None:
-            frame = protocol.encode(
-                "finished", run_id=rec["run_id"], job=rec["job"], status=rec["status"]
-            )
-            send_nowait(owner, frame)
-
-    def owner_socket(self, scheduler_id: str) -> zmq.Socket | None:
-        return next((s for s, sid in self.schedulers.items() if sid == scheduler_id), None)
+        """Tell every scheduler the run ended: its own frees the run's overlap state and
+        slot, and each decides its retry, chained children and hook, so a successor knows
+        them when the run's scheduler died (followups.py)."""
+        frame = protocol.encode(
+            "finished", run_id=rec["run_id"], job=rec["job"], status=rec["status"],
+            tick=rec["tick"], attempt=rec["attempt"], exit_code=rec["exit_code"],
+            ended=rec["finished"] or self.clock.now(),
+        )  # fmt: skip
+        for sock in self.schedulers:
+            send_nowait(sock, frame)
 
     def enforce_timeouts(self, now: float) -> None:
         while (due := self.runs.pop_timeout(now)) is not None:

@@ -119,9 +119,12 @@ function jobRow(job, strips, now) {
   const noSchedulers = job.schedule != null && job.schedulers.length === 0;
   row.append(
     td("c-state", badge(job.state)),
-    td("c-name", el("b", {}, job.job), el("span", { className: "reason" }, job.reason || "")),
-    td("c-schedule mono", job.schedule ?? "–",
-       job.timezone && !UTC_NAMES.has(job.timezone) ? ` ${job.timezone}` : ""),
+    td("c-name", el("b", {}, job.job), job.on_failure ? el("span", { className: "hook",
+       title: `a failed run runs ${job.job}:on_failure` }, " ⚑") : "",
+       el("span", { className: "reason" }, job.reason || "")),
+    job.after ? td("c-schedule mono chain", `after: ${job.after.join(", ")}`)
+      : td("c-schedule mono", job.schedule ?? "–",
+           job.timezone && !UTC_NAMES.has(job.timezone) ? ` ${job.timezone}` : ""),
     td("c-pool", job.pool ?? "–"),
     td("c-last", last ? when(recordTime(last), now) : "–", " ",
        last ? badge(last.status) : "", last ? kindTag(last.kind) : ""),
