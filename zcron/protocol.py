@@ -67,6 +67,10 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "running": (list, True, 4096),
         "running_jobs": (list, False, 4096),  # the job of each run in `running`, same order
         "parked": (list, False, 4096),  # runs received or armed, not released yet
+        # prefetch (zcron/prefetch.py): jobs it takes beyond its free slots into its local
+        # queue, and the queued ones (never started: a subset of `parked`)
+        "room": (int, False, 0),
+        "queued": (list, False, 4096),
         "spool": (int, False, 0),  # results waiting for the sink's ack
         "handshake_failures": (int, False, 0),  # refused CURVE handshakes (with keys)
         "mail_failures": (int, False, 0),  # mails sendmail did not take (or no sendmail)
@@ -93,6 +97,10 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
     },
     # scheduler -> worker: kill this run's process group (overlap = replace), record `killed`
     "cancel": {"run_id": (str, True, MAX_NAME), "reason": (str, True, 256)},
+    # scheduler -> worker: give back this queued run if it has not started (prefetch.py)
+    "recall": {"run_id": (str, True, MAX_NAME)},
+    # worker -> scheduler: these recalled (or, draining, queued) runs never started here
+    "returned": {"run_ids": (list, True, 4096)},
     # worker -> scheduler: a run ended (frees overlap state)
     "finished": {
         "run_id": (str, True, MAX_NAME),
@@ -252,10 +260,17 @@ def strings(values: list) -> bool:
 
 
 def _check_ready(msg: dict) -> None:
-    lists = (msg["pools"], msg["running"], msg.get("running_jobs", []), msg.get("parked", []))
+    lists = (msg["pools"], msg["running"], msg.get("running_jobs", []), msg.get("parked", []),
+             msg.get("queued", []))  # fmt: skip
     _require(all(map(strings, lists)), "ready lists must hold strings")
     _require(0 <= msg["free"] <= msg["slots"] <= MAX_SLOTS and msg["seen"] >= 0,
              "ready: 0 <= free <= slots <= MAX_SLOTS, seen >= 0")  # fmt: skip
+    _require(0 <= msg.get("room", 0) <= MAX_SLOTS, "ready: 0 <= room <= MAX_SLOTS")
+
+
+def _check_returned(msg: dict) -> None:
+    _require(strings(msg["run_ids"]) and all(0 < len(r) <= MAX_NAME for r in msg["run_ids"]),
+             "returned.run_ids must hold run ids")  # fmt: skip
 
 
 def _check_heartbeat(msg: dict) -> None:
@@ -283,6 +298,7 @@ _NESTED = {
         _check_parts(m),
     ),
     "ready": _check_ready,
+    "returned": _check_returned,
     "heartbeat": _check_heartbeat,
     "ack": lambda m: _require(strings(m["run_ids"]), "ack.run_ids must hold strings"),
     "pauses": lambda m: _require(all(map(is_pause, m["entries"])),

@@ -28,6 +28,7 @@ from zcron.fence import is_stale, lease_s, stall_bound_s
 from zcron.log import setup_logging
 from zcron.mail import Mailer
 from zcron.net import incarnation, keepalive, make_socket, receive, send_nowait
+from zcron.prefetch import capacity, older_tick, prefetch_of, take_all
 from zcron.process import KILL_GRACE_S, Refused, Run, arm_run
 from zcron.protocol import run_record
 from zcron.roles import Roles
@@ -63,6 +64,7 @@ class Worker:
         self.id = config.worker.id
         self.pools = list(config.worker.pool)
         self.slots = usable_slots(config.worker.slots)
+        self.prefetch = prefetch_of(config.worker.prefetch, self.slots)
         self.heartbeat_s = config.cluster.heartbeat
         self.signals = Signals()
         self.notifier = Notifier()
@@ -193,6 +195,10 @@ class Worker:
         """A stop was asked for: take no new jobs, and give the runs drain_timeout to end."""
         self.drain_until = now + self.config.worker.drain_timeout
         log.info("draining: no new jobs; waiting for %d runs", len(self.runs.by_id))
+        for sid, run_ids in take_all(self.runs.received).items():  # never started: elsewhere
+            owner = self.owner_socket(sid)
+            if owner is not None:
+                send_nowait(owner, protocol.encode("returned", run_ids=run_ids[:4096]))
         self.notifier.status(self.status_line())
         self.announce()
 
@@ -206,8 +212,12 @@ class Worker:
         for run in self.runs.by_id.values():
             self.kill(run, now)
 
+    def armable(self) -> bool:
+        """A received job waits and a slot is free for it (the rest of the queue waits)."""
+        return bool(self.runs.received) and len(self.runs.by_id) < self.slots
+
     def timeout_ms(self) -> int:
-        if self.runs.received and not self.spawners_full:
+        if self.armable() and not self.spawners_full:
             return 0
         now = self.clock.monotonic()
         deadlines = [self.next_heartbeat, self.next_resend if self.spool.pending else now + 5]
@@ -217,7 +227,7 @@ class Worker:
                 deadlines.append(timeout)
         if self.drain_until is not None and not self.drain_killed:
             deadlines.append(self.drain_until + 0.001)
-        if self.runs.received:  # the spawners' answers (polled) or a millisecond make room
+        if self.armable():  # the spawners' answers (polled) or a millisecond make room
             deadlines.append(now + 0.001)
         # Tick instants are wall clock: wake just before, then spin.
         tick = self.runs.next_armed()
@@ -256,7 +266,11 @@ class Worker:
             self.freed = True
             self.rejects(dropped + why)
 
-        for kind, msg in receive(sock, ("job", "cancel", "refused"), rejected):
+        returned: list[str] = []
+        for kind, msg in receive(sock, ("job", "cancel", "refused", "recall"), rejected):
+            if kind == "recall":
+                self.recall(sid, msg["run_id"], returned)
+                continue
             if kind == "cancel":
                 self.cancel(msg["run_id"], msg["reason"], self.clock.monotonic())
                 continue
@@ -269,8 +283,32 @@ class Worker:
                 self.refuse_stale(msg, sid, now - msg["dispatched"])
                 continue
             self.accepted.append([msg["job"], msg["tick"]])
-            self.runs.receive(msg)
+            self.queue(msg)
+        if returned:
+            send_nowait(sock, protocol.encode("returned", run_ids=returned))
         self.tell_accepted()
+
+    def queue(self, msg: dict) -> None:
+        """A received job, armed as soon as a slot is free; beyond the slots it waits in
+        the prefetch queue (prefetch.py), where each job keeps one tick, the newest."""
+        older = older_tick(self.runs.received, msg)
+        if older is not None:
+            self.runs.received.remove(older)
+            self.finished(run_record(older, self.id, status="missed", stderr_tail=(
+                f"tick {msg['tick']:.3f} came before a slot did (at most one tick of a job "
+                "waits)")))  # fmt: skip
+        self.runs.receive(msg)
+        if len(self.runs) > self.slots:  # queued: schedulers learn it this turn (recalls)
+            self.freed = True
+
+    def recall(self, sid: str, run_id: str, returned: list[str]) -> None:
+        """A scheduler asks back a queued job of its own: returned if it has not started."""
+        msg = next((m for m in self.runs.received if m["run_id"] == run_id), None)
+        if msg is None or msg["scheduler"] != sid:
+            return  # started meanwhile (or not its run): its record will come
+        self.runs.received.remove(msg)
+        returned.append(run_id)
+        self.freed = True
 
     def refuse_stale(self, msg: dict, sid: str, age: float) -> None:
         """A dispatch past its lease (its sender or we were stalled, or a link held it):
@@ -343,8 +381,8 @@ class Worker:
         stop for this turn when every spawner has a socket's worth to do."""
         until = self.clock.monotonic() + ARM_BUDGET_S
         self.spawners_full = False
-        received = self.runs.received
-        while received and self.clock.monotonic() < until:
+        received, running = self.runs.received, self.runs.by_id
+        while received and len(running) < self.slots and self.clock.monotonic() < until:
             if not self.arm(received[0]):
                 self.spawners_full = True
                 return
@@ -453,11 +491,15 @@ class Worker:
     def announce(self) -> None:
         """Tell every scheduler (and the sink) how many slots are free right now."""
         running = self.runs.by_id
+        free, room = capacity(self.slots, self.prefetch, len(running), len(self.runs.received))
+        stopping = self.signals.stopping
         slots = {
             "worker": self.id,
             "pools": self.pools,
             "slots": self.slots,
-            "free": 0 if self.signals.stopping else max(0, self.slots - len(self.runs)),
+            "free": 0 if stopping else free,
+            "room": 0 if stopping else room,
+            "queued": [m["run_id"] for m in self.runs.received][:MAX_RUNNING_LISTED],
             "running": list(running)[:MAX_RUNNING_LISTED],
             "running_jobs": [r.msg["job"] for r in running.values()][:MAX_RUNNING_LISTED],
             # not started yet: a scheduler that finds us dead re-dispatches these elsewhere
@@ -484,6 +526,7 @@ class Worker:
         else:
             self.config = config
             self.pools, self.slots = list(config.worker.pool), usable_slots(config.worker.slots)
+            self.prefetch = prefetch_of(config.worker.prefetch, self.slots)
             log.info("SIGHUP: serving pools %s with %d slots", self.pools, self.slots)
             self.announce()
         self.notifier.ready(self.status_line())
