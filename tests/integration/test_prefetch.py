@@ -1,0 +1,88 @@
+"""The worker's prefetch queue, driven by hand (real spawners and processes, no scheduler):
+slots limit running commands, a freed slot starts the next queued job at once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from tests.harness import wait_until
+from zcron.config import Config, WorkerConfig
+from zcron.worker import Worker
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[Worker]:
+    config = Config(worker=WorkerConfig(id="w9", slots=1, prefetch=3, spool=str(tmp_path / "s")))
+    worker = Worker(config)
+    worker.sink = worker.ctx.socket(zmq.DEALER)  # connected nowhere: results stay spooled
+    worker.announce = lambda: None  # type: ignore[method-assign]  # no scheduler to tell
+    yield worker
+    for run in list(worker.runs.by_id.values()):
+        run.signal_group(9)
+    worker.sink.close(linger=0)
+    worker.run_fds.close()
+    for spawner in worker.spawners.values():
+        spawner.close()
+
+
+def job(run_id: str, command: str, name: str | None = None, tick: float | None = None) -> dict:
+    now = time.time()
+    return {
+        "run_id": run_id, "job": name or run_id, "tick": now if tick is None else tick,
+        "attempt": 1, "scheduler": "a", "pool": "default", "command": command,
+        "shell": "/bin/sh", "user": None, "env": {}, "cwd": None, "timeout": None,
+        "on_timeout": "kill", "dispatched": now,
+    }  # fmt: skip
+
+
+def turn(worker: Worker) -> None:
+    """One turn of the worker's loop as step() runs it, without its sockets."""
+    worker.handle_ready(dict(worker.poller.poll(10)))
+    worker.release_due_runs()
+    worker.arm_received()
+
+
+def test_one_slot_runs_the_queue_one_by_one_with_no_scheduler(worker: Worker) -> None:
+    for n in range(4):
+        worker.queue(job(f"r{n}", "sleep 0.2"))
+    most, deadline = 0, time.monotonic() + 20
+    while len(worker.spool.pending) < 4:
+        assert time.monotonic() < deadline, worker.spool.pending
+        turn(worker)
+        most = max(most, len(worker.runs.by_id))
+        assert len(worker.runs.received) <= 3
+    recs = sorted(worker.spool.pending.values(), key=lambda r: r["started"])
+    assert most == 1 and [r["status"] for r in recs] == ["ok"] * 4
+    for before, after in zip(recs, recs[1:], strict=False):
+        # the next starts when the slot frees: after the previous end, well within a round
+        # trip's worth of a loaded machine (it needs none: nobody else is asked)
+        assert 0 <= after["started"] - before["finished"] < 0.25, (before, after)
+
+
+def test_a_recall_returns_a_queued_job_and_not_a_started_one(worker: Worker) -> None:
+    worker.queue(job("run", "sleep 5"))
+    worker.queue(job("wait", "true"))
+    wait_until(lambda: turn(worker) or "run" in worker.runs.by_id, 10, "the first to arm")
+    returned: list[str] = []
+    worker.recall("a", "run", returned)
+    worker.recall("b", "wait", returned)  # another scheduler's recall: not its run
+    assert returned == [] and len(worker.runs.received) == 1
+    worker.recall("a", "wait", returned)
+    assert returned == ["wait"] and not worker.runs.received
+
+
+def test_a_newer_tick_of_a_job_replaces_its_queued_one_recorded_missed(worker: Worker) -> None:
+    worker.queue(job("run", "sleep 5"))
+    worker.queue(job("old", "true", name="j", tick=100.0))
+    worker.queue(job("new", "true", name="j", tick=101.0))
+    assert [m["run_id"] for m in worker.runs.received] == ["run", "new"]
+    rec = worker.spool.pending["old"]
+    assert (rec["status"], rec["worker"]) == ("missed", "w9")
+    assert "came before a slot did" in rec["stderr_tail"]
