@@ -33,7 +33,7 @@ from zcron.process import KILL_GRACE_S, Refused, Run, arm_run
 from zcron.protocol import run_record
 from zcron.roles import Roles
 from zcron.runs import RunTable
-from zcron.spawner import Spawner, SpawnerGone
+from zcron.spawner import Spawner, SpawnerGone, start_spawners
 from zcron.spool import Spool
 from zcron.statedir import hold
 
@@ -84,8 +84,7 @@ class Worker:
         # which under load is the slowest step of arming; two wait side by side.
         request_ids = itertools.count(1)
         self.spawners = {}
-        for _ in range(SPAWNERS):
-            spawner = Spawner(request_ids)
+        for spawner in start_spawners(SPAWNERS, request_ids):
             self.spawners[spawner.fileno()] = spawner
             self.poller.register(spawner.fileno(), zmq.POLLIN)
         self.next_spawner = itertools.cycle(list(self.spawners.values()))
