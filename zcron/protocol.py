@@ -24,6 +24,7 @@ JOBS_PER_PART = 2_000
 PAUSES_PER_PART = 1_000  # [job, paused, stamp, by]: under 600 bytes each
 MAX_PARTS = 500  # a table of 1,000,000 jobs; more parts are a forgery, not a cluster
 MAX_SLOTS = 100_000
+MAX_ENDED = 4096  # runs ended in one turn, reported in one `ready`
 # Every number on the wire is finite and within this (a float tick of 1e300 or NaN once
 # stopped a job for good, and NaN breaks heap order silently): Unix seconds, counts, ids.
 MAX_NUMBER = float(1 << 53)
@@ -71,6 +72,11 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         # queue, and the queued ones (never started: a subset of `parked`)
         "room": (int, False, 0),
         "queued": (list, False, 4096),
+        # batched into the turn's one `ready` (fewer sends and wake-ups): the runs of this
+        # scheduler's that ended, [[run_id, job, status], ...] (as `finished`), and the
+        # ticks received, [[job, tick], ...] (as `accepted`)
+        "ended": (list, False, MAX_ENDED),
+        "ticks": (list, False, MAX_PAIRS),
         "spool": (int, False, 0),  # results waiting for the sink's ack
         "handshake_failures": (int, False, 0),  # refused CURVE handshakes (with keys)
         "mail_failures": (int, False, 0),  # mails sendmail did not take (or no sendmail)
@@ -266,6 +272,16 @@ def _check_ready(msg: dict) -> None:
     _require(0 <= msg["free"] <= msg["slots"] <= MAX_SLOTS and msg["seen"] >= 0,
              "ready: 0 <= free <= slots <= MAX_SLOTS, seen >= 0")  # fmt: skip
     _require(0 <= msg.get("room", 0) <= MAX_SLOTS, "ready: 0 <= room <= MAX_SLOTS")
+    _require(all(map(_is_ended, msg.get("ended", []))), "ready.ended: [run_id, job, status]")
+    _require(all(map(_is_tick_pair, msg.get("ticks", []))), "ready.ticks: [job, tick]")
+
+
+def _is_ended(entry: Any) -> bool:
+    return (
+        isinstance(entry, list) and len(entry) == 3 and all(isinstance(v, str) for v in entry)
+        and 0 < len(entry[0]) <= MAX_NAME and 0 < len(entry[1]) <= MAX_NAME
+        and entry[2] in STATUSES
+    )  # fmt: skip
 
 
 def _check_returned(msg: dict) -> None:

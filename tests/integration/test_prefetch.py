@@ -12,6 +12,7 @@ import zmq
 
 from tests.harness import wait_until
 from zcron.config import Config, WorkerConfig
+from zcron.protocol import decode
 from zcron.worker import Worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -22,7 +23,7 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
     config = Config(worker=WorkerConfig(id="w9", slots=1, prefetch=3, spool=str(tmp_path / "s")))
     worker = Worker(config)
     worker.sink = worker.ctx.socket(zmq.DEALER)  # connected nowhere: results stay spooled
-    worker.announce = lambda: None  # type: ignore[method-assign]  # no scheduler to tell
+    worker.announce = lambda **_: None  # type: ignore[method-assign]  # no scheduler to tell
     yield worker
     for run in list(worker.runs.by_id.values()):
         run.signal_group(9)
@@ -86,3 +87,44 @@ def test_a_newer_tick_of_a_job_replaces_its_queued_one_recorded_missed(worker: W
     rec = worker.spool.pending["old"]
     assert (rec["status"], rec["worker"]) == ("missed", "w9")
     assert "came before a slot did" in rec["stderr_tail"]
+
+
+def test_a_turn_sends_one_ready_per_scheduler_carrying_its_ended_runs_and_ticks(
+    tmp_path: Path,
+) -> None:
+    """No `finished` or `accepted` apart: each turn's `ready` carries them (batching)."""
+    config = Config(worker=WorkerConfig(id="w8", slots=2, spool=str(tmp_path / "s")))
+    worker = Worker(config)
+    ctx = worker.ctx
+    worker.sink = ctx.socket(zmq.DEALER)  # connected nowhere: results stay spooled
+    scheduler = ctx.socket(zmq.ROUTER)
+    scheduler.bind("inproc://prefetch-batching")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect("inproc://prefetch-batching")
+    worker.schedulers, worker.seen = {dealer: "a"}, {"a": 0}
+    try:
+        for n in range(6):
+            worker.queue(job(f"r{n}", "true"))
+            worker.accepted.append([f"r{n}", 1.0])
+        kinds: list[str] = []
+        ended: list[str] = []
+        ticks: list[list] = []
+        deadline = time.monotonic() + 20
+        while len(ended) < 6:
+            assert time.monotonic() < deadline, (kinds, ended)
+            turn(worker)
+            worker.announce_if_freed()
+            while scheduler.poll(0):
+                kind, msg = decode(scheduler.recv_multipart()[1])
+                kinds.append(kind)
+                ended += [run_id for run_id, _, _ in msg.get("ended", [])]
+                ticks += msg.get("ticks", [])
+        assert set(kinds) == {"ready"}, kinds
+        assert sorted(ended) == [f"r{n}" for n in range(6)] and len(ticks) == 6
+        assert len(kinds) < 12  # at most one per turn that freed something, not two per run
+    finally:
+        for sock in (dealer, scheduler, worker.sink):
+            sock.close(linger=0)
+        worker.run_fds.close()
+        for spawner in worker.spawners.values():
+            spawner.close()

@@ -175,7 +175,7 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
     config = Config(worker=WorkerConfig(id="w9", spool=str(tmp_path / "spool")))
     worker = Worker(config)
     worker.sink = worker.ctx.socket(zmq.DEALER)  # connected nowhere: results stay spooled
-    worker.announce = lambda: None  # type: ignore[method-assign]  # no scheduler to tell
+    worker.announce = lambda **_: None  # type: ignore[method-assign]  # no scheduler to tell
     yield worker
     for run in list(worker.runs.by_id.values()):
         run.signal_group(signal.SIGKILL)

@@ -115,9 +115,16 @@ def test_recall_returned_and_the_ready_fields_are_validated() -> None:
     assert decode(encode("returned", run_ids=["r1"]))[1] == {"run_ids": ["r1"]}
     base = ready("w1", 1, 0, room=3, queued=("r1",))
     assert decode(encode("ready", **base))[1]["room"] == 3
+    batched = {**base, "ended": [["r1", "j", "ok"]], "ticks": [["j", 100.0]]}
+    assert decode(encode("ready", **batched))[1]["ended"] == [["r1", "j", "ok"]]
     bad = [encode("returned", run_ids=[1]), encode("returned", run_ids=[""]),
            encode("ready", **{**base, "room": -1}), encode("ready", **{**base, "queued": [3]}),
-           encode("ready", **{**base, "room": float("nan")})]  # fmt: skip
+           encode("ready", **{**base, "room": float("nan")}),
+           encode("ready", **{**base, "ended": [["r1", "j", "bogus"]]}),
+           encode("ready", **{**base, "ended": [["", "j", "ok"]]}),
+           encode("ready", **{**base, "ended": [["r1", "j"]]}),
+           encode("ready", **{**base, "ticks": [["j", float("inf")]]}),
+           encode("ready", **{**base, "ended": [["r", "j", "ok"]] * 4097})]  # fmt: skip
     for frame in bad:
         with pytest.raises(ProtocolError):
             decode(frame)
