@@ -16,6 +16,10 @@ dispatched again (same run id: they never started, so nothing of them is recorde
 quick job never waits in a busy worker's queue while another worker is idle, except for
 the recall's two messages.
 
+Up to `slots` queued jobs more are armed ahead (runs.py `held` once their instant has
+come): their shells wait parked, so a freed slot starts the next one with a pipe write, not
+a spawn; a recall of one closes its parked shell's stdin (it exits, recorded nowhere).
+
 Queued jobs are never started, like parked runs: a worker found dead with jobs in its
 queue (as its last `ready` listed them) has them dispatched again elsewhere under the
 parked runs' rules (scheduler.expire_workers, decide_parked_if_due). A draining worker
@@ -37,6 +41,13 @@ RECALL_AGAIN_S = 1.0  # a recall not answered (the run had started) may be sent 
 def prefetch_of(configured: int | None, slots: int) -> int:
     """The queue's bound: as configured, else max(slots, DEFAULT_PREFETCH_MIN)."""
     return max(slots, DEFAULT_PREFETCH_MIN) if configured is None else configured
+
+
+def park_ahead(prefetch: int, slots: int, fd_room: int) -> int:
+    """How many queued jobs are armed ahead (their shells parked, spawned while every slot
+    is busy) so that a freed slot costs one pipe write, not a spawn: up to `slots`, within
+    the queue and the open files left (`fd_room`, three per run)."""
+    return max(0, min(prefetch, slots, fd_room // 3 - slots))
 
 
 def capacity(slots: int, prefetch: int, running: int, queued: int) -> tuple[int, int]:

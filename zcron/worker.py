@@ -28,7 +28,7 @@ from zcron.fence import is_stale, lease_s, stall_bound_s
 from zcron.log import setup_logging
 from zcron.mail import Mailer
 from zcron.net import incarnation, keepalive, make_socket, receive, send_nowait
-from zcron.prefetch import capacity, older_tick, prefetch_of, take_all
+from zcron.prefetch import capacity, older_tick, park_ahead, prefetch_of, take_all
 from zcron.process import KILL_GRACE_S, Refused, Run, arm_run
 from zcron.protocol import run_record
 from zcron.roles import Roles
@@ -65,7 +65,7 @@ class Worker:
         self.id = config.worker.id
         self.pools = list(config.worker.pool)
         self.slots = usable_slots(config.worker.slots)
-        self.prefetch = prefetch_of(config.worker.prefetch, self.slots)
+        self.size_queue()
         self.heartbeat_s = config.cluster.heartbeat
         self.signals = Signals()
         self.notifier = Notifier()
@@ -196,7 +196,13 @@ class Worker:
         """A stop was asked for: take no new jobs, and give the runs drain_timeout to end."""
         self.drain_until = now + self.config.worker.drain_timeout
         log.info("draining: no new jobs; waiting for %d runs", len(self.runs.by_id))
-        for sid, run_ids in take_all(self.runs.received).items():  # never started: elsewhere
+        back = take_all(self.runs.received)  # never started: they go elsewhere
+        while self.runs.held:
+            run = self.runs.take_held(self.runs.held[0])
+            if run is not None and not run.killed_by_us:
+                self.unpark(run)
+                back.setdefault(run.msg["scheduler"], []).append(run.run_id)
+        for sid, run_ids in back.items():
             owner = self.owner_socket(sid)
             if owner is not None:
                 send_nowait(owner, protocol.encode("returned", run_ids=run_ids[:4096]))
@@ -213,9 +219,17 @@ class Worker:
         for run in self.runs.by_id.values():
             self.kill(run, now)
 
+    def size_queue(self) -> None:
+        """The prefetch queue's bound, and how many of it are armed ahead (prefetch.py)."""
+        self.prefetch = prefetch_of(self.config.worker.prefetch, self.slots)
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        fd_room = 1 << 30 if limit == resource.RLIM_INFINITY else limit - FDS_RESERVED
+        self.park_ahead = park_ahead(self.prefetch, self.slots, fd_room)
+
     def armable(self) -> bool:
-        """A received job waits and a slot is free for it (the rest of the queue waits)."""
-        return bool(self.runs.received) and len(self.runs.by_id) < self.slots
+        """A received job waits and may be armed: a slot is free for it, or one of the
+        `park_ahead` parked ahead (the rest of the queue waits unarmed)."""
+        return bool(self.runs.received) and len(self.runs.by_id) < self.slots + self.park_ahead
 
     def timeout_ms(self) -> int:
         if self.armable() and not self.spawners_full:
@@ -302,13 +316,26 @@ class Worker:
             self.freed = True
 
     def recall(self, sid: str, run_id: str, returned: list[str]) -> None:
-        """A scheduler asks back a queued job of its own: returned if it has not started."""
+        """A scheduler asks back a queued job of its own: returned if it has not started
+        (a held one's parked shell is told to exit: it reads end of file on its stdin)."""
         msg = next((m for m in self.runs.received if m["run_id"] == run_id), None)
-        if msg is None or msg["scheduler"] != sid:
+        held = self.runs.by_id.get(run_id) if msg is None and run_id in self.runs.held else None
+        owner = msg["scheduler"] if msg is not None else held.msg["scheduler"] if held else None
+        if owner != sid:
             return  # started meanwhile (or not its run): its record will come
-        self.runs.received.remove(msg)
+        if msg is not None:
+            self.runs.received.remove(msg)
+        else:
+            self.unpark(self.runs.take_held(run_id))
         returned.append(run_id)
         self.freed = True
+
+    def unpark(self, run: Run | None) -> None:
+        """A held run given back: its shell exits unreleased, and its end records nothing."""
+        if run is not None and run.go is not None:
+            os.close(run.go)
+            run.go = None
+            self.runs.unrecorded.add(run.run_id)
 
     def refuse_stale(self, msg: dict, sid: str, age: float) -> None:
         """A dispatch past its lease (its sender or we were stalled, or a link held it):
@@ -353,8 +380,10 @@ class Worker:
         for msg in list(self.runs.received):
             self.runs.received.remove(msg)
             self.refuse(msg, why)
-        while (due := self.runs.pop_armed(float("inf"))) is not None:
-            run = due[1]
+        held = [(0.0, self.runs.by_id.get(run_id)) for run_id in self.runs.held]
+        self.runs.held.clear()
+        while held or (due := self.runs.pop_armed(float("inf"))) is not None:
+            run = held.pop()[1] if held else due[1]
             if run is None or run.killed_by_us:
                 continue
             self.stale(why, "stale_release")
@@ -383,7 +412,8 @@ class Worker:
         until = self.clock.monotonic() + ARM_BUDGET_S
         self.spawners_full = False
         received, running = self.runs.received, self.runs.by_id
-        while received and len(running) < self.slots and self.clock.monotonic() < until:
+        armed_at_most = self.slots + self.park_ahead
+        while received and len(running) < armed_at_most and self.clock.monotonic() < until:
             if not self.arm(received[0]):
                 self.spawners_full = True
                 return
@@ -412,13 +442,27 @@ class Worker:
         self.finished(run_record(msg, self.id, status="refused", stderr_tail=reason))
 
     def release_due_runs(self) -> None:
-        """Release every armed run whose tick has come, spinning the last stretch."""
-        while (due := self.runs.pop_armed(self.clock.now() + SPIN_S)) is not None:
+        """Release every armed run whose tick has come, spinning the last stretch, while a
+        slot is free: the others wait held, in order, for the next slot that frees."""
+        runs = self.runs
+        while runs.held and len(runs.started) < self.slots:
+            run = runs.by_id.get(runs.held.popleft())
+            if run is not None and not run.killed_by_us:  # cancelled while held: never runs
+                self.release(run)
+        while (due := runs.pop_armed(self.clock.now() + SPIN_S)) is not None:
             tick, run = due
+            if run is None or run.killed_by_us:  # cancelled while parked: never runs
+                continue
+            if len(runs.started) >= self.slots:
+                runs.held.append(run.run_id)
+                self.freed = True  # schedulers learn it waits (queued: never started)
+                continue
             self.clock.spin_until(tick)
-            if run is not None and not run.killed_by_us:  # cancelled while parked: never runs
-                run.release(self.clock.now(), self.clock.monotonic())
-                self.runs.released(run)
+            self.release(run)
+
+    def release(self, run: Run) -> None:
+        run.release(self.clock.now(), self.clock.monotonic())
+        self.runs.released(run)
 
     def handle_fd(self, fd: int) -> None:
         run = self.runs.by_fd.get(fd)
@@ -436,6 +480,10 @@ class Worker:
                     self.spawn_failed(run, answer["error"])
             elif (run := self.runs.reaped(answer["pid"], answer["status"])) is not None:
                 rec = self.runs.forget(run, self.clock.now())
+                if run.run_id in self.runs.unrecorded:  # given back: it never started here
+                    self.runs.unrecorded.discard(run.run_id)
+                    self.freed = True
+                    continue
                 self.finished(rec)
                 self.mail(run.msg, rec)
 
@@ -501,7 +549,7 @@ class Worker:
             "slots": self.slots,
             "free": 0 if stopping else free,
             "room": 0 if stopping else room,
-            "queued": [m["run_id"] for m in self.runs.received][:MAX_RUNNING_LISTED],
+            "queued": self.runs.waiting()[:MAX_RUNNING_LISTED],
             "running": list(running)[:MAX_RUNNING_LISTED],
             "running_jobs": [r.msg["job"] for r in running.values()][:MAX_RUNNING_LISTED],
             # not started yet: a scheduler that finds us dead re-dispatches these elsewhere
@@ -538,7 +586,7 @@ class Worker:
         else:
             self.config = config
             self.pools, self.slots = list(config.worker.pool), usable_slots(config.worker.slots)
-            self.prefetch = prefetch_of(config.worker.prefetch, self.slots)
+            self.size_queue()
             log.info("SIGHUP: serving pools %s with %d slots", self.pools, self.slots)
             self.announce(to_sink=True)
         self.notifier.ready(self.status_line())

@@ -53,14 +53,15 @@ def turn(worker: Worker) -> None:
 def test_one_slot_runs_the_queue_one_by_one_with_no_scheduler(worker: Worker) -> None:
     for n in range(4):
         worker.queue(job(f"r{n}", "sleep 0.2"))
-    most, deadline = 0, time.monotonic() + 20
+    running, armed, deadline = 0, 0, time.monotonic() + 20
     while len(worker.spool.pending) < 4:
         assert time.monotonic() < deadline, worker.spool.pending
         turn(worker)
-        most = max(most, len(worker.runs.by_id))
-        assert len(worker.runs.received) <= 3
+        running = max(running, len(worker.runs.started))
+        armed = max(armed, len(worker.runs.by_id))
     recs = sorted(worker.spool.pending.values(), key=lambda r: r["started"])
-    assert most == 1 and [r["status"] for r in recs] == ["ok"] * 4
+    # one runs, one more waits armed (its shell parked), the rest unarmed in the queue
+    assert (running, armed) == (1, 2) and [r["status"] for r in recs] == ["ok"] * 4
     for before, after in zip(recs, recs[1:], strict=False):
         # the next starts when the slot frees: after the previous end, well within a round
         # trip's worth of a loaded machine (it needs none: nobody else is asked)
@@ -70,13 +71,17 @@ def test_one_slot_runs_the_queue_one_by_one_with_no_scheduler(worker: Worker) ->
 def test_a_recall_returns_a_queued_job_and_not_a_started_one(worker: Worker) -> None:
     worker.queue(job("run", "sleep 5"))
     worker.queue(job("wait", "true"))
-    wait_until(lambda: turn(worker) or "run" in worker.runs.by_id, 10, "the first to arm")
+    wait_until(lambda: turn(worker) or worker.runs.started == {"run"}, 10, "the first to run")
+    wait_until(lambda: turn(worker) or worker.runs.held, 10, "the second held, armed")
     returned: list[str] = []
     worker.recall("a", "run", returned)
     worker.recall("b", "wait", returned)  # another scheduler's recall: not its run
-    assert returned == [] and len(worker.runs.received) == 1
+    assert returned == [] and worker.runs.waiting() == ["wait"]
     worker.recall("a", "wait", returned)
-    assert returned == ["wait"] and not worker.runs.received
+    assert returned == ["wait"] and worker.runs.waiting() == []
+    # its parked shell exits unreleased, and nothing is recorded of it here
+    wait_until(lambda: turn(worker) or "wait" not in worker.runs.by_id, 10, "its shell's end")
+    assert "wait" not in worker.spool.pending and worker.runs.started == {"run"}
 
 
 def test_a_newer_tick_of_a_job_replaces_its_queued_one_recorded_missed(worker: Worker) -> None:

@@ -5,7 +5,15 @@ from collections import deque
 import pytest
 
 from zcron.errors import ProtocolError
-from zcron.prefetch import RECALL_AGAIN_S, Recalls, capacity, older_tick, prefetch_of, take_all
+from zcron.prefetch import (
+    RECALL_AGAIN_S,
+    Recalls,
+    capacity,
+    older_tick,
+    park_ahead,
+    prefetch_of,
+    take_all,
+)
 from zcron.protocol import decode, encode
 from zcron.slots import WorkerTable
 
@@ -28,6 +36,14 @@ def test_capacity_counts_queued_jobs_against_slots_then_the_queue() -> None:
     assert capacity(slots=2, prefetch=32, running=2, queued=32) == (0, 0)
     assert capacity(slots=2, prefetch=0, running=2, queued=0) == (0, 0)
     assert prefetch_of(None, 2) == 32 and prefetch_of(None, 100) == 100 and prefetch_of(0, 4) == 0
+
+
+def test_as_many_parked_ahead_as_slots_within_the_queue_and_the_open_files() -> None:
+    assert park_ahead(prefetch=32, slots=2, fd_room=1 << 20) == 2
+    assert park_ahead(prefetch=1, slots=4, fd_room=1 << 20) == 1
+    assert park_ahead(prefetch=0, slots=4, fd_room=1 << 20) == 0
+    assert park_ahead(prefetch=100, slots=100, fd_room=3 * 150) == 50  # 150 runs' pipes fit
+    assert park_ahead(prefetch=100, slots=100, fd_room=3 * 90) == 0
 
 
 def test_a_free_slot_anywhere_wins_over_a_queue_with_more_room() -> None:
