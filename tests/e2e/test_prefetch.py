@@ -17,10 +17,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
 def start(
-    procs: Processes, tmp_path: Path, slots: int
+    procs: Processes, tmp_path: Path, slots: int, workers: int = 1
 ) -> tuple[Cluster, Path, subprocess.Popen, subprocess.Popen]:
-    """A sink, a scheduler and worker w1 with `slots`, heard; (cluster, marks directory,
-    the scheduler's process, the worker's)."""
+    """A sink, a scheduler and workers w1.. with `slots`, heard; (cluster, marks directory,
+    the scheduler's process, w1's)."""
     cluster = make_cluster(tmp_path, slots=slots)
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -28,15 +28,16 @@ def start(
     procs.start("sink", "-c", config)
     wait_until(lambda: cluster.get_json_or_none("/api/jobs") is not None, 15, "the sink's HTTP")
     scheduler = procs.start("scheduler", "-c", config)
-    worker = procs.start("worker", "-c", config, "--id", "w1", name="w1")
-    wait_until(lambda: heard(cluster), 15, "the worker's first ready")
+    worker, *_ = [procs.start("worker", "-c", config, "--id", f"w{n}", name=f"w{n}")
+                  for n in range(1, workers + 1)]  # fmt: skip
+    wait_until(lambda: heard(cluster, workers), 15, "the workers' first ready")
     return cluster, marks, scheduler, worker
 
 
-def heard(cluster: Cluster) -> bool:
-    """The sink has heard a worker (its `ready`): the worker is up."""
+def heard(cluster: Cluster, workers: int = 1) -> bool:
+    """The sink has heard this many workers (their `ready`): they are up."""
     summary = cluster.get_json_or_none("/api/summary")
-    return bool(summary and any(summary["pools"].values()))
+    return bool(summary) and sum(map(len, summary["pools"].values())) >= workers
 
 
 def once(at: int) -> str:
@@ -107,3 +108,23 @@ def test_a_sigkilled_workers_queued_jobs_run_elsewhere_and_lose_no_tick(
     ], done
     lost = wait_until(lambda: cluster.runs(job="long", status="lost"), 15, "the lost record")
     assert "w1" in lost[0]["stderr_tail"], lost
+
+
+def test_a_job_queued_at_a_busy_worker_is_recalled_when_another_frees(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """Two 1-slot workers busy (2 s and 4 s runs), two quick jobs due a second later go
+    one to each queue; when the 2 s run ends, that worker starts its own quick job and
+    then gets the other back (recall → returned → job): both start before the 4 s run
+    ends, none waits behind it."""
+    cluster, marks, _, _ = start(procs, tmp_path, slots=1, workers=2)
+    at = math.ceil(time.time()) + 2
+    jobs = "".join(f"[slow{n}]\n{once(at)}\ncommand = 'sleep {n}'\n" for n in (2, 4))
+    jobs += "".join(f"[q{n}]\n{once(at + 1)}\ncommand = 'date +%s.%N > {marks}/q{n}'\n"
+                    for n in range(2))  # fmt: skip
+    (cluster.schedules / "q.toml").write_text(jobs)
+    started = wait_until(lambda: len(starts(marks)) == 2 and starts(marks), 15, "both quick")
+    assert max(started.values()) < at + 3.5, (at, started)  # the 4 s run ends at at + 4
+    recs = wait_until(lambda: len(r := cluster.runs(job="q1") + cluster.runs(job="q0")) == 2
+                      and r, 10, "the quick records")  # fmt: skip
+    assert {(r["status"], r["attempt"]) for r in recs} == {("ok", 1)}, recs

@@ -94,42 +94,71 @@ def test_a_newer_tick_of_a_job_replaces_its_queued_one_recorded_missed(worker: W
     assert "came before a slot did" in rec["stderr_tail"]
 
 
-def test_a_turn_sends_one_ready_per_scheduler_carrying_its_ended_runs_and_ticks(
-    tmp_path: Path,
-) -> None:
-    """No `finished` or `accepted` apart: each turn's `ready` carries them (batching)."""
+@pytest.fixture
+def wired(tmp_path: Path) -> Iterator[tuple[Worker, zmq.Socket]]:
+    """A worker with 2 slots whose scheduler "a" is a ROUTER of the test's (inproc)."""
     config = Config(worker=WorkerConfig(id="w8", slots=2, spool=str(tmp_path / "s")))
     worker = Worker(config)
     ctx = worker.ctx
     worker.sink = ctx.socket(zmq.DEALER)  # connected nowhere: results stay spooled
     scheduler = ctx.socket(zmq.ROUTER)
-    scheduler.bind("inproc://prefetch-batching")
+    scheduler.bind(f"inproc://prefetch-{id(worker)}")
     dealer = ctx.socket(zmq.DEALER)
-    dealer.connect("inproc://prefetch-batching")
+    dealer.connect(f"inproc://prefetch-{id(worker)}")
     worker.schedulers, worker.seen = {dealer: "a"}, {"a": 0}
-    try:
-        for n in range(6):
-            worker.queue(job(f"r{n}", "true"))
-            worker.accepted.append([f"r{n}", 1.0])
-        kinds: list[str] = []
-        ended: list[str] = []
-        ticks: list[list] = []
-        deadline = time.monotonic() + 20
-        while len(ended) < 6:
-            assert time.monotonic() < deadline, (kinds, ended)
-            turn(worker)
-            worker.announce_if_freed()
-            while scheduler.poll(0):
-                kind, msg = decode(scheduler.recv_multipart()[1])
-                kinds.append(kind)
-                ended += [run_id for run_id, _, _ in msg.get("ended", [])]
-                ticks += msg.get("ticks", [])
-        assert set(kinds) == {"ready"}, kinds
-        assert sorted(ended) == [f"r{n}" for n in range(6)] and len(ticks) == 6
-        assert len(kinds) < 12  # at most one per turn that freed something, not two per run
-    finally:
-        for sock in (dealer, scheduler, worker.sink):
-            sock.close(linger=0)
-        worker.run_fds.close()
-        for spawner in worker.spawners.values():
-            spawner.close()
+    yield worker, scheduler
+    for run in list(worker.runs.by_id.values()):
+        run.signal_group(9)
+    for sock in (dealer, scheduler, worker.sink):
+        sock.close(linger=0)
+    worker.run_fds.close()
+    for spawner in worker.spawners.values():
+        spawner.close()
+
+
+def received(scheduler: zmq.Socket) -> list[tuple[str, dict]]:
+    out = []
+    while scheduler.poll(0):
+        out.append(decode(scheduler.recv_multipart()[1]))
+    return out
+
+
+def test_a_turn_sends_one_ready_per_scheduler_carrying_its_ended_runs_and_ticks(
+    wired: tuple[Worker, zmq.Socket],
+) -> None:
+    """No `finished` or `accepted` apart: each turn's `ready` carries them (batching)."""
+    worker, scheduler = wired
+    for n in range(6):
+        worker.queue(job(f"r{n}", "true"))
+        worker.accepted.append([f"r{n}", 1.0])
+    kinds: list[str] = []
+    ended: list[str] = []
+    ticks: list[list] = []
+    deadline = time.monotonic() + 20
+    while len(ended) < 6:
+        assert time.monotonic() < deadline, (kinds, ended)
+        turn(worker)
+        worker.announce_if_freed()
+        for kind, msg in received(scheduler):
+            kinds.append(kind)
+            ended += [run_id for run_id, _, _ in msg.get("ended", [])]
+            ticks += msg.get("ticks", [])
+    assert set(kinds) == {"ready"}, kinds
+    assert sorted(ended) == [f"r{n}" for n in range(6)] and len(ticks) == 6
+    assert len(kinds) < 12  # at most one per turn that freed something, not two per run
+
+
+def test_a_draining_worker_returns_its_queue_armed_or_not_and_runs_what_runs(
+    wired: tuple[Worker, zmq.Socket],
+) -> None:
+    worker, scheduler = wired
+    for n in range(6):  # 2 run, 2 wait armed (held), 2 wait unarmed
+        worker.queue(job(f"r{n}", "sleep 0.5"))
+    wait_until(lambda: turn(worker) or len(worker.runs.held) == 2, 10, "two held")
+    assert worker.runs.started == {"r0", "r1"}
+    worker.begin_drain(time.monotonic())
+    returned = [m for k, m in received(scheduler) if k == "returned"]
+    assert returned == [{"run_ids": ["r4", "r5", "r2", "r3"]}], returned
+    wait_until(lambda: turn(worker) or not worker.runs.by_id, 10, "the runs' ends")
+    assert sorted(worker.spool.pending) == ["r0", "r1"]  # the returned ones: no record here
+    assert {r["status"] for r in worker.spool.pending.values()} == {"ok"}
