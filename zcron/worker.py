@@ -304,15 +304,23 @@ class Worker:
 
     def queue(self, msg: dict) -> None:
         """A received job, armed as soon as a slot is free; beyond the slots it waits in
-        the prefetch queue (prefetch.py), where each job keeps one tick, the newest."""
-        older = older_tick(self.runs.received, msg)
+        the prefetch queue (prefetch.py), where each job keeps one tick, the newest (an
+        older one waiting unarmed, or armed and held, is recorded `missed`)."""
+        runs = self.runs
+        older = older_tick(runs.received, msg)
         if older is not None:
-            self.runs.received.remove(older)
+            runs.received.remove(older)
+        elif runs.held:  # only while every slot is busy: a few entries
+            held = older_tick((runs.by_id[r].msg for r in runs.held if r in runs.by_id), msg)
+            if held is not None:
+                self.unpark(runs.take_held(held["run_id"]))
+                older = held
+        if older is not None:
             self.finished(run_record(older, self.id, status="missed", stderr_tail=(
                 f"tick {msg['tick']:.3f} came before a slot did (at most one tick of a job "
                 "waits)")))  # fmt: skip
-        self.runs.receive(msg)
-        if len(self.runs) > self.slots:  # queued: schedulers learn it this turn (recalls)
+        runs.receive(msg)
+        if len(runs) > self.slots:  # queued: schedulers learn it this turn (recalls)
             self.freed = True
 
     def recall(self, sid: str, run_id: str, returned: list[str]) -> None:

@@ -92,6 +92,13 @@ def test_a_newer_tick_of_a_job_replaces_its_queued_one_recorded_missed(worker: W
     rec = worker.spool.pending["old"]
     assert (rec["status"], rec["worker"]) == ("missed", "w9")
     assert "came before a slot did" in rec["stderr_tail"]
+    # armed ahead and held (its shell parked) counts as waiting too: one tick per job
+    wait_until(lambda: turn(worker) or worker.runs.held, 10, "'new' armed and held")
+    worker.queue(job("newer", "true", name="j", tick=102.0))
+    assert worker.spool.pending["new"]["status"] == "missed"
+    assert worker.runs.waiting() == ["newer"]
+    wait_until(lambda: turn(worker) or "new" not in worker.runs.by_id, 10, "its shell's end")
+    assert worker.spool.pending["new"]["status"] == "missed"  # its unreleased end: no record
 
 
 @pytest.fixture
