@@ -2,7 +2,9 @@
 
 Workers connect a DEALER to every scheduler and announce their free slots (`ready`);
 a scheduler sends a job only to a worker that has announced room for it (the ZeroMQ
-guide's load-balancing pattern), so no due job waits behind a busy worker.
+guide's load-balancing pattern), so no due job waits behind a busy worker. Beyond its
+free slots a worker takes up to `prefetch` jobs into a local queue and starts the next
+the moment a slot frees (zcron/prefetch.py); `slots` limits running commands.
 Results go to a durable spool first and are re-sent until the sink acknowledges them.
 """
 
