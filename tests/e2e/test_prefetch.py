@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, Processes, make_cluster, wait_until
+from tests.harness import Cluster, Processes, make_cluster, metric_value, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -128,3 +128,5 @@ def test_a_job_queued_at_a_busy_worker_is_recalled_when_another_frees(
     recs = wait_until(lambda: len(r := cluster.runs(job="q1") + cluster.runs(job="q0")) == 2
                       and r, 10, "the quick records")  # fmt: skip
     assert {(r["status"], r["attempt"]) for r in recs} == {("ok", 1)}, recs
+    for name in ("zcron_scheduler_recalls_total", "zcron_scheduler_returned_runs_total"):
+        wait_until(lambda n=name: (metric_value(cluster, n, scheduler="a") or 0) >= 1, 10, name)
