@@ -206,8 +206,11 @@ class Worker:
                 back.setdefault(run.msg["scheduler"], []).append(run.run_id)
         for sid, run_ids in back.items():
             owner = self.owner_socket(sid)
-            if owner is not None:
-                send_nowait(owner, protocol.encode("returned", run_ids=run_ids[:4096]))
+            if owner is None:
+                continue
+            for start in range(0, len(run_ids), MAX_ENDED):  # `returned` holds 4,096
+                send_nowait(owner, protocol.encode("returned",
+                                                   run_ids=run_ids[start:start + MAX_ENDED]))
         self.notifier.status(self.status_line())
         self.announce(to_sink=True)
 
