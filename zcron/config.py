@@ -74,6 +74,7 @@ class WorkerConfig:
     slots: int = 4
     spool: str = ".zcron/worker"
     drain_timeout: float = 60.0
+    prefetch: int | None = None  # jobs taken beyond the free slots (None: max(slots, 32))
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,14 @@ def _slots(value: Any, name: str) -> int:
     return value
 
 
+def _prefetch(value: Any, name: str) -> int:
+    # at most what a `ready` lists as queued (protocol: 4,096 run ids), so a scheduler
+    # knows every queued job of a worker that dies
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4096:
+        raise ConfigError(f"{name}: expected a whole number from 0 to 4096, got {value!r}")
+    return value
+
+
 def _names(value: Any, name: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{name}: expected a list of host names, got {value!r}")
@@ -177,6 +186,7 @@ _KEY_TYPES = {
     "schedulers": _schedulers,
     "pool": _pools,
     "slots": _slots,
+    "prefetch": _prefetch,
     "insecure": _flag,
     "job_labels": _flag,
     "http_hosts": _names,

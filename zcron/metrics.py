@@ -255,6 +255,16 @@ SCHEDULER_STATS = {
         "Follow-ups refused because too many were pending.",
         True,
     ),
+    "recalls": (
+        "zcron_scheduler_recalls",
+        "Queued runs asked back from a busy worker for a free one (prefetch).",
+        True,
+    ),
+    "returned": (
+        "zcron_scheduler_returned_runs",
+        "Queued runs workers gave back unstarted (recalled, or draining) and sent again.",
+        True,
+    ),
     "handshake_failures": (
         "zcron_scheduler_handshake_failures",
         "Failed CURVE handshakes on a scheduler's sockets.",

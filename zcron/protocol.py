@@ -23,6 +23,7 @@ JOBS_PER_PART = 2_000
 PAUSES_PER_PART = 1_000  # [job, paused, stamp, by]: under 600 bytes each
 MAX_PARTS = 500  # a table of 1,000,000 jobs; more parts are a forgery, not a cluster
 MAX_SLOTS = 100_000
+MAX_ENDED = 4096  # runs ended in one turn, reported in one `ready`
 # Every number on the wire is finite and within this (a float tick of 1e300 or NaN once
 # stopped a job for good, and NaN breaks heap order silently): Unix seconds, counts, ids.
 MAX_NUMBER = float(1 << 53)
@@ -67,6 +68,18 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
         "running": (list, True, 4096),
         "running_jobs": (list, False, 4096),  # the job of each run in `running`, same order
         "parked": (list, False, 4096),  # runs received or armed, not released yet
+        # prefetch (zcron/prefetch.py): jobs it takes beyond its free slots into its local
+        # queue, and the queued ones (never started: a subset of `parked`)
+        "room": (int, False, 0),
+        "queued": (list, False, 4096),
+        # batched into the turn's one `ready` (fewer sends and wake-ups): the runs that
+        # ended, [[run_id, job, status, tick, attempt, exit_code, ended], ...] (as
+        # `finished`: to every scheduler, each decides the follow-ups), and the ticks
+        # received, [[job, tick], ...], with the same runs as [[job, tick, attempt], ...]
+        # (as `accepted`)
+        "ended": (list, False, MAX_ENDED),
+        "ticks": (list, False, MAX_PAIRS),
+        "runs": (list, False, MAX_PAIRS),
         "spool": (int, False, 0),  # results waiting for the sink's ack
         "handshake_failures": (int, False, 0),  # refused CURVE handshakes (with keys)
         "mail_failures": (int, False, 0),  # mails sendmail did not take (or no sendmail)
@@ -93,6 +106,10 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
     },
     # scheduler -> worker: kill this run's process group (overlap = replace), record `killed`
     "cancel": {"run_id": (str, True, MAX_NAME), "reason": (str, True, 256)},
+    # scheduler -> worker: give back this queued run if it has not started (prefetch.py)
+    "recall": {"run_id": (str, True, MAX_NAME)},
+    # worker -> scheduler: these recalled (or, draining, queued) runs never started here
+    "returned": {"run_ids": (list, True, 4096)},
     # worker -> every scheduler: a run ended (frees overlap state; sets off follow-ups)
     "finished": {
         "run_id": (str, True, MAX_NAME),
@@ -273,10 +290,33 @@ def strings(values: list) -> bool:
 
 
 def _check_ready(msg: dict) -> None:
-    lists = (msg["pools"], msg["running"], msg.get("running_jobs", []), msg.get("parked", []))
+    lists = (msg["pools"], msg["running"], msg.get("running_jobs", []), msg.get("parked", []),
+             msg.get("queued", []))  # fmt: skip
     _require(all(map(strings, lists)), "ready lists must hold strings")
     _require(0 <= msg["free"] <= msg["slots"] <= MAX_SLOTS and msg["seen"] >= 0,
              "ready: 0 <= free <= slots <= MAX_SLOTS, seen >= 0")  # fmt: skip
+    _require(0 <= msg.get("room", 0) <= MAX_SLOTS, "ready: 0 <= room <= MAX_SLOTS")
+    _require(all(map(_is_ended, msg.get("ended", []))),
+             "ready.ended: [run_id, job, status, tick, attempt, exit_code, ended]")
+    _require(all(map(_is_tick_pair, msg.get("ticks", []))), "ready.ticks: [job, tick]")
+    _require(all(map(is_run_key, msg.get("runs", []))), "ready.runs: [job, tick, attempt]")
+
+
+def _is_ended(entry: Any) -> bool:
+    """[run_id, job, status, tick, attempt, exit_code, ended]: a run's end (`finished`)."""
+    if not isinstance(entry, list) or len(entry) != 7:
+        return False
+    run_id, job, status, tick, attempt, code, ended = entry
+    return (
+        _is_name(run_id) and _is_name(job) and status in STATUSES and is_number(tick)
+        and _is_attempt(attempt) and (code is None or (isinstance(code, int) and is_number(code)))
+        and is_number(ended)
+    )  # fmt: skip
+
+
+def _check_returned(msg: dict) -> None:
+    _require(strings(msg["run_ids"]) and all(0 < len(r) <= MAX_NAME for r in msg["run_ids"]),
+             "returned.run_ids must hold run ids")  # fmt: skip
 
 
 def _check_heartbeat(msg: dict) -> None:
@@ -317,6 +357,7 @@ _NESTED = {
         _check_parts(m),
     ),
     "ready": _check_ready,
+    "returned": _check_returned,
     "heartbeat": _check_heartbeat,
     "ack": lambda m: _require(strings(m["run_ids"]), "ack.run_ids must hold strings"),
     "pauses": lambda m: _require(all(map(is_pause, m["entries"])),

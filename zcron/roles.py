@@ -23,6 +23,7 @@ SENDERS: dict[str, tuple[str, str | None]] = {
     "ready": (WORKER, "worker"),
     "accepted": (WORKER, "worker"),
     "finished": (WORKER, None),  # bound to the worker by its routing id (slots.WorkerTable)
+    "returned": (WORKER, None),  # the same: only the worker holding a run can return it
     "heartbeat": (SCHEDULER, "scheduler"),
     "claims": (SCHEDULER, "scheduler"),
     "outcomes": (SCHEDULER, "scheduler"),

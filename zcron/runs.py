@@ -31,6 +31,12 @@ class RunTable:
         self.by_pid: dict[int, Run] = {}  # spawned and not yet reaped
         self.armed: list[tuple[float, str]] = []  # (tick, run id): parked until the tick
         self.timeouts: list[tuple[float, str]] = []  # (monotonic deadline, run id)
+        # Prefetch (zcron/prefetch.py): armed runs whose instant has come, waiting for a
+        # slot (never started), in order; the runs released and not yet forgotten (the
+        # slots in use); runs given back while parked, whose end records nothing.
+        self.held: deque[str] = deque()
+        self.started: set[str] = set()
+        self.unrecorded: set[str] = set()
 
     def __len__(self) -> int:
         """Slots in use: runs armed or running, and jobs received but not yet armed."""
@@ -57,6 +63,17 @@ class RunTable:
         # released at its tick, or its jitter delay after it
         heapq.heappush(self.armed, (run.msg["tick"] + run.msg.get("delay", 0.0), run.run_id))
 
+    def waiting(self) -> list[str]:
+        """Run ids never started that wait for a slot: received, or armed and due (held)."""
+        return [m["run_id"] for m in self.received] + list(self.held)
+
+    def take_held(self, run_id: str) -> Run | None:
+        """Take a held run back (it is never released); None if it is not held."""
+        if run_id not in self.held:
+            return None
+        self.held.remove(run_id)
+        return self.by_id.get(run_id)
+
     def parked(self) -> list[str]:
         """Run ids not released yet: received, or armed and waiting for their instant."""
         waiting = [m["run_id"] for m in self.received]
@@ -74,6 +91,7 @@ class RunTable:
 
     def released(self, run: Run) -> None:
         run.state = RELEASED
+        self.started.add(run.run_id)
         if run.deadline is not None:
             self.add_timeout(run.deadline, run)
 
@@ -121,6 +139,9 @@ class RunTable:
             except FileNotFoundError:
                 pass  # never registered
         self.by_id.pop(run.run_id, None)
+        self.started.discard(run.run_id)
+        if run.run_id in self.held:  # cancelled while held
+            self.held.remove(run.run_id)
         self.by_request.pop(run.request, None)
         if run.pid is not None:
             self.by_pid.pop(run.pid, None)

@@ -39,6 +39,7 @@ from zcron.pauses import Pauses, PauseSync
 from zcron.peers import Membership
 from zcron.pending import Pending
 from zcron.plan import Due, Plan
+from zcron.prefetch import Recalls
 from zcron.protocol import run_record
 from zcron.roles import ANYONE, Roles, Sender
 from zcron.schedule import ScheduleDir, to_wire
@@ -95,6 +96,7 @@ class Scheduler:
         self.waiting: dict[str, deque[Waiting]] = {}
         self.waiting_tick: dict[str, Waiting] = {}  # job -> its one tick waiting for a slot
         self.workers = WorkerTable(cluster.peer_timeout)
+        self.recalls = Recalls()  # queued runs asked back from busy workers (prefetch.py)
         self.spool = Spool(f"{config.scheduler.state}/spool")
         self.ledger = TickLedger(f"{config.scheduler.state}/ledger")
         self.pauses = Pauses(self.ledger.pauses(), self.ledger.save_pauses)
@@ -162,7 +164,7 @@ class Scheduler:
         """Every message kind the ROUTER accepts -> its handler (identity, msg)."""
         takeover = self.takeover
         return {
-            "ready": self.on_ready, "finished": self.on_finished,
+            "ready": self.on_ready, "finished": self.on_finished, "returned": self.on_returned,
             "request": self.requests.on_request, "heartbeat": self.on_heartbeat,
             "claims": takeover.on_fired, "accepted": self.on_accepted,
             "outcomes": lambda identity, msg: self.pending.on_outcomes(msg, self.clock.now()),
@@ -358,7 +360,10 @@ class Scheduler:
     def fire_due_ticks(self, now: float, now_mono: float) -> None:
         """Walk every tick whose dispatch time has come; fire the ones that are ours."""
         while (entry := self.plan.pop_due(now + SPIN_S)) is not None:
-            self.clock.spin_until(entry.dispatch_at)
+            if entry.dispatch_at >= entry.tick:  # due at its instant: not a moment before
+                self.clock.spin_until(entry.dispatch_at)
+            # else the worker parks it until its instant: up to SPIN_S early is no matter
+            # (spinning to each of 100 jobs' staggered instants cost 3% of a core)
             pushed = self.plan.take_push(entry)
             if pushed is not None:
                 self.fire_message(pushed, entry.tick, claim=False)
@@ -577,6 +582,7 @@ class Scheduler:
         if not identity.startswith(msg["worker"].encode() + b"."):  # net.incarnation's form
             return self.rejects(f"ready as worker {msg['worker']!r:.40} on another's routing "
                                 f"id {identity[:60]!r}", "impersonation")  # fmt: skip
+        self.on_batched(identity, msg)
         now_mono = self.clock.monotonic()
         taken = self.workers.taken_by(identity, msg["worker"], now_mono)
         if taken is not None:
@@ -586,6 +592,41 @@ class Scheduler:
             self.run_lost(lost, f"worker {msg['worker']} restarted")
         self.hear_silent_worker(msg["worker"])
         self.dispatch_waiting()
+        self.recall_queued(now_mono)
+
+    def on_batched(self, identity: bytes, msg: dict) -> None:
+        """What a `ready` carries of the worker's turn, as if sent apart before it: the
+        `finished` of its runs (ours free their slots; all set off follow-ups), and the
+        ticks it `accepted`."""
+        for run_id, job, status, tick, attempt, exit_code, ended in msg.get("ended", ()):
+            self.on_finished(identity, {"run_id": run_id, "job": job, "status": status,
+                                        "tick": tick, "attempt": attempt,
+                                        "exit_code": exit_code, "ended": ended})  # fmt: skip
+        if msg.get("ticks"):
+            self.on_accepted(identity, {"worker": msg["worker"], "ticks": msg["ticks"],
+                                        "runs": msg.get("runs", [])})  # fmt: skip
+
+    def recall_queued(self, now_mono: float) -> None:
+        """Free slots while runs of ours wait in a busy worker's queue: ask them back."""
+        for worker, run_id in self.recalls.due(self.workers.workers.values(), now_mono):
+            self.counters["recalls"] = self.counters.get("recalls", 0) + 1
+            self.router.send_multipart([worker.identity, protocol.encode("recall",
+                                                                         run_id=run_id)])
+
+    def on_returned(self, identity: bytes, msg: dict) -> None:
+        """Queued runs a worker gives back (recalled, or it drains): they never started
+        there, so they go to the freest worker again under their own run ids."""
+        for run_id in msg["run_ids"]:
+            self.recalls.answered(run_id)
+            job_msg = self.workers.finished(identity, run_id)
+            if job_msg is None:
+                continue
+            self.counters["returned"] = self.counters.get("returned", 0) + 1
+            job = self.plan.jobs.get(job_msg["job"])
+            grace = job.misfire_grace if job else 60.0
+            if not self.dispatch(job_msg, claim=False):
+                self.waiting.setdefault(job_msg["pool"], deque()).append(
+                    Waiting(job_msg, job_msg["tick"] + grace, False))  # fmt: skip
 
     def hear_silent_worker(self, worker_id: str) -> None:
         """A worker heard again says itself what runs (its `ready`): no more guessing."""
@@ -691,8 +732,11 @@ class Scheduler:
 
     @staticmethod
     def never_started(worker: WorkerSlots, msg: dict, alive_until: float) -> bool:
-        """Parked (or never acknowledged) when the worker was last heard, with its instant
-        after the worker's last possible moment of life."""
+        """In its prefetch queue when the worker was last heard (a queued job it starts is
+        announced in the same turn of its loop), or parked (or never acknowledged) then
+        with its instant after the worker's last possible moment of life."""
+        if msg["run_id"] in worker.queued:
+            return True
         parked = msg["run_id"] in worker.parked or msg["run_id"] not in worker.reported
         return parked and msg["tick"] + msg.get("delay", 0.0) > alive_until
 

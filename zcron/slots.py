@@ -26,6 +26,8 @@ class WorkerSlots:
     # run_id -> job of every run the worker says it runs, whoever dispatched it
     reported: dict[str, str] = field(default_factory=dict)
     parked: frozenset[str] = frozenset()  # run ids not released yet, at its last `ready`
+    room: int = 0  # prefetch: jobs it takes beyond its free slots, into its local queue
+    queued: frozenset[str] = frozenset()  # run ids in that queue (never started), same time
 
     @property
     def held(self) -> list[dict]:
@@ -34,7 +36,13 @@ class WorkerSlots:
 
     @property
     def credit(self) -> int:
+        """Free slots not yet used by jobs in flight (< 0: those went to its queue)."""
         return self.free - (self.sent - self.seen)
+
+    @property
+    def queue_credit(self) -> int:
+        """Jobs it still takes, free slots and queue room together (zcron/prefetch.py)."""
+        return self.free + self.room - (self.sent - self.seen)
 
     def announce(self, msg: dict, now: float) -> list[dict]:
         """Apply a `ready` message; after a worker restart, return the runs it lost."""
@@ -46,6 +54,7 @@ class WorkerSlots:
         self.seen, self.last_seen = msg["seen"], now
         self.reported = dict(zip(msg["running"], msg.get("running_jobs", []), strict=False))
         self.parked = frozenset(msg.get("parked", ()))
+        self.room, self.queued = msg.get("room", 0), frozenset(msg.get("queued", ()))
         while self.in_flight and self.in_flight[0][0] <= self.seen:
             job = self.in_flight.pop(0)[1]
             self.running[job["run_id"]] = job
@@ -90,12 +99,15 @@ class WorkerTable:
         return None
 
     def pick(self, pool: str, avoid: str | None = None) -> WorkerSlots | None:
-        """The worker of `pool` with the most credit, preferring one other than `avoid`."""
+        """The worker of `pool` with the most free slots, preferring one other than `avoid`;
+        only when none has a free slot, the one with the most room in its prefetch queue
+        (a job never waits in a busy worker's queue while another worker has a slot)."""
         best = None
         for worker in self.workers.values():
-            if pool not in worker.pools or worker.credit <= 0:
+            if pool not in worker.pools or worker.queue_credit <= 0:
                 continue
-            key = (worker.id != avoid, worker.credit)
+            free = worker.credit > 0
+            key = (free, worker.id != avoid, worker.credit if free else worker.queue_credit)
             if best is None or key > best[0]:
                 best = (key, worker)
         return best[1] if best else None

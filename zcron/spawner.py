@@ -9,7 +9,7 @@ worker passes each run's three pipe ends with the request (SCM_RIGHTS) and goes 
 spawner answers with the pid, and with the exit status once the process has ended (the
 processes are its children, so it is the one that can wait for them).
 
-Messages on the socketpair (SOCK_SEQPACKET, one msgpack value per packet; a private pipe
+Messages on the socketpair (SOCK_SEQPACKET, one marshal value per packet; a private pipe
 between the worker and its own child, not the network, so not in protocol.py):
   worker → spawner  {"id", "argv", "env", "user": [uid, gid, groups] | None} + 3 fds
   spawner → worker  a list of answers: {"id", "pid", "at"} or {"id", "error"} for a request, and
@@ -19,31 +19,27 @@ crashed: a draining worker waits for its runs first), the spawner ends their pro
 groups (TERM, KILL after a grace) before it exits: the scheduler records those runs
 `lost` and may retry them or start the next tick of an `overlap = forbid` job, and a run
 that outlived its worker would make both records and overlap untrue.
+
+The spawner process runs zcron/spawner_process.py alone, in an interpreter started with
+`-I -S` (no site, none of the worker's imports), and the first spawner forks the others.
 """
 
 from __future__ import annotations
 
-import array
-import os
-import select
-import signal
+import marshal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from pathlib import Path
 
-import msgpack
+from zcron.spawner_process import MAX_PACKET
 
-MAX_PACKET = 1 << 20  # a request holds the job's command and environment (each capped)
-# Answers go back a turn's worth to a packet: a send and a wake-up of the worker per turn,
-# not per spawn and per exit (~40 bytes each, so a packet stays well inside the buffer).
-REQUESTS_PER_TURN = 64
-ANSWERS_PER_PACKET = 1024
-ORPHAN_GRACE_S = 2.0  # TERM to KILL for the runs of a worker that died
-# Ignored signals survive exec, and a shell cannot trap what it found ignored: Python
-# ignores SIGPIPE and SIGXFSZ, the spawner INT and TERM. Jobs get cron's defaults.
-DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
+# What the spawner process runs: its module alone, found beside this one (-I ignores
+# PYTHONPATH, -S skips site and the venv's packages: nothing else is imported).
+_ROOT = str(Path(__file__).resolve().parent.parent)
+_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
+         "from zcron.spawner_process import main; main()")
 
 
 class SpawnerBusy(Exception):
@@ -57,15 +53,11 @@ class SpawnerGone(Exception):
 class Spawner:
     """The worker's end: send spawn requests, read back pids, errors and exit statuses."""
 
-    def __init__(self, request_ids: Iterator[int]) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.sock = ours
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "zcron.spawner", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
+    def __init__(
+        self, sock: socket.socket, proc: subprocess.Popen | None, request_ids: Iterator[int]
+    ) -> None:
+        self.sock = sock
+        self.proc = proc  # the process we started; None for a spawner it forked
         self.sock.setblocking(False)
         self.request_ids = request_ids  # shared by the worker's spawners: ids are unique
 
@@ -78,7 +70,7 @@ class Spawner:
         SpawnerBusy when the socket is full: the worker must not stand still meanwhile (a
         worker that stops announcing itself is taken for dead, its runs for lost)."""
         request_id = next(self.request_ids)
-        packet = msgpack.packb({"id": request_id, "argv": argv, "env": env, "user": user})
+        packet = marshal.dumps({"id": request_id, "argv": argv, "env": env, "user": user})
         try:
             socket.send_fds(self.sock, [packet], fds)
         except BlockingIOError:
@@ -96,12 +88,16 @@ class Spawner:
             except BlockingIOError:
                 return out
             if not packet:
-                raise SpawnerGone(f"spawner exited ({self.proc.poll()})")
-            out += msgpack.unpackb(packet)
+                status = self.proc.poll() if self.proc is not None else "forked"
+                raise SpawnerGone(f"spawner exited ({status})")
+            out += marshal.loads(packet)
 
     def close(self) -> None:
-        """Let the spawner exit (it sees the socket close) and wait for it."""
+        """Let the spawner exit (it sees the socket close) and wait for it (one it forked
+        is reaped by the first)."""
         self.sock.close()
+        if self.proc is None:
+            return
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
@@ -109,165 +105,16 @@ class Spawner:
             self.proc.wait()
 
 
-# -- the spawner process ----------------------------------------------------------------
-
-
-def serve(sock: socket.socket) -> None:
-    """Start what is asked, report pids and exits, until the worker's end closes."""
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wake-up fd is written
-    # The worker decides when to stop (it drains first): a Ctrl-C meant for it is not ours.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    poller.register(wake_r, select.POLLIN)
-    children: set[int] = set()  # started and not reaped: each leads its own process group
-    while True:
-        answers: list[dict] = []
-        for fd, _ in poller.poll():
-            if fd == wake_r:
-                _drain(wake_r)
-            elif not handle_requests(sock, answers):
-                end_orphans(children | {a["pid"] for a in answers if "pid" in a})
-                return
-        report_exits(answers)
-        children.update(a["pid"] for a in answers if "status" not in a and "pid" in a)
-        children.difference_update(a["pid"] for a in answers if "status" in a)
-        if not _send(sock, answers):
-            end_orphans(children)
-            return
-
-
-def end_orphans(children: set[int]) -> None:
-    """The worker is gone: TERM every running run's group, KILL what is left after the
-    grace, and reap them (a child stuck in the kernel is left to init after a second)."""
-    for sig, wait_s in ((signal.SIGTERM, ORPHAN_GRACE_S), (signal.SIGKILL, 1.0)):
-        for pid in children:
-            try:
-                os.killpg(pid, sig)
-            except OSError:
-                pass  # the group has ended
-        deadline = time.monotonic() + wait_s
-        while children and time.monotonic() < deadline:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid:
-                children.discard(pid)
-            else:
-                time.sleep(0.01)
-
-
-def handle_requests(sock: socket.socket, answers: list[dict]) -> bool:
-    """Serve the waiting requests (at most a turn's worth, so exits are reported meanwhile);
-    False once the worker's end has closed."""
-    for _ in range(REQUESTS_PER_TURN):
-        try:
-            packet, fds = _receive_request(sock)
-        except BlockingIOError:
-            return True
-        except ConnectionError:  # a SIGKILLed worker's end resets rather than closes
-            return False
-        if not packet:
-            return False
-        try:
-            answers.append(spawn_one(msgpack.unpackb(packet), fds))
-        finally:
-            for fd in fds:
-                os.close(fd)
-    return True
-
-
-def _receive_request(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """One packet and its fds, without waiting (socket.recv_fds drops its flags in 3.11)."""
-    fd_bytes = socket.CMSG_LEN(3 * array.array("i").itemsize)
-    packet, ancillary, _, _ = sock.recvmsg(MAX_PACKET, fd_bytes, socket.MSG_DONTWAIT)
-    fds = array.array("i")
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    return packet, list(fds)
-
-
-def spawn_one(request: dict, fds: list[int]) -> dict:
-    argv, env, user = request["argv"], request["env"], request["user"]
-    try:
-        if user is None:
-            pid = os.posix_spawn(
-                argv[0],
-                argv,
-                env,
-                setsid=True,
-                setsigdef=DEFAULT_SIGNALS,
-                file_actions=[(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate(fds)],
-            )
-        else:
-            pid = _fork_as(user, argv, env, fds)
-    except OSError as exc:
-        return {"id": request["id"], "error": f"cannot start {argv[0]!r}: {exc.strerror or exc}"}
-    return {"id": request["id"], "pid": pid, "at": time.time()}
-
-
-def _fork_as(user: list, argv: list[str], env: dict[str, str], fds: list[int]) -> int:
-    """fork, switch user, exec: safe here, as the spawner has a single thread."""
-    uid, gid, groups = user
-    pid = os.fork()
-    if pid:
-        return pid
-    try:
-        os.setsid()
-        for n, fd in enumerate(fds):
-            os.dup2(fd, n)
-        os.setgroups(groups)
-        os.setgid(gid)
-        os.setuid(uid)
-        for signum in DEFAULT_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        os.execve(argv[0], argv, env)
-    except OSError as exc:
-        os.write(2, f"zcron: cannot start {argv[0]!r}: {exc.strerror or exc}\n".encode())
-    os._exit(127)
-
-
-def report_exits(answers: list[dict]) -> None:
-    """Reap every child that has exited (one SIGCHLD may stand for many)."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        answers.append({"pid": pid, "status": status})
-
-
-def _send(sock: socket.socket, answers: list[dict]) -> bool:
-    """A turn's answers in as few packets as fit the socket's buffer; False when the
-    worker is gone (nobody is left to tell)."""
-    try:
-        for start in range(0, len(answers), ANSWERS_PER_PACKET):
-            sock.sendall(msgpack.packb(answers[start : start + ANSWERS_PER_PACKET]))
-    except OSError:
-        return False
-    return True
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
-
-
-def main() -> None:
-    fd = int(sys.argv[1])
-    serve(socket.socket(fileno=fd))
-
-
-if __name__ == "__main__":
-    main()
+def start_spawners(count: int, request_ids: Iterator[int]) -> list[Spawner]:
+    """`count` spawners in one light interpreter: the first is our child, it forks the rest."""
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(count)]
+    theirs = [pair[1].fileno() for pair in pairs]
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _BOOT, _ROOT, *map(str, theirs)],
+        pass_fds=theirs,
+        stdin=subprocess.DEVNULL,
+    )
+    for _, their in pairs:
+        their.close()
+    return [Spawner(ours, proc if n == 0 else None, request_ids)
+            for n, (ours, _) in enumerate(pairs)]  # fmt: skip

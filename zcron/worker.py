@@ -2,7 +2,9 @@
 
 Workers connect a DEALER to every scheduler and announce their free slots (`ready`);
 a scheduler sends a job only to a worker that has announced room for it (the ZeroMQ
-guide's load-balancing pattern), so no due job waits behind a busy worker.
+guide's load-balancing pattern), so no due job waits behind a busy worker. Beyond its
+free slots a worker takes up to `prefetch` jobs into a local queue and starts the next
+the moment a slot frees (zcron/prefetch.py); `slots` limits running commands.
 Results go to a durable spool first and are re-sent until the sink acknowledges them.
 """
 
@@ -28,11 +30,12 @@ from zcron.fence import is_stale, lease_s, stall_bound_s
 from zcron.log import setup_logging
 from zcron.mail import Mailer
 from zcron.net import incarnation, keepalive, make_socket, receive, send_nowait
+from zcron.prefetch import capacity, older_tick, park_ahead, prefetch_of, take_all
 from zcron.process import KILL_GRACE_S, Refused, Run, arm_run
 from zcron.protocol import run_record
 from zcron.roles import Roles
 from zcron.runs import RunTable
-from zcron.spawner import Spawner, SpawnerGone
+from zcron.spawner import Spawner, SpawnerGone, start_spawners
 from zcron.spool import Spool
 from zcron.statedir import hold
 
@@ -45,6 +48,7 @@ FDS_PER_RUN = 3  # stdout, stderr, and the parked process's stdin until released
 SPAWNERS = 2
 FDS_RESERVED = 64  # sockets, spool files, logging
 MAX_RUNNING_LISTED = protocol.SCHEMAS["ready"]["running"][2]
+MAX_PAIRS, MAX_ENDED = protocol.MAX_PAIRS, protocol.MAX_ENDED
 # A scheduler refuses a second process with a live worker's id; the refusals of a restart
 # last until the old incarnation's silence passes peer_timeout. Longer than this many
 # peer_timeouts, another live worker has our id: we stop (exit 2) and say so.
@@ -63,6 +67,7 @@ class Worker:
         self.id = config.worker.id
         self.pools = list(config.worker.pool)
         self.slots = usable_slots(config.worker.slots)
+        self.size_queue()
         self.heartbeat_s = config.cluster.heartbeat
         self.signals = Signals()
         self.notifier = Notifier()
@@ -71,6 +76,9 @@ class Worker:
         self.seen: dict[str, int] = {}
         self.accepted: list[list] = []  # [job, tick] received since the last `accepted`
         self.accepted_runs: list[list] = []  # [job, tick, attempt], the same runs
+        # runs that ended this turn, for every scheduler (each decides the follow-ups):
+        # [[run_id, job, status, tick, attempt, exit_code, ended], ...]
+        self.ended: list[list] = []
         self.spawners_full = False  # no spawner had room for the next received job
         self.spool = Spool(config.worker.spool)
         self.poller = zmq.Poller()
@@ -83,8 +91,7 @@ class Worker:
         # which under load is the slowest step of arming; two wait side by side.
         request_ids = itertools.count(1)
         self.spawners = {}
-        for _ in range(SPAWNERS):
-            spawner = Spawner(request_ids)
+        for spawner in start_spawners(SPAWNERS, request_ids):
             self.spawners[spawner.fileno()] = spawner
             self.poller.register(spawner.fileno(), zmq.POLLIN)
         self.next_spawner = itertools.cycle(list(self.spawners.values()))
@@ -166,7 +173,7 @@ class Worker:
         while self.spool.pending and self.clock.monotonic() < deadline:
             if self.sink.poll(100):
                 self.handle_sink()
-        self.announce()
+        self.announce(to_sink=True)
 
     def step(self) -> None:
         timeout_ms = self.timeout_ms()
@@ -194,8 +201,21 @@ class Worker:
         """A stop was asked for: take no new jobs, and give the runs drain_timeout to end."""
         self.drain_until = now + self.config.worker.drain_timeout
         log.info("draining: no new jobs; waiting for %d runs", len(self.runs.by_id))
+        back = take_all(self.runs.received)  # never started: they go elsewhere
+        while self.runs.held:
+            run = self.runs.take_held(self.runs.held[0])
+            if run is not None and not run.killed_by_us:
+                self.unpark(run)
+                back.setdefault(run.msg["scheduler"], []).append(run.run_id)
+        for sid, run_ids in back.items():
+            owner = self.owner_socket(sid)
+            if owner is None:
+                continue
+            for start in range(0, len(run_ids), MAX_ENDED):  # `returned` holds 4,096
+                send_nowait(owner, protocol.encode("returned",
+                                                   run_ids=run_ids[start:start + MAX_ENDED]))
         self.notifier.status(self.status_line())
-        self.announce()
+        self.announce(to_sink=True)
 
     def drain_if_due(self, now: float) -> None:
         """Past the drain timeout, kill what still runs (TERM, grace, KILL); the loop stops
@@ -207,8 +227,20 @@ class Worker:
         for run in self.runs.by_id.values():
             self.kill(run, now)
 
+    def size_queue(self) -> None:
+        """The prefetch queue's bound, and how many of it are armed ahead (prefetch.py)."""
+        self.prefetch = prefetch_of(self.config.worker.prefetch, self.slots)
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        fd_room = 1 << 30 if limit == resource.RLIM_INFINITY else limit - FDS_RESERVED
+        self.park_ahead = park_ahead(self.prefetch, self.slots, fd_room)
+
+    def armable(self) -> bool:
+        """A received job waits and may be armed: a slot is free for it, or one of the
+        `park_ahead` parked ahead (the rest of the queue waits unarmed)."""
+        return bool(self.runs.received) and len(self.runs.by_id) < self.slots + self.park_ahead
+
     def timeout_ms(self) -> int:
-        if self.runs.received and not self.spawners_full:
+        if self.armable() and not self.spawners_full:
             return 0
         now = self.clock.monotonic()
         deadlines = [self.next_heartbeat, self.next_resend if self.spool.pending else now + 5]
@@ -218,7 +250,7 @@ class Worker:
                 deadlines.append(timeout)
         if self.drain_until is not None and not self.drain_killed:
             deadlines.append(self.drain_until + 0.001)
-        if self.runs.received:  # the spawners' answers (polled) or a millisecond make room
+        if self.armable():  # the spawners' answers (polled) or a millisecond make room
             deadlines.append(now + 0.001)
         # Tick instants are wall clock: wake just before, then spin.
         tick = self.runs.next_armed()
@@ -257,7 +289,11 @@ class Worker:
             self.freed = True
             self.rejects(dropped + why)
 
-        for kind, msg in receive(sock, ("job", "cancel", "refused"), rejected):
+        returned: list[str] = []
+        for kind, msg in receive(sock, ("job", "cancel", "refused", "recall"), rejected):
+            if kind == "recall":
+                self.recall(sid, msg["run_id"], returned)
+                continue
             if kind == "cancel":
                 self.cancel(msg["run_id"], msg["reason"], self.clock.monotonic())
                 continue
@@ -271,8 +307,52 @@ class Worker:
                 continue
             self.accepted.append([msg["job"], msg["tick"]])
             self.accepted_runs.append([msg["job"], msg["tick"], msg["attempt"]])
-            self.runs.receive(msg)
-        self.tell_accepted()
+            self.queue(msg)
+        if returned:
+            send_nowait(sock, protocol.encode("returned", run_ids=returned))
+
+    def queue(self, msg: dict) -> None:
+        """A received job, armed as soon as a slot is free; beyond the slots it waits in
+        the prefetch queue (prefetch.py), where each job keeps one tick, the newest (an
+        older one waiting unarmed, or armed and held, is recorded `missed`)."""
+        runs = self.runs
+        older = older_tick(runs.received, msg)
+        if older is not None:
+            runs.received.remove(older)
+        elif runs.held:  # only while every slot is busy: a few entries
+            held = older_tick((runs.by_id[r].msg for r in runs.held if r in runs.by_id), msg)
+            if held is not None:
+                self.unpark(runs.take_held(held["run_id"]))
+                older = held
+        if older is not None:
+            self.finished(run_record(older, self.id, status="missed", stderr_tail=(
+                f"tick {msg['tick']:.3f} came before a slot did (at most one tick of a job "
+                "waits)")))  # fmt: skip
+        runs.receive(msg)
+        if len(runs) > self.slots:  # queued: schedulers learn it this turn (recalls)
+            self.freed = True
+
+    def recall(self, sid: str, run_id: str, returned: list[str]) -> None:
+        """A scheduler asks back a queued job of its own: returned if it has not started
+        (a held one's parked shell is told to exit: it reads end of file on its stdin)."""
+        msg = next((m for m in self.runs.received if m["run_id"] == run_id), None)
+        held = self.runs.by_id.get(run_id) if msg is None and run_id in self.runs.held else None
+        owner = msg["scheduler"] if msg is not None else held.msg["scheduler"] if held else None
+        if owner != sid:
+            return  # started meanwhile (or not its run): its record will come
+        if msg is not None:
+            self.runs.received.remove(msg)
+        else:
+            self.unpark(self.runs.take_held(run_id))
+        returned.append(run_id)
+        self.freed = True
+
+    def unpark(self, run: Run | None) -> None:
+        """A held run given back: its shell exits unreleased, and its end records nothing."""
+        if run is not None and run.go is not None:
+            os.close(run.go)
+            run.go = None
+            self.runs.unrecorded.add(run.run_id)
 
     def refuse_stale(self, msg: dict, sid: str, age: float) -> None:
         """A dispatch past its lease (its sender or we were stalled, or a link held it):
@@ -317,8 +397,10 @@ class Worker:
         for msg in list(self.runs.received):
             self.runs.received.remove(msg)
             self.refuse(msg, why)
-        while (due := self.runs.pop_armed(float("inf"))) is not None:
-            run = due[1]
+        held = [(0.0, self.runs.by_id.get(run_id)) for run_id in self.runs.held]
+        self.runs.held.clear()
+        while held or (due := self.runs.pop_armed(float("inf"))) is not None:
+            run = held.pop()[1] if held else due[1]
             if run is None or run.killed_by_us:
                 continue
             self.stale(why, "stale_release")
@@ -332,13 +414,14 @@ class Worker:
 
     def tell_accepted(self) -> None:
         """Tell every scheduler which ticks we took: if their owner dies before its claim
-        reaches the others, this is how the next owner knows not to fire them again."""
-        if not self.accepted:
-            return
-        frame = protocol.encode("accepted", worker=self.id, ticks=self.accepted,
-                                runs=self.accepted_runs)  # fmt: skip
-        for other in self.schedulers:
-            send_nowait(other, frame)
+        reaches the others, this is how the next owner knows not to fire them again. (In
+        a turn that announces, the `ready` carries them instead.)"""
+        for start in range(0, len(self.accepted), MAX_PAIRS):
+            frame = protocol.encode("accepted", worker=self.id,
+                                    ticks=self.accepted[start:start + MAX_PAIRS],
+                                    runs=self.accepted_runs[start:start + MAX_PAIRS])  # fmt: skip
+            for other in self.schedulers:
+                send_nowait(other, frame)
         self.accepted, self.accepted_runs = [], []
 
     def arm_received(self) -> None:
@@ -346,8 +429,9 @@ class Worker:
         stop for this turn when every spawner has a socket's worth to do."""
         until = self.clock.monotonic() + ARM_BUDGET_S
         self.spawners_full = False
-        received = self.runs.received
-        while received and self.clock.monotonic() < until:
+        received, running = self.runs.received, self.runs.by_id
+        armed_at_most = self.slots + self.park_ahead
+        while received and len(running) < armed_at_most and self.clock.monotonic() < until:
             if not self.arm(received[0]):
                 self.spawners_full = True
                 return
@@ -376,13 +460,27 @@ class Worker:
         self.finished(run_record(msg, self.id, status="refused", stderr_tail=reason))
 
     def release_due_runs(self) -> None:
-        """Release every armed run whose tick has come, spinning the last stretch."""
-        while (due := self.runs.pop_armed(self.clock.now() + SPIN_S)) is not None:
+        """Release every armed run whose tick has come, spinning the last stretch, while a
+        slot is free: the others wait held, in order, for the next slot that frees."""
+        runs = self.runs
+        while runs.held and len(runs.started) < self.slots:
+            run = runs.by_id.get(runs.held.popleft())
+            if run is not None and not run.killed_by_us:  # cancelled while held: never runs
+                self.release(run)
+        while (due := runs.pop_armed(self.clock.now() + SPIN_S)) is not None:
             tick, run = due
+            if run is None or run.killed_by_us:  # cancelled while parked: never runs
+                continue
+            if len(runs.started) >= self.slots:
+                runs.held.append(run.run_id)
+                self.freed = True  # schedulers learn it waits (queued: never started)
+                continue
             self.clock.spin_until(tick)
-            if run is not None and not run.killed_by_us:  # cancelled while parked: never runs
-                run.release(self.clock.now(), self.clock.monotonic())
-                self.runs.released(run)
+            self.release(run)
+
+    def release(self, run: Run) -> None:
+        run.release(self.clock.now(), self.clock.monotonic())
+        self.runs.released(run)
 
     def handle_fd(self, fd: int) -> None:
         run = self.runs.by_fd.get(fd)
@@ -400,6 +498,10 @@ class Worker:
                     self.spawn_failed(run, answer["error"])
             elif (run := self.runs.reaped(answer["pid"], answer["status"])) is not None:
                 rec = self.runs.forget(run, self.clock.now())
+                if run.run_id in self.runs.unrecorded:  # given back: it never started here
+                    self.runs.unrecorded.discard(run.run_id)
+                    self.freed = True
+                    continue
                 self.finished(rec)
                 self.mail(run.msg, rec)
 
@@ -420,16 +522,16 @@ class Worker:
         self.freed = True
 
     def tell_finished(self, rec: dict) -> None:
-        """Tell every scheduler the run ended: its own frees the run's overlap state and
+        """Tell every scheduler the run ended, in the `ready` that ends this turn (one
+        message for every run that ended in it): its own frees the run's overlap state and
         slot, and each decides its retry, chained children and hook, so a successor knows
         them when the run's scheduler died (followups.py)."""
-        frame = protocol.encode(
-            "finished", run_id=rec["run_id"], job=rec["job"], status=rec["status"],
-            tick=rec["tick"], attempt=rec["attempt"], exit_code=rec["exit_code"],
-            ended=rec["finished"] or self.clock.now(),
-        )  # fmt: skip
-        for sock in self.schedulers:
-            send_nowait(sock, frame)
+        self.ended.append([rec["run_id"], rec["job"], rec["status"], rec["tick"],
+                           rec["attempt"], rec["exit_code"],
+                           rec["finished"] or self.clock.now()])  # fmt: skip
+
+    def owner_socket(self, scheduler_id: str) -> zmq.Socket | None:
+        return next((s for s, sid in self.schedulers.items() if sid == scheduler_id), None)
 
     def enforce_timeouts(self, now: float) -> None:
         while (due := self.runs.pop_timeout(now)) is not None:
@@ -453,14 +555,21 @@ class Worker:
 
     # -- announcements and results ------------------------------------------------------
 
-    def announce(self) -> None:
-        """Tell every scheduler (and the sink) how many slots are free right now."""
+    def announce(self, to_sink: bool = False) -> None:
+        """Tell every scheduler how many slots are free right now, with the runs of its own
+        that ended and the ticks we took since the last time; the sink (dashboard, metrics)
+        hears it on heartbeats and at a drain, not every turn (measured: `ready` was half
+        of a 2-slot worker's sends, 3.2 of ~6 per job)."""
         running = self.runs.by_id
+        free, room = capacity(self.slots, self.prefetch, len(running), len(self.runs.received))
+        stopping = self.signals.stopping
         slots = {
             "worker": self.id,
             "pools": self.pools,
             "slots": self.slots,
-            "free": 0 if self.signals.stopping else max(0, self.slots - len(self.runs)),
+            "free": 0 if stopping else free,
+            "room": 0 if stopping else room,
+            "queued": self.runs.waiting()[:MAX_RUNNING_LISTED],
             "running": list(running)[:MAX_RUNNING_LISTED],
             "running_jobs": [r.msg["job"] for r in running.values()][:MAX_RUNNING_LISTED],
             # not started yet: a scheduler that finds us dead re-dispatches these elsewhere
@@ -470,9 +579,20 @@ class Worker:
             "mail_failures": self.mailer.failures,
         }
         self.freed = False
+        ticks, self.accepted = self.accepted[:MAX_PAIRS], self.accepted[MAX_PAIRS:]
+        runs, self.accepted_runs = self.accepted_runs[:MAX_PAIRS], self.accepted_runs[MAX_PAIRS:]
+        ended, self.ended = self.ended, []
+        batched: dict[str, list] = {"ended": ended[:MAX_ENDED]} if ended else {}
+        if ticks:
+            batched.update(ticks=ticks, runs=runs)
         for sock, sid in self.schedulers.items():
-            send_nowait(sock, protocol.encode("ready", seen=self.seen[sid], **slots))
-        send_nowait(self.sink, protocol.encode("ready", seen=0, **slots))
+            for start in range(MAX_ENDED, len(ended), MAX_ENDED):  # more than a turn holds
+                send_nowait(sock, protocol.encode("ready", seen=self.seen[sid], **slots,
+                                                  ended=ended[start:start + MAX_ENDED]))
+            send_nowait(sock, protocol.encode("ready", seen=self.seen[sid], **slots, **batched))
+        self.tell_accepted()  # any beyond MAX_PAIRS
+        if to_sink:
+            send_nowait(self.sink, protocol.encode("ready", seen=0, **slots))
 
     def reload_if_asked(self) -> None:
         """SIGHUP: re-read the settings (pools, slots, drain timeout) and announce them."""
@@ -487,8 +607,9 @@ class Worker:
         else:
             self.config = config
             self.pools, self.slots = list(config.worker.pool), usable_slots(config.worker.slots)
+            self.size_queue()
             log.info("SIGHUP: serving pools %s with %d slots", self.pools, self.slots)
-            self.announce()
+            self.announce(to_sink=True)
         self.notifier.ready(self.status_line())
 
     def status_line(self) -> str:
@@ -498,16 +619,19 @@ class Worker:
 
     def announce_if_freed(self) -> None:
         """Once per turn of the loop, however many runs ended in it: a burst of thousands
-        of results must not cost thousands of announcements."""
+        of results must not cost thousands of announcements. A turn that freed nothing
+        still tells the ticks it took (`accepted`)."""
         if self.freed:
             self.announce()
             if self.signals.stopping:
                 self.notifier.status(self.status_line())
+        elif self.accepted:
+            self.tell_accepted()
 
     def heartbeat_if_due(self, now: float) -> None:
         if now >= self.next_heartbeat:
             self.security.redial_failed(now)
-            self.announce()
+            self.announce(to_sink=True)
             self.next_heartbeat = now + self.heartbeat_s
 
     def report(self, rec: dict) -> None:

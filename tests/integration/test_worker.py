@@ -137,12 +137,15 @@ def test_unknown_user_is_refused_with_the_reason(cluster: tuple[Cluster, int]) -
 
 
 def spawner_pids(pid: int) -> list[int]:
-    """The worker's spawner processes (python3 -m zcron.spawner), from /proc."""
-    children = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        children += [int(c) for c in (task / "children").read_text().split()]
-    cmdline = lambda c: Path(f"/proc/{c}/cmdline").read_bytes()  # noqa: E731
-    return [c for c in children if b"zcron.spawner" in cmdline(c)]
+    """The worker's spawner processes (zcron.spawner_process), from /proc: its child, and
+    those that child forked."""
+    def children(parent: int) -> list[int]:
+        found = []
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            found += [int(c) for c in (task / "children").read_text().split()]
+        return [c for c in found if b"zcron.spawner" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+    return [c for first in children(pid) for c in (first, *children(first))]
 
 
 def test_a_dead_spawner_stops_the_worker_with_exit_1_and_says_why(
@@ -172,7 +175,7 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
     config = Config(worker=WorkerConfig(id="w9", spool=str(tmp_path / "spool")))
     worker = Worker(config)
     worker.sink = worker.ctx.socket(zmq.DEALER)  # connected nowhere: results stay spooled
-    worker.announce = lambda: None  # type: ignore[method-assign]  # no scheduler to tell
+    worker.announce = lambda **_: None  # type: ignore[method-assign]  # no scheduler to tell
     yield worker
     for run in list(worker.runs.by_id.values()):
         run.signal_group(signal.SIGKILL)

@@ -1,0 +1,171 @@
+"""The worker's prefetch queue, driven by hand (real spawners and processes, no scheduler):
+slots limit running commands, a freed slot starts the next queued job at once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from tests.harness import wait_until
+from zcron.config import Config, WorkerConfig
+from zcron.protocol import decode
+from zcron.worker import Worker
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[Worker]:
+    config = Config(worker=WorkerConfig(id="w9", slots=1, prefetch=3, spool=str(tmp_path / "s")))
+    worker = Worker(config)
+    worker.sink = worker.ctx.socket(zmq.DEALER)  # connected nowhere: results stay spooled
+    worker.announce = lambda **_: None  # type: ignore[method-assign]  # no scheduler to tell
+    yield worker
+    for run in list(worker.runs.by_id.values()):
+        run.signal_group(9)
+    worker.sink.close(linger=0)
+    worker.run_fds.close()
+    for spawner in worker.spawners.values():
+        spawner.close()
+
+
+def job(run_id: str, command: str, name: str | None = None, tick: float | None = None) -> dict:
+    now = time.time()
+    return {
+        "run_id": run_id, "job": name or run_id, "tick": now if tick is None else tick,
+        "attempt": 1, "scheduler": "a", "pool": "default", "command": command,
+        "shell": "/bin/sh", "user": None, "env": {}, "cwd": None, "timeout": None,
+        "on_timeout": "kill", "dispatched": now,
+    }  # fmt: skip
+
+
+def turn(worker: Worker) -> None:
+    """One turn of the worker's loop as step() runs it, without its sockets."""
+    worker.handle_ready(dict(worker.poller.poll(10)))
+    worker.release_due_runs()
+    worker.arm_received()
+
+
+def test_one_slot_runs_the_queue_one_by_one_with_no_scheduler(worker: Worker) -> None:
+    for n in range(4):
+        worker.queue(job(f"r{n}", "sleep 0.2"))
+    running, armed, deadline = 0, 0, time.monotonic() + 20
+    while len(worker.spool.pending) < 4:
+        assert time.monotonic() < deadline, worker.spool.pending
+        turn(worker)
+        running = max(running, len(worker.runs.started))
+        armed = max(armed, len(worker.runs.by_id))
+    recs = sorted(worker.spool.pending.values(), key=lambda r: r["started"])
+    # one runs, one more waits armed (its shell parked), the rest unarmed in the queue
+    assert (running, armed) == (1, 2) and [r["status"] for r in recs] == ["ok"] * 4
+    for before, after in zip(recs, recs[1:], strict=False):
+        # the next starts when the slot frees: after the previous end, well within a round
+        # trip's worth of a loaded machine (it needs none: nobody else is asked)
+        assert 0 <= after["started"] - before["finished"] < 0.25, (before, after)
+
+
+def test_a_recall_returns_a_queued_job_and_not_a_started_one(worker: Worker) -> None:
+    worker.queue(job("run", "sleep 5"))
+    worker.queue(job("wait", "true"))
+    wait_until(lambda: turn(worker) or worker.runs.started == {"run"}, 10, "the first to run")
+    wait_until(lambda: turn(worker) or worker.runs.held, 10, "the second held, armed")
+    returned: list[str] = []
+    worker.recall("a", "run", returned)
+    worker.recall("b", "wait", returned)  # another scheduler's recall: not its run
+    assert returned == [] and worker.runs.waiting() == ["wait"]
+    worker.recall("a", "wait", returned)
+    assert returned == ["wait"] and worker.runs.waiting() == []
+    # its parked shell exits unreleased, and nothing is recorded of it here
+    wait_until(lambda: turn(worker) or "wait" not in worker.runs.by_id, 10, "its shell's end")
+    assert "wait" not in worker.spool.pending and worker.runs.started == {"run"}
+
+
+def test_a_newer_tick_of_a_job_replaces_its_queued_one_recorded_missed(worker: Worker) -> None:
+    worker.queue(job("run", "sleep 5"))
+    worker.queue(job("old", "true", name="j", tick=100.0))
+    worker.queue(job("new", "true", name="j", tick=101.0))
+    assert [m["run_id"] for m in worker.runs.received] == ["run", "new"]
+    rec = worker.spool.pending["old"]
+    assert (rec["status"], rec["worker"]) == ("missed", "w9")
+    assert "came before a slot did" in rec["stderr_tail"]
+    # armed ahead and held (its shell parked) counts as waiting too: one tick per job
+    wait_until(lambda: turn(worker) or worker.runs.held, 10, "'new' armed and held")
+    worker.queue(job("newer", "true", name="j", tick=102.0))
+    assert worker.spool.pending["new"]["status"] == "missed"
+    assert worker.runs.waiting() == ["newer"]
+    wait_until(lambda: turn(worker) or "new" not in worker.runs.by_id, 10, "its shell's end")
+    assert worker.spool.pending["new"]["status"] == "missed"  # its unreleased end: no record
+
+
+@pytest.fixture
+def wired(tmp_path: Path) -> Iterator[tuple[Worker, zmq.Socket]]:
+    """A worker with 2 slots whose scheduler "a" is a ROUTER of the test's (inproc)."""
+    config = Config(worker=WorkerConfig(id="w8", slots=2, spool=str(tmp_path / "s")))
+    worker = Worker(config)
+    ctx = worker.ctx
+    worker.sink = ctx.socket(zmq.DEALER)  # connected nowhere: results stay spooled
+    scheduler = ctx.socket(zmq.ROUTER)
+    scheduler.bind(f"inproc://prefetch-{id(worker)}")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(f"inproc://prefetch-{id(worker)}")
+    worker.schedulers, worker.seen = {dealer: "a"}, {"a": 0}
+    yield worker, scheduler
+    for run in list(worker.runs.by_id.values()):
+        run.signal_group(9)
+    for sock in (dealer, scheduler, worker.sink):
+        sock.close(linger=0)
+    worker.run_fds.close()
+    for spawner in worker.spawners.values():
+        spawner.close()
+
+
+def received(scheduler: zmq.Socket) -> list[tuple[str, dict]]:
+    out = []
+    while scheduler.poll(0):
+        out.append(decode(scheduler.recv_multipart()[1]))
+    return out
+
+
+def test_a_turn_sends_one_ready_per_scheduler_carrying_its_ended_runs_and_ticks(
+    wired: tuple[Worker, zmq.Socket],
+) -> None:
+    """No `finished` or `accepted` apart: each turn's `ready` carries them (batching)."""
+    worker, scheduler = wired
+    for n in range(6):
+        worker.queue(job(f"r{n}", "true"))
+        worker.accepted.append([f"r{n}", 1.0])
+    kinds: list[str] = []
+    ended: list[str] = []
+    ticks: list[list] = []
+    deadline = time.monotonic() + 20
+    while len(ended) < 6:
+        assert time.monotonic() < deadline, (kinds, ended)
+        turn(worker)
+        worker.announce_if_freed()
+        for kind, msg in received(scheduler):
+            kinds.append(kind)
+            ended += [run_id for run_id, _, _ in msg.get("ended", [])]
+            ticks += msg.get("ticks", [])
+    assert set(kinds) == {"ready"}, kinds
+    assert sorted(ended) == [f"r{n}" for n in range(6)] and len(ticks) == 6
+    assert len(kinds) < 12  # at most one per turn that freed something, not two per run
+
+
+def test_a_draining_worker_returns_its_queue_armed_or_not_and_runs_what_runs(
+    wired: tuple[Worker, zmq.Socket],
+) -> None:
+    worker, scheduler = wired
+    for n in range(6):  # 2 run, 2 wait armed (held), 2 wait unarmed
+        worker.queue(job(f"r{n}", "sleep 0.5"))
+    wait_until(lambda: turn(worker) or len(worker.runs.held) == 2, 10, "two held")
+    assert worker.runs.started == {"r0", "r1"}
+    worker.begin_drain(time.monotonic())
+    returned = [m for k, m in received(scheduler) if k == "returned"]
+    assert returned == [{"run_ids": ["r4", "r5", "r2", "r3"]}], returned
+    wait_until(lambda: turn(worker) or not worker.runs.by_id, 10, "the runs' ends")
+    assert sorted(worker.spool.pending) == ["r0", "r1"]  # the returned ones: no record here
+    assert {r["status"] for r in worker.spool.pending.values()} == {"ok"}
