@@ -148,7 +148,7 @@ def test_a_turn_sends_one_ready_per_scheduler_carrying_its_ended_runs_and_ticks(
         worker.announce_if_freed()
         for kind, msg in received(scheduler):
             kinds.append(kind)
-            ended += [run_id for run_id, _, _ in msg.get("ended", [])]
+            ended += [entry[0] for entry in msg.get("ended", [])]
             ticks += msg.get("ticks", [])
     assert set(kinds) == {"ready"}, kinds
     assert sorted(ended) == [f"r{n}" for n in range(6)] and len(ticks) == 6
