@@ -40,7 +40,10 @@ QUORUM_JOBS = [f"q{i}" for i in range(6)]
 PLAIN_JOBS = [f"n{i}" for i in range(8)]
 FORBID_JOBS = ["f0", "f1"]  # overlap = forbid, each run lasts 1.5 s: every other tick skipped
 RETRY_JOBS = ["r0"]  # fails on attempt 1, retried once 1 s later
-GID_BASE = 47000  # scheduler i runs with group id GID_BASE + i (cuts match on it)
+# Scheduler i runs with group id GID_BASE + i (cuts match on it), a range of this process's
+# own: two nemesis runs at once (two checkouts on one machine) cut each other's schedulers
+# with one base (seen: a scheduler deaf for 3 s with no fault of its own run).
+GID_BASE = 47000 + 3 * (os.getpid() % 6000)
 SETTLE_S = 4.0  # after the last fault: the cluster back to steady state before the end
 FAULTS = ("kill_scheduler", "stop_scheduler", "kill_worker", "stop_worker", "kill_sink")
 CUTS = ("cut_in", "cut_out", "cut_both")
