@@ -614,7 +614,7 @@ class Scheduler:
     def on_accepted(self, identity: bytes, msg: dict) -> None:
         """A worker took these runs: the ticks fired (takeover.py), the follow-ups are done."""
         self.takeover.on_fired(identity, msg)
-        self.pending.heard_done(msg.get("runs", []), self.clock.now())
+        self.pending.on_accepted(msg, self.clock.now())
 
     def fire_followups(self, now: float, now_mono: float) -> None:
         """Start the due follow-ups we own, then tell the peers (and what we recorded)."""
