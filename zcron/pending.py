@@ -86,6 +86,10 @@ class Pending:
         progress = DurableMap(self.env, b"chains", list)
         self.decider = FollowUps(progress)  # type: ignore[arg-type]
         self.done: dict[Key, float] = {}  # key -> when we learnt it was done (wall)
+        # (worker, job, tick, attempt) of runs a worker said it took, for jobs whose end
+        # sets something off: its `finished` counts only for those (a worker key cannot
+        # make chains and hooks run for a run it never took)
+        self.taken: dict[tuple, float] = {}
         self.counters = counters
         self.window, self.reject = window, reject  # how far back and ahead wire times may be
         self.jobs: Mapping[str, Job] = {}
@@ -107,10 +111,24 @@ class Pending:
             return False
         return True
 
+    def on_accepted(self, msg: dict, now: float) -> None:
+        """A worker's `accepted`: follow-ups done, and the runs whose end we wait for."""
+        runs = msg.get("runs", [])
+        self.heard_done(runs, now)
+        for job, tick, attempt in runs:
+            if self.has_followups(job):
+                self.taken[(msg["worker"], job, float(tick), attempt)] = now
+        while len(self.taken) > MAX_DONE:
+            del self.taken[next(iter(self.taken))]
+
     def on_finished(self, msg: dict, worker: str, now: float) -> None:
-        """A worker's `finished` (with the run's tick, attempt and end: all or none)."""
-        if "tick" not in msg:
+        """A worker's `finished` (with the run's tick, attempt and end: all or none), for
+        a run it said it took."""
+        if "tick" not in msg or not self.has_followups(msg["job"]):
             return
+        if self.taken.pop((worker, msg["job"], float(msg["tick"]), msg["attempt"]), None) is None:
+            return self.reject(f"finished of a run worker {worker} did not take: "
+                               f"{msg['job']!r:.60} tick {msg['tick']:.3f}")  # fmt: skip
         out = Outcome(msg["run_id"], msg["job"], msg["tick"], msg["attempt"], msg["status"],
                       msg.get("exit_code"), msg["ended"], worker)  # fmt: skip
         if self.in_window([out], now, "finished"):

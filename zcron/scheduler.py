@@ -656,13 +656,21 @@ class Scheduler:
     def on_accepted(self, identity: bytes, msg: dict) -> None:
         """A worker took these runs: the ticks fired (takeover.py), the follow-ups are done."""
         self.takeover.on_fired(identity, msg)
-        self.pending.heard_done(msg.get("runs", []), self.clock.now())
+        self.pending.on_accepted(msg, self.clock.now())
 
     def fire_followups(self, now: float, now_mono: float) -> None:
-        """Start the due follow-ups we own, then tell the peers (and what we recorded)."""
+        """Start the due follow-ups we own, then tell the peers (and what we recorded).
+
+        Only next to a majority (any job, with more than one scheduler): a side cut off
+        from it may lack the peers' word that a follow-up was started (2 retries of one
+        run in a 75 s nemesis, before); and a scheduler that regains one next to a peer
+        that kept it rejoins first (takeover.check_quorum), as for ticks."""
+        self.takeover.check_quorum(now, now_mono)
+        alone = len(self.config.cluster.schedulers) == 1
+
         def mine(job: Job, at: float) -> bool:
             return self.takeover.owner(job, at, now_mono, as_of=now) == self.id and (
-                not job.quorum or self.takeover.sees_quorum(now_mono))
+                alone or self.takeover.sees_quorum(now_mono))
 
         self.pending.fire_due(now, mine, self.start_followup)
         for fields in self.pending.take_messages():

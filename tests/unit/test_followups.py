@@ -267,13 +267,29 @@ def test_outcomes_out_of_the_window_are_dropped_and_counted(tmp_path: Path) -> N
     store.set_jobs({"a": job("a", retries=1)})
     far = Outcome("r", "a", T, 1, "failed", 1, T + 3600, "w1")
     store.on_outcomes({"outcomes": [far.wire()], "runs": []}, T)
-    store.on_finished({"run_id": "r", "job": "a", "status": "failed", "tick": T - 2 * 86400,
+    old = T - 2 * 86400
+    store.on_accepted({"worker": "w1", "ticks": [], "runs": [["a", old, 1], ["a", T, 1]]}, T)
+    store.on_finished({"run_id": "r", "job": "a", "status": "failed", "tick": old,
                        "attempt": 1, "ended": T}, "w1", T)  # fmt: skip
     assert not store.items
     assert [d.split(":")[0] for d in dropped] == ["dropped outcomes", "dropped finished"]
     store.on_finished({"run_id": "r", "job": "a", "status": "failed", "tick": T,
                        "attempt": 1, "ended": T + 1}, "w1", T)  # fmt: skip
     assert list(store.items) == [("a", T, 2)]
+
+
+def test_a_worker_reports_ends_only_of_runs_it_took(tmp_path: Path) -> None:
+    dropped: list[str] = []
+    store = Pending(str(tmp_path / "pending"), {}, (86400.0, 10.0), dropped.append)
+    store.set_jobs({"a": job("a", on_failure="page"), "b": job("b")})
+    end = {"run_id": "r", "job": "a", "status": "failed", "tick": T, "attempt": 1, "ended": T}
+    store.on_accepted({"worker": "w1", "ticks": [], "runs": [["a", T, 1], ["b", T, 1]]}, T)
+    assert list(store.taken) == [("w1", "a", T, 1)]  # b's end sets nothing off
+    store.on_finished(end, "w2", T)  # another worker's key: not its run
+    assert not store.items and "did not take" in dropped[0]
+    store.on_finished(end, "w1", T)
+    store.on_finished(end, "w1", T)  # told twice: one hook
+    assert list(store.items) == [("a:on_failure", T, 1)] and len(dropped) == 2
 
 
 def test_a_follow_up_whose_start_stalled_stays_pending(tmp_path: Path) -> None:
