@@ -596,15 +596,16 @@ class Scheduler:
 
     def on_batched(self, identity: bytes, msg: dict) -> None:
         """What a `ready` carries of the worker's turn, as if sent apart before it: the
-        `finished` of its runs (ours free their slots; all set off follow-ups), and the
-        ticks it `accepted`."""
+        ticks it `accepted` first (an end counts only for a run it said it took, and a
+        quick run is taken and ends in one turn), then the `finished` of its runs (ours
+        free their slots; all set off follow-ups)."""
+        if msg.get("ticks"):
+            self.on_accepted(identity, {"worker": msg["worker"], "ticks": msg["ticks"],
+                                        "runs": msg.get("runs", [])})  # fmt: skip
         for run_id, job, status, tick, attempt, exit_code, ended in msg.get("ended", ()):
             self.on_finished(identity, {"run_id": run_id, "job": job, "status": status,
                                         "tick": tick, "attempt": attempt,
                                         "exit_code": exit_code, "ended": ended})  # fmt: skip
-        if msg.get("ticks"):
-            self.on_accepted(identity, {"worker": msg["worker"], "ticks": msg["ticks"],
-                                        "runs": msg.get("runs", [])})  # fmt: skip
 
     def recall_queued(self, now_mono: float) -> None:
         """Free slots while runs of ours wait in a busy worker's queue: ask them back."""
