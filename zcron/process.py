@@ -293,7 +293,8 @@ def arm_run(msg: dict, worker_id: str, spawners: Iterable[Spawner]) -> Run | Non
     try:
         for spawner in spawners:
             try:
-                request = spawner.spawn(argv, env, [go_r, out_w, err_w], user)
+                request = spawner.spawn(argv, env, [go_r, out_w, err_w], user,
+                                        run_record(msg, worker_id, status="lost"))  # fmt: skip
                 break
             except SpawnerBusy:
                 continue

@@ -27,13 +27,14 @@ The spawner process runs zcron/spawner_process.py alone, in an interpreter start
 from __future__ import annotations
 
 import marshal
+import os
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from zcron.spawner_process import MAX_PACKET
+from zcron.spawner_process import MAX_PACKET, REPORTS_ENV
 
 # What the spawner process runs: its module alone, found beside this one (-I ignores
 # PYTHONPATH, -S skips site and the venv's packages: nothing else is imported).
@@ -65,12 +66,15 @@ class Spawner:
         return self.sock.fileno()
 
     def spawn(self, argv: list[str], env: dict[str, str], fds: list[int],
-              user: tuple[int, int, list[int]] | None) -> int:  # fmt: skip
+              user: tuple[int, int, list[int]] | None,
+              record: dict | None = None) -> int:  # fmt: skip
         """Ask for a process (fds become its stdin, stdout, stderr); the request's id. Raise
         SpawnerBusy when the socket is full: the worker must not stand still meanwhile (a
         worker that stops announcing itself is taken for dead, its runs for lost)."""
         request_id = next(self.request_ids)
-        packet = marshal.dumps({"id": request_id, "argv": argv, "env": env, "user": user})
+        # record: the run's record skeleton, for the spawner's report if we die (Ledger)
+        packet = marshal.dumps({"id": request_id, "argv": argv, "env": env, "user": user,
+                                "record": record})  # fmt: skip
         try:
             socket.send_fds(self.sock, [packet], fds)
         except BlockingIOError:
@@ -105,14 +109,17 @@ class Spawner:
             self.proc.wait()
 
 
-def start_spawners(count: int, request_ids: Iterator[int]) -> list[Spawner]:
-    """`count` spawners in one light interpreter: the first is our child, it forks the rest."""
+def start_spawners(count: int, request_ids: Iterator[int], reports: str | None = None
+                   ) -> list[Spawner]:  # fmt: skip
+    """`count` spawners in one light interpreter: the first is our child, it forks the rest.
+    `reports`: where they write the runs that ended after we died (the spool directory)."""
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(count)]
     theirs = [pair[1].fileno() for pair in pairs]
     proc = subprocess.Popen(
         [sys.executable, "-I", "-S", "-c", _BOOT, _ROOT, *map(str, theirs)],
         pass_fds=theirs,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, REPORTS_ENV: reports} if reports else None,
     )
     for _, their in pairs:
         their.close()

@@ -28,6 +28,12 @@ MAX_PACKET = 1 << 20  # a request holds the job's command and environment (each 
 REQUESTS_PER_TURN = 64
 ANSWERS_PER_PACKET = 1024
 ORPHAN_GRACE_S = 2.0  # TERM to KILL for the runs of a worker that died
+# Exits told to the worker this recently may not have reached its spool when it died (the
+# packet sat unread in the socket): they are reported again with the orphans' (a record
+# the worker did spool is kept instead: one record per run id).
+RECENT_S = 10.0
+UNRELEASED = 125  # a parked shell's exit when its stdin closed before release (process.py)
+REPORTS_ENV = "ZCRON_SPAWNER_REPORTS"  # the worker's spool directory, for those reports
 # Ignored signals survive exec, and a shell cannot trap what it found ignored: Python
 # ignores SIGPIPE and SIGXFSZ, the spawner INT and TERM. Jobs get cron's defaults.
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
@@ -45,25 +51,93 @@ def serve(sock: socket.socket) -> None:
     poller.register(sock, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     children: set[int] = set()  # started and not reaped: each leads its own process group
+    ledger = Ledger()
     while True:
         answers: list[dict] = []
         for fd, _ in poller.poll():
             if fd == wake_r:
                 _drain(wake_r)
-            elif not handle_requests(sock, answers):
-                end_orphans(children | {a["pid"] for a in answers if "pid" in a})
+            elif not handle_requests(sock, answers, ledger):
+                ledger.note(answers)
+                ledger.report(end_orphans(children | {a["pid"] for a in answers if "pid" in a}))
                 return
         report_exits(answers)
+        ledger.note(answers)
         children.update(a["pid"] for a in answers if "status" not in a and "pid" in a)
         children.difference_update(a["pid"] for a in answers if "status" in a)
         if not _send(sock, answers):
-            end_orphans(children)
+            ledger.report(end_orphans(children))
             return
 
 
-def end_orphans(children: set[int]) -> None:
+class Ledger:
+    """The record skeleton of each run started (the worker sends it with the request), so
+    that a run that ended on its own after its worker died is still recorded truly: the
+    nemesis saw 5 runs in 75 s that ran to their end recorded `lost`, their worker SIGKILLed
+    between the exit and its spool. Written to the worker's spool directory, which the
+    restarted worker reads (spool.py); runs we end here (TERM, KILL) stay `lost`."""
+
+    def __init__(self) -> None:
+        self.directory = os.environ.get(REPORTS_ENV)
+        self.requested: dict[int, dict] = {}  # request id -> skeleton, until its pid
+        self.running: dict[int, dict] = {}  # pid -> skeleton with "spawned"
+        self.recent: list[tuple[float, dict]] = []  # (monotonic, final record) told the worker
+
+    def note(self, answers: list[dict]) -> None:
+        now = time.monotonic()
+        for answer in answers:
+            if "id" in answer:
+                rec = self.requested.pop(answer["id"], None)
+                if rec is not None and "pid" in answer:
+                    self.running[answer["pid"]] = {**rec, "spawned": answer["at"]}
+            elif "status" in answer:
+                rec = self.ended(answer["pid"], answer["status"])
+                if rec is not None:
+                    self.recent.append((now, rec))
+        while self.recent and self.recent[0][0] < now - RECENT_S:
+            self.recent.pop(0)
+
+    def ended(self, pid: int, status: int) -> dict | None:
+        """The record of a run that exited on its own; None for one signalled, one never
+        released, or a process that was no run (mail)."""
+        rec = self.running.pop(pid, None)
+        if rec is None or not os.WIFEXITED(status) or os.WEXITSTATUS(status) == UNRELEASED:
+            return None
+        code = os.WEXITSTATUS(status)
+        spawned = rec.pop("spawned")
+        # released at its instant (tick plus jitter delay), or at once if armed later
+        started = max(spawned, rec["tick"] + (rec.get("delay") or 0.0))
+        return {**rec, "status": "ok" if code == 0 else "failed", "exit_code": code,
+                "started": started, "finished": max(time.time(), started),
+                "stderr_tail": "zcron: its worker died before it recorded this run (its end "
+                               "was reported by the spawner; the output is lost)"}  # fmt: skip
+
+    def report(self, exited: dict[int, int]) -> None:
+        """Write the runs that ended on their own since the worker died, or just before."""
+        records = [rec for _, rec in self.recent]
+        records += [rec for pid, status in exited.items()
+                    if (rec := self.ended(pid, status)) is not None]  # fmt: skip
+        if not records or not self.directory:
+            return
+        name = f"orphans-{os.getpid()}-{time.time_ns():x}"
+        tmp = os.path.join(self.directory, name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, marshal.dumps(records))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, os.path.join(self.directory, name + ".rep"))
+        except OSError as exc:
+            os.write(2, f"zcron spawner: cannot report {len(records)} runs: {exc}\n".encode())
+
+
+def end_orphans(children: set[int]) -> dict[int, int]:
     """The worker is gone: TERM every running run's group, KILL what is left after the
-    grace, and reap them (a child stuck in the kernel is left to init after a second)."""
+    grace, and reap them (a child stuck in the kernel is left to init after a second).
+    The wait statuses of those reaped, by pid."""
+    exited: dict[int, int] = {}
     for sig, wait_s in ((signal.SIGTERM, ORPHAN_GRACE_S), (signal.SIGKILL, 1.0)):
         for pid in children:
             try:
@@ -73,16 +147,18 @@ def end_orphans(children: set[int]) -> None:
         deadline = time.monotonic() + wait_s
         while children and time.monotonic() < deadline:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return exited
             if pid:
                 children.discard(pid)
+                exited[pid] = status
             else:
                 time.sleep(0.01)
+    return exited
 
 
-def handle_requests(sock: socket.socket, answers: list[dict]) -> bool:
+def handle_requests(sock: socket.socket, answers: list[dict], ledger: Ledger) -> bool:
     """Serve the waiting requests (at most a turn's worth, so exits are reported meanwhile);
     False once the worker's end has closed."""
     for _ in range(REQUESTS_PER_TURN):
@@ -95,7 +171,10 @@ def handle_requests(sock: socket.socket, answers: list[dict]) -> bool:
         if not packet:
             return False
         try:
-            answers.append(spawn_one(marshal.loads(packet), fds))
+            request = marshal.loads(packet)
+            if request.get("record") is not None:
+                ledger.requested[request["id"]] = request["record"]
+            answers.append(spawn_one(request, fds))
         finally:
             for fd in fds:
                 os.close(fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import marshal
 import os
 import struct
 import time
@@ -13,6 +14,8 @@ from pathlib import Path
 import msgpack
 import zmq
 
+from zcron import protocol
+from zcron.errors import ProtocolError
 from zcron.net import receive
 
 log = logging.getLogger(__name__)
@@ -138,6 +141,7 @@ class Spool:
         self.segment_records = 0
         self.write_errors = 0
         self._load()
+        self._take_spawner_reports()
 
     def _load(self) -> None:
         """Read every segment (and old one-record files), then move what is pending into a
@@ -154,6 +158,30 @@ class Spool:
                 path.unlink()
         if self.pending:
             log.info("spool %s: %d records to deliver", self.directory, len(self.pending))
+
+    def _take_spawner_reports(self) -> None:
+        """Runs that ended on their own after this worker's previous process died, as its
+        spawners wrote them (spawner_process.Ledger); each becomes a record unless the
+        worker spooled its own (one record per run id). A report that is not a list of
+        valid records is set aside as .bad, as a torn segment is."""
+        for path in sorted(self.directory.glob("orphans-*.rep")):
+            try:
+                records = marshal.loads(path.read_bytes())
+                if not isinstance(records, list):
+                    raise ValueError("not a list")
+                for rec in records:
+                    protocol.validate("result", {"record": rec})
+            except (OSError, EOFError, ValueError, TypeError, ProtocolError) as exc:
+                log.error("spool %s: spawner report %s unreadable (%s); moved to .bad",
+                          self.directory, path.name, exc)  # fmt: skip
+                path.rename(path.with_suffix(".bad"))
+                continue
+            taken = [rec for rec in records if rec["run_id"] not in self.pending]
+            for rec in taken:
+                self.add(rec)
+            path.unlink()
+            log.warning("spool %s: %d runs that ended after the worker died, from its "
+                        "spawner's report", self.directory, len(taken))  # fmt: skip
 
     def _read(self, path: Path) -> list[dict]:
         data = path.read_bytes()

@@ -91,7 +91,7 @@ class Worker:
         # which under load is the slowest step of arming; two wait side by side.
         request_ids = itertools.count(1)
         self.spawners = {}
-        for spawner in start_spawners(SPAWNERS, request_ids):
+        for spawner in start_spawners(SPAWNERS, request_ids, config.worker.spool):
             self.spawners[spawner.fileno()] = spawner
             self.poller.register(spawner.fileno(), zmq.POLLIN)
         self.next_spawner = itertools.cycle(list(self.spawners.values()))

@@ -10,6 +10,8 @@ import calendar
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -287,3 +289,37 @@ def test_the_runs_of_a_sigkilled_worker_end_with_it(procs: Processes, tmp_path: 
     wait_until(lambda: not live_group(int(pgid)), 10, "the orphaned run's group to end")
     lost = wait_until(lambda: cluster.runs(job="long", status="lost"), 20, "the lost record")
     assert "stopped answering" in lost[0]["stderr_tail"]
+
+
+def test_a_run_that_ends_on_its_own_after_its_worker_died_is_recorded_true(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """The run outlives the SIGKILLed worker (it ignores the spawner's TERM) and exits 0
+    within the grace: the spawner reports it, the restarted worker sends it, and its `ok`
+    replaces the scheduler's `lost` guess (no run recorded lost that ran)."""
+    cluster = make_cluster(tmp_path)
+    started, done = tmp_path / "started", tmp_path / "done"
+    (cluster.schedules / "stubborn.toml").write_text(
+        '[stubborn]\nschedule = "0 0 1 1 *"\n'
+        f"command = 'trap \"\" TERM; touch {started}; sleep 1; touch {done}'\n"
+    )
+    procs.start("sink", "-c", str(cluster.config_path))
+    procs.start("scheduler", "-c", str(cluster.config_path))
+    worker = procs.start("worker", "-c", str(cluster.config_path), "--id", "w1")
+    def run_now() -> bool:
+        argv = [sys.executable, "-m", "zcron", "run", "-c", str(cluster.config_path), "stubborn"]
+        return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
+
+    wait_until(run_now, 20, "zcron run")
+    wait_until(started.exists, 20, "the run to start")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    lost = wait_until(lambda: cluster.runs(job="stubborn", status="lost"), 20, "the lost guess")
+    wait_until(done.exists, 10, "the run to end on its own")
+    spool = cluster.root / "worker"
+    wait_until(lambda: list(spool.glob("orphans-*.rep")), 10, "the spawner's report")
+    procs.start("worker", "-c", str(cluster.config_path), "--id", "w1")
+    ok = wait_until(lambda: cluster.runs(job="stubborn", status="ok"), 20, "the true record")
+    assert ok[0]["run_id"] == lost[0]["run_id"] and ok[0]["exit_code"] == 0
+    assert "worker died" in ok[0]["stderr_tail"]
+    assert cluster.runs(job="stubborn", status="lost") == []

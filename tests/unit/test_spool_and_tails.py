@@ -1,9 +1,12 @@
 import errno
+import marshal
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
+from zcron import spawner_process
 from zcron import spool as spool_module
 from zcron.process import Tail
 from zcron.protocol import record
@@ -83,3 +86,35 @@ def test_tail_keeps_only_the_last_bytes() -> None:
         tail.feed(b"0123456789")
     assert tail.text() == "23456789"
     assert len(tail.buffer) <= 16
+
+
+def _skeleton(run_id: str) -> dict:
+    return record(run_id=run_id, job="j", tick=100.0, status="lost", worker="w1",
+                  scheduler="a", dispatched=99.5)  # fmt: skip
+
+
+def test_the_spawners_ledger_reports_only_runs_that_ended_on_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(spawner_process.REPORTS_ENV, str(tmp_path))
+    ledger = spawner_process.Ledger()
+    for n, pid in enumerate((11, 12, 13, 14), 1):
+        ledger.requested[n] = _skeleton(f"r{pid}")
+        ledger.note([{"id": n, "pid": pid, "at": 99.6}])
+    ledger.note([{"pid": 11, "status": 0}])  # told the worker just before it died
+    exited = {12: 3 << 8, 13: signal.SIGTERM, 14: spawner_process.UNRELEASED << 8}
+    ledger.report(exited)  # 12 failed on its own; 13 we TERMed; 14 never released
+    (report,) = tmp_path.glob("orphans-*.rep")
+    records = {r["run_id"]: r for r in marshal.loads(report.read_bytes())}
+    assert sorted(records) == ["r11", "r12"]
+    assert (records["r11"]["status"], records["r12"]["status"]) == ("ok", "failed")
+    assert records["r12"]["exit_code"] == 3 and records["r12"]["started"] == 100.0
+    spool = Spool(str(tmp_path))  # the restarted worker takes them, once
+    assert sorted(spool.pending) == ["r11", "r12"] and not list(tmp_path.glob("*.rep"))
+
+
+def test_a_spawner_report_that_is_not_records_is_set_aside(tmp_path: Path) -> None:
+    (tmp_path / "orphans-1-a.rep").write_bytes(marshal.dumps([{"run_id": 7}]))
+    (tmp_path / "orphans-1-b.rep").write_bytes(b"\x00garbage")
+    spool = Spool(str(tmp_path))
+    assert spool.pending == {} and len(list(tmp_path.glob("*.bad"))) == 2
