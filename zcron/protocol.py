@@ -309,8 +309,7 @@ def _is_ended(entry: Any) -> bool:
     run_id, job, status, tick, attempt, code, ended = entry
     return (
         _is_name(run_id) and _is_name(job) and status in STATUSES and is_number(tick)
-        and _is_attempt(attempt) and (code is None or (isinstance(code, int) and is_number(code)))
-        and is_number(ended)
+        and _is_attempt(attempt) and _is_exit_code(code) and is_number(ended)
     )  # fmt: skip
 
 
@@ -385,6 +384,11 @@ def _is_name(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_NAME
 
 
+def _is_exit_code(value: Any) -> bool:
+    """A run's exit code on the wire: None (none was had) or a finite int, not a bool."""
+    return value is None or (isinstance(value, int) and is_number(value))
+
+
 def _is_attempt(value: Any) -> bool:
     return isinstance(value, int) and value.__class__ is not bool and 1 <= value <= MAX_ATTEMPT
 
@@ -407,7 +411,7 @@ def is_outcome(row: Any) -> bool:
     run_id, job, tick, attempt, status, code, ended, worker = row
     return (
         _is_name(run_id) and _is_name(job) and is_number(tick) and _is_attempt(attempt)
-        and status in STATUSES and (code is None or (isinstance(code, int) and is_number(code)))
+        and status in STATUSES and _is_exit_code(code)
         and is_number(ended) and (worker is None or _is_name(worker))
     )  # fmt: skip
 

@@ -11,7 +11,9 @@ processes are its children, so it is the one that can wait for them).
 
 Messages on the socketpair (SOCK_SEQPACKET, one marshal value per packet; a private pipe
 between the worker and its own child, not the network, so not in protocol.py):
-  worker → spawner  {"id", "argv", "env", "user": [uid, gid, groups] | None} + 3 fds
+  worker → spawner  {"id", "argv", "env", "user": [uid, gid, groups] | None, "record": the
+                    run's record skeleton | None} + 3 fds (the record, for a run that ends
+                    after the worker died: spawner_process.Ledger)
   spawner → worker  a list of answers: {"id", "pid", "at"} or {"id", "error"} for a request, and
                     later {"pid", "status"} (a wait status) once the process has exited
 When the worker's end closes with processes still running (the worker was SIGKILLed or
