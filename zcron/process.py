@@ -148,6 +148,8 @@ class Run:
     streams: dict[int, Tail]  # output pipe fd -> its tail
     tails: tuple[Tail, Tail]  # stdout, stderr
     pid: int | None = None  # None until the spawner has started the process
+    pidfd: int | None = None  # readable once the process has exited (polled until then)
+    exited_at: float | None = None  # when its pidfd said so (the record's `finished`)
     pending_signal: int | None = None  # sent once the pid is known
     started: float | None = None
     returncode: int | None = None
@@ -261,7 +263,8 @@ class Run:
             self.worker_id,
             status=self.status(exit_code, signum),
             started=self.started,
-            finished=now,
+            # the exit as its pidfd told it, not the later news of its status
+            finished=max(self.exited_at or now, self.started or 0.0),
             exit_code=exit_code,
             signal=signum,
             stdout_tail=out.text(),
@@ -294,7 +297,8 @@ def arm_run(msg: dict, worker_id: str, spawners: Iterable[Spawner]) -> Run | Non
         for spawner in spawners:
             try:
                 request = spawner.spawn(argv, env, [go_r, out_w, err_w], user,
-                                        run_record(msg, worker_id, status="lost"))  # fmt: skip
+                                        run_record(msg, worker_id, status="lost"),
+                                        pidfd=True)  # fmt: skip
                 break
             except SpawnerBusy:
                 continue

@@ -2,13 +2,15 @@
 
 A run goes received → armed → released → exited → reported. Received jobs wait in
 order to be armed; from arming on, the run is indexed by run id, by its output pipes, by
-its spawn request (until the spawner answers), by its pid (until reaped), and on the
-armed and timeout heaps. `forget` is the one way out: it drops every index at once.
+its spawn request (until the spawner answers), by its pid (until reaped), by its pidfd
+(until the process exits: its slot frees then, before the spawner's exit status comes),
+and on the armed and timeout heaps. `forget` is the one way out: it drops every index.
 """
 
 from __future__ import annotations
 
 import heapq
+import os
 import select
 from collections import deque
 
@@ -29,6 +31,7 @@ class RunTable:
         self.by_fd: dict[int, Run] = {}
         self.by_request: dict[int, Run] = {}  # spawn request -> its run, until answered
         self.by_pid: dict[int, Run] = {}  # spawned and not yet reaped
+        self.by_pidfd: dict[int, Run] = {}  # a pidfd polled until its process exits
         self.armed: list[tuple[float, str]] = []  # (tick, run id): parked until the tick
         self.timeouts: list[tuple[float, str]] = []  # (monotonic deadline, run id)
         # Prefetch (zcron/prefetch.py): armed runs whose instant has come, waiting for a
@@ -108,18 +111,43 @@ class RunTable:
     def next_timeout(self) -> float | None:
         return self.timeouts[0][0] if self.timeouts else None
 
-    def spawn_answered(self, request: int, pid: int | None, at: float = 0.0) -> Run:
+    def spawn_answered(self, request: int, pid: int | None, at: float = 0.0,
+                       pidfd: int | None = None) -> Run:  # fmt: skip
         """The spawner answered a request: it started the process at `at`, or (pid None)
-        it could not."""
+        it could not. `pidfd` (ours now) is polled with the pipes: readable at the exit."""
         run = self.by_request.pop(request)
         if pid is not None:
             run.spawned(pid, at)
             self.by_pid[pid] = run
+        if pidfd is not None:
+            run.pidfd = pidfd
+            self.by_pidfd[pidfd] = run
+            self.epoll.register(pidfd, select.EPOLLIN)
         return run
+
+    def process_exited(self, pidfd: int, now: float) -> Run | None:
+        """A pidfd is readable: its process has exited (its status comes with the reap).
+        The run's slot frees now; its record waits for the status."""
+        run = self.by_pidfd.get(pidfd)
+        if run is not None:
+            run.exited_at = now
+            self.close_pidfd(run)
+            self.started.discard(run.run_id)
+        return run
+
+    def close_pidfd(self, run: Run) -> None:
+        if run.pidfd is None:
+            return
+        self.by_pidfd.pop(run.pidfd, None)
+        self.epoll.unregister(run.pidfd)
+        os.close(run.pidfd)
+        run.pidfd = None
 
     def reaped(self, pid: int, wait_status: int) -> Run | None:
         run = self.by_pid.pop(pid, None)
         if run is not None:
+            self.close_pidfd(run)
+            self.started.discard(run.run_id)
             run.exited(wait_status)
             run.state = EXITED
         return run
@@ -138,6 +166,7 @@ class RunTable:
                 self.epoll.unregister(fd)
             except FileNotFoundError:
                 pass  # never registered
+        self.close_pidfd(run)
         self.by_id.pop(run.run_id, None)
         self.started.discard(run.run_id)
         if run.run_id in self.held:  # cancelled while held

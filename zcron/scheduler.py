@@ -24,6 +24,7 @@ import zmq
 from zcron import protocol
 from zcron.auth import Security
 from zcron.clock import SPIN_S, Clock
+from zcron.coalesce import Coalescer
 from zcron.config import Config, check_secure, load_daemon_config
 from zcron.control import ClientRequests, job_message_defaults
 from zcron.daemon import Notifier, Rejects, Signals, run_daemon
@@ -74,6 +75,10 @@ class Waiting:
     give_up_at: float  # wall clock: the tick plus the job's misfire_grace
     claim: bool
     superseded: bool = False  # a newer tick of the job came: this one is recorded missed
+    out: bool = False  # left the queue: dispatched, or expired
+
+    def still_waiting(self) -> bool:
+        return not (self.superseded or self.out)
 
 
 class Scheduler:
@@ -94,7 +99,8 @@ class Scheduler:
         self.watch = DirectoryWatch(config.scheduler.schedules)
         self.plan = Plan()
         self.waiting: dict[str, deque[Waiting]] = {}
-        self.waiting_tick: dict[str, Waiting] = {}  # job -> its one tick waiting for a slot
+        # job -> its newest tick waiting for a slot; older ones dropped at its instant
+        self.coalesce: Coalescer[Waiting] = Coalescer(Waiting.still_waiting)
         self.workers = WorkerTable(cluster.peer_timeout)
         self.recalls = Recalls()  # queued runs asked back from busy workers (prefetch.py)
         self.spool = Spool(f"{config.scheduler.state}/spool")
@@ -266,6 +272,7 @@ class Scheduler:
         self.fire_due_ticks(now, now_mono)
         self.fire_followups(now, now_mono)
         self.takeover.record_claims()
+        self.supersede_due(now)
         self.expire_waiting(now)
         self.expire_workers(now_mono)
         self.decide_parked_if_due(now_mono)
@@ -292,7 +299,8 @@ class Scheduler:
     def wall_deadlines(self) -> list[float]:
         """What is due on the wall clock: ticks, view changes, reports, reloads, waits."""
         next_due = self.plan.next_due()
-        optional = [self.takeover.next_view_change(), self.reload_at]
+        optional = [self.takeover.next_view_change(), self.reload_at,
+                    self.coalesce.next_deadline()]
         deadlines = [self.next_report, *(d for d in optional if d is not None)]
         if next_due is not None:
             deadlines.append(next_due - SPIN_S)
@@ -428,16 +436,21 @@ class Scheduler:
                 self.keep_newest_waiting(waiting)
 
     def keep_newest_waiting(self, newest: Waiting) -> None:
-        """Spec §8.13: each job keeps at most one tick waiting for a slot, the newest; the
-        older one is recorded `missed` now, so an overloaded pool runs each job about once
-        per period, on time, instead of a backlog of stale ticks (APScheduler's coalesce)."""
-        job = newest.msg["job"]
-        older = self.waiting_tick.get(job)
-        self.waiting_tick[job] = newest
-        if older is None or older.superseded:
-            return
+        """Spec §8.13: each job keeps at most one due tick waiting for a slot, the newest;
+        the older one is recorded `missed` when the newer one's instant comes (coalesce.py)."""
+        msg = newest.msg
+        instant = msg["tick"] + (msg.get("delay") or 0.0)
+        for older, tick in self.coalesce.add(msg["job"], newest, msg["tick"], instant,
+                                             self.clock.now()):  # fmt: skip
+            self.supersede(older, tick)
+
+    def supersede_due(self, now: float) -> None:
+        for older, tick in self.coalesce.due(now):
+            self.supersede(older, tick)
+
+    def supersede(self, older: Waiting, tick: float) -> None:
         older.superseded = True
-        self.count_missed(older.msg, f"tick {newest.msg['tick']:.3f} came before a slot did "
+        self.count_missed(older.msg, f"tick {tick:.3f} came before a slot did "
                           "(at most one tick of a job waits)")  # fmt: skip
 
     def count_missed(self, msg: dict, why: str, guess: bool = False) -> None:
@@ -519,8 +532,8 @@ class Scheduler:
                 del self.waiting[pool]
 
     def forget_waiting(self, waiting: Waiting) -> None:
-        if self.waiting_tick.get(waiting.msg["job"]) is waiting:
-            del self.waiting_tick[waiting.msg["job"]]
+        waiting.out = True
+        self.coalesce.forget(waiting.msg["job"], waiting)
 
     def drop_waiting_ticks(self, why: str) -> None:
         """Ticks fired on a view we are leaving (a stall, a cut) that still wait for a slot:

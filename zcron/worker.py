@@ -23,6 +23,7 @@ import zmq
 from zcron import protocol
 from zcron.auth import Security
 from zcron.clock import SPIN_S, Clock
+from zcron.coalesce import Coalescer
 from zcron.config import Config, check_secure, load_daemon_config
 from zcron.daemon import Notifier, Rejects, Signals, run_daemon, slots_option
 from zcron.errors import ConfigError
@@ -30,7 +31,7 @@ from zcron.fence import is_stale, lease_s, stall_bound_s
 from zcron.log import setup_logging
 from zcron.mail import Mailer
 from zcron.net import incarnation, keepalive, make_socket, receive, send_nowait
-from zcron.prefetch import capacity, older_tick, park_ahead, prefetch_of, take_all
+from zcron.prefetch import capacity, park_ahead, prefetch_of, take_all
 from zcron.process import KILL_GRACE_S, Refused, Run, arm_run
 from zcron.protocol import run_record
 from zcron.roles import Roles
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 # jobs is armed this much per turn of the loop, so releases, results and heartbeats go on
 # meanwhile (a silent worker is taken for dead).
 ARM_BUDGET_S = 0.02
-FDS_PER_RUN = 3  # stdout, stderr, and the parked process's stdin until released
+FDS_PER_RUN = 4  # stdout, stderr, the pidfd, and the parked process's stdin until released
 SPAWNERS = 2
 FDS_RESERVED = 64  # sockets, spool files, logging
 MAX_RUNNING_LISTED = protocol.SCHEMAS["ready"]["running"][2]
@@ -111,6 +112,8 @@ class Worker:
         self.security = Security.from_config(config.cluster, self.id)
         self.clean_stop = True  # False when the runs can no longer be watched
         self.mailer = Mailer(self.id, self.clock.monotonic)  # MAILTO: output to sendmail -t
+        # (scheduler, job) -> its newest queued run; older ones dropped at its instant
+        self.coalesce: Coalescer[str] = Coalescer(self.waits)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -182,6 +185,7 @@ class Worker:
         if self.clock.monotonic() - (slept_at + timeout_ms / 1000) > self.stall_bound:
             self.fence_parked_runs()  # before anything is released on a stale plan
         self.handle_ready(ready)
+        self.supersede_due(self.clock.now())
         self.release_due_runs()
         self.arm_received()
         self.announce_if_freed()
@@ -232,7 +236,7 @@ class Worker:
         self.prefetch = prefetch_of(self.config.worker.prefetch, self.slots)
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         fd_room = 1 << 30 if limit == resource.RLIM_INFINITY else limit - FDS_RESERVED
-        self.park_ahead = park_ahead(self.prefetch, self.slots, fd_room)
+        self.park_ahead = park_ahead(self.prefetch, self.slots, fd_room // FDS_PER_RUN)
 
     def armable(self) -> bool:
         """A received job waits and may be armed: a slot is free for it, or one of the
@@ -254,7 +258,10 @@ class Worker:
             deadlines.append(now + 0.001)
         # Tick instants are wall clock: wake just before, then spin.
         tick = self.runs.next_armed()
-        return self.clock.timeout_ms([] if tick is None else [tick - SPIN_S], deadlines)
+        wall = [] if tick is None else [tick - SPIN_S]
+        if (superseding := self.coalesce.next_deadline()) is not None:
+            wall.append(superseding)
+        return self.clock.timeout_ms(wall, deadlines)
 
     def handle_ready(self, ready: dict) -> None:
         for item in ready:
@@ -267,6 +274,7 @@ class Worker:
             elif item == self.run_fds.fileno():
                 for fd, _ in self.run_fds.poll(0):
                     self.handle_fd(fd)
+                self.release_held()  # a freed slot starts the next run before anything else
             elif item in self.spawners:
                 self.handle_spawner(self.spawners[item])
 
@@ -313,24 +321,38 @@ class Worker:
 
     def queue(self, msg: dict) -> None:
         """A received job, armed as soon as a slot is free; beyond the slots it waits in
-        the prefetch queue (prefetch.py), where each job keeps one tick, the newest (an
-        older one waiting unarmed, or armed and held, is recorded `missed`)."""
+        the prefetch queue (prefetch.py), where each job keeps one due tick, the newest: an
+        older one still waiting (unarmed, or armed and held) when the newer one's instant
+        comes is recorded `missed` then (coalesce.py)."""
         runs = self.runs
-        older = older_tick(runs.received, msg)
-        if older is not None:
-            runs.received.remove(older)
-        elif runs.held:  # only while every slot is busy: a few entries
-            held = older_tick((runs.by_id[r].msg for r in runs.held if r in runs.by_id), msg)
-            if held is not None:
-                self.unpark(runs.take_held(held["run_id"]))
-                older = held
-        if older is not None:
-            self.finished(run_record(older, self.id, status="missed", stderr_tail=(
-                f"tick {msg['tick']:.3f} came before a slot did (at most one tick of a job "
-                "waits)")))  # fmt: skip
+        instant = msg["tick"] + (msg.get("delay") or 0.0)
+        key = (msg["scheduler"], msg["job"])
+        for older, tick in self.coalesce.add(key, msg["run_id"], msg["tick"], instant,
+                                             self.clock.now()):  # fmt: skip
+            self.supersede(older, tick)
         runs.receive(msg)
         if len(runs) > self.slots:  # queued: schedulers learn it this turn (recalls)
             self.freed = True
+
+    def waits(self, run_id: str) -> bool:
+        """The run is queued here and has not started: received, or armed and held."""
+        return run_id in self.runs.held or any(m["run_id"] == run_id for m in self.runs.received)
+
+    def supersede_due(self, now: float) -> None:
+        for older, tick in self.coalesce.due(now):
+            self.supersede(older, tick)
+
+    def supersede(self, run_id: str, tick: float) -> None:
+        """Drop a waiting run a newer tick of its job superseded: recorded `missed`."""
+        msg = self.runs.take_received(run_id)
+        if msg is None:
+            run = self.runs.take_held(run_id)
+            if run is None:
+                return
+            self.unpark(run)
+            msg = run.msg
+        self.finished(run_record(msg, self.id, status="missed", stderr_tail=(
+            f"tick {tick:.3f} came before a slot did (at most one tick of a job waits)")))
 
     def recall(self, sid: str, run_id: str, returned: list[str]) -> None:
         """A scheduler asks back a queued job of its own: returned if it has not started
@@ -463,10 +485,7 @@ class Worker:
         """Release every armed run whose tick has come, spinning the last stretch, while a
         slot is free: the others wait held, in order, for the next slot that frees."""
         runs = self.runs
-        while runs.held and len(runs.started) < self.slots:
-            run = runs.by_id.get(runs.held.popleft())
-            if run is not None and not run.killed_by_us:  # cancelled while held: never runs
-                self.release(run)
+        self.release_held()
         while (due := runs.pop_armed(self.clock.now() + SPIN_S)) is not None:
             tick, run = due
             if run is None or run.killed_by_us:  # cancelled while parked: never runs
@@ -478,11 +497,23 @@ class Worker:
             self.clock.spin_until(tick)
             self.release(run)
 
+    def release_held(self) -> None:
+        """Release held runs (due, parked, waiting for a slot) into the free slots."""
+        runs = self.runs
+        while runs.held and len(runs.started) < self.slots:
+            run = runs.by_id.get(runs.held.popleft())
+            if run is not None and not run.killed_by_us:  # cancelled while held: never runs
+                self.release(run)
+
     def release(self, run: Run) -> None:
         run.release(self.clock.now(), self.clock.monotonic())
         self.runs.released(run)
 
     def handle_fd(self, fd: int) -> None:
+        """Output to read, or (a pidfd) a run's process has exited: its slot is free."""
+        if fd in self.runs.by_pidfd:
+            self.runs.process_exited(fd, self.clock.now())
+            return
         run = self.runs.by_fd.get(fd)
         if run is not None and not run.read_pipe(fd):
             self.runs.close_pipe(fd)
@@ -493,7 +524,8 @@ class Worker:
             if self.mailer.take(answer):
                 continue
             if "id" in answer:
-                run = self.runs.spawn_answered(answer["id"], answer.get("pid"), answer.get("at", 0))
+                run = self.runs.spawn_answered(answer["id"], answer.get("pid"),
+                                               answer.get("at", 0), answer.get("pidfd"))
                 if "error" in answer:
                     self.spawn_failed(run, answer["error"])
             elif (run := self.runs.reaped(answer["pid"], answer["status"])) is not None:

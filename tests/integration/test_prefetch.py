@@ -46,6 +46,7 @@ def job(run_id: str, command: str, name: str | None = None, tick: float | None =
 def turn(worker: Worker) -> None:
     """One turn of the worker's loop as step() runs it, without its sockets."""
     worker.handle_ready(dict(worker.poller.poll(10)))
+    worker.supersede_due(time.time())
     worker.release_due_runs()
     worker.arm_received()
 
@@ -60,8 +61,8 @@ def test_one_slot_runs_the_queue_one_by_one_with_no_scheduler(worker: Worker) ->
         running = max(running, len(worker.runs.started))
         armed = max(armed, len(worker.runs.by_id))
     recs = sorted(worker.spool.pending.values(), key=lambda r: r["started"])
-    # one runs, one more waits armed (its shell parked), the rest unarmed in the queue
-    assert (running, armed) == (1, 2) and [r["status"] for r in recs] == ["ok"] * 4
+    # one runs, the rest of the queue waits armed (their shells parked)
+    assert (running, armed) == (1, 4) and [r["status"] for r in recs] == ["ok"] * 4
     for before, after in zip(recs, recs[1:], strict=False):
         # the next starts when the slot frees: after the previous end, well within a round
         # trip's worth of a loaded machine (it needs none: nobody else is asked)
@@ -99,6 +100,46 @@ def test_a_newer_tick_of_a_job_replaces_its_queued_one_recorded_missed(worker: W
     assert worker.runs.waiting() == ["newer"]
     wait_until(lambda: turn(worker) or "new" not in worker.runs.by_id, 10, "its shell's end")
     assert worker.spool.pending["new"]["status"] == "missed"  # its unreleased end: no record
+
+
+def test_a_newer_tick_dispatched_ahead_replaces_the_queued_one_only_at_its_instant(
+    worker: Worker,
+) -> None:
+    """Spec §8.13 with the dispatch lead: the newer tick arrives before its instant, and the
+    older one keeps its chance of a slot until then (coalesce.py)."""
+    now = time.time()
+    worker.queue(job("run", "sleep 0.3"))
+    worker.queue(job("old", "true", name="j", tick=now - 0.5))
+    worker.queue(job("new", "true", name="j", tick=now + 60))  # due in a minute
+    assert [m["run_id"] for m in worker.runs.received] == ["run", "old", "new"]
+    wait_until(lambda: turn(worker) or "old" in worker.spool.pending, 10, "old's run")
+    assert worker.spool.pending["old"]["status"] == "ok"  # it got the slot that freed
+
+    worker.queue(job("run2", "sleep 5", tick=time.time() - 1))  # first in tick order
+    worker.queue(job("old2", "true", name="k", tick=time.time() - 0.5))
+    worker.queue(job("new2", "true", name="k", tick=time.time() + 0.4))
+    wait_until(lambda: turn(worker) or "old2" in worker.spool.pending, 10, "new2's instant")
+    rec = worker.spool.pending["old2"]
+    assert rec["status"] == "missed" and "came before a slot did" in rec["stderr_tail"]
+    assert time.time() >= worker.spool.pending["old2"]["tick"] + 0.9  # at new2's instant
+    assert "new2" in worker.runs.waiting()
+
+
+def test_a_slot_frees_when_its_process_exits_before_the_spawners_news(worker: Worker) -> None:
+    """The run's pidfd (passed by the spawner with the pid) says the process exited: the
+    slot is free and the next queued run starts, and the record's `finished` is that
+    instant, not the later arrival of the exit status."""
+    worker.queue(job("first", "sleep 0.3"))  # long enough for its pidfd to come first
+    worker.queue(job("second", "true"))
+    wait_until(lambda: turn(worker) or worker.runs.started == {"first"}, 10, "first released")
+    run = worker.runs.by_id["first"]
+    wait_until(lambda: turn(worker) or run.pidfd is not None, 10, "its pidfd")
+    wait_until(lambda: turn(worker) or run.exited_at is not None, 10, "its exit, seen")
+    wait_until(lambda: len(worker.spool.pending) == 2 or turn(worker), 10, "both ended")
+    first, second = worker.spool.pending["first"], worker.spool.pending["second"]
+    assert run.exited_at is not None and first["finished"] == max(run.exited_at, first["started"])
+    assert first["finished"] <= second["started"]  # one slot: never two at once
+    assert not worker.runs.by_pidfd and not worker.runs.by_id  # every pidfd closed
 
 
 @pytest.fixture
@@ -159,6 +200,7 @@ def test_a_draining_worker_returns_its_queue_armed_or_not_and_runs_what_runs(
     wired: tuple[Worker, zmq.Socket],
 ) -> None:
     worker, scheduler = wired
+    worker.park_ahead = 2
     for n in range(6):  # 2 run, 2 wait armed (held), 2 wait unarmed
         worker.queue(job(f"r{n}", "sleep 0.5"))
     wait_until(lambda: turn(worker) or len(worker.runs.held) == 2, 10, "two held")

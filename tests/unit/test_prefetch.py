@@ -9,7 +9,6 @@ from zcron.prefetch import (
     RECALL_AGAIN_S,
     Recalls,
     capacity,
-    older_tick,
     park_ahead,
     prefetch_of,
     take_all,
@@ -38,12 +37,12 @@ def test_capacity_counts_queued_jobs_against_slots_then_the_queue() -> None:
     assert prefetch_of(None, 2) == 32 and prefetch_of(None, 100) == 100 and prefetch_of(0, 4) == 0
 
 
-def test_as_many_parked_ahead_as_slots_within_the_queue_and_the_open_files() -> None:
-    assert park_ahead(prefetch=32, slots=2, fd_room=1 << 20) == 2
-    assert park_ahead(prefetch=1, slots=4, fd_room=1 << 20) == 1
-    assert park_ahead(prefetch=0, slots=4, fd_room=1 << 20) == 0
-    assert park_ahead(prefetch=100, slots=100, fd_room=3 * 150) == 50  # 150 runs' pipes fit
-    assert park_ahead(prefetch=100, slots=100, fd_room=3 * 90) == 0
+def test_the_whole_queue_is_parked_ahead_within_the_open_files() -> None:
+    assert park_ahead(prefetch=32, slots=2, runs_room=1 << 20) == 32
+    assert park_ahead(prefetch=1, slots=4, runs_room=1 << 20) == 1
+    assert park_ahead(prefetch=0, slots=4, runs_room=1 << 20) == 0
+    assert park_ahead(prefetch=100, slots=100, runs_room=150) == 50  # 150 runs' fds fit
+    assert park_ahead(prefetch=100, slots=100, runs_room=90) == 0
 
 
 def test_a_free_slot_anywhere_wins_over_a_queue_with_more_room() -> None:
@@ -117,11 +116,8 @@ def test_a_worker_with_a_free_slot_keeps_its_own_queue() -> None:
     assert Recalls().due(table.workers.values(), now=0.0) == []
 
 
-def test_one_tick_per_job_waits_in_a_queue_and_a_drain_returns_the_queue_by_scheduler() -> None:
+def test_a_drain_returns_the_queue_by_scheduler() -> None:
     queue = deque([job("a1", 100.0, "a"), job("b1", 100.0, "b")])
-    assert older_tick(queue, job("a2", 101.0, "a"))["run_id"] == "a1"
-    assert older_tick(queue, job("c1", 101.0, "c")) is None
-    assert older_tick(queue, {**job("a3", 101.0, "a"), "scheduler": "b"}) is None
     queue.append({**job("x", 1.0), "scheduler": "b"})
     assert take_all(queue) == {"a": ["a1", "b1"], "b": ["x"]} and not queue
 
