@@ -79,6 +79,7 @@ schedules = "{schedules}"
 state = "{root}/scheduler"
 [worker]
 slots = {slots}
+{os.environ.get("BENCH_WORKER_EXTRA", "")}
 spool = "{root}/worker"
 [sink]
 http = "127.0.0.1:{http or free_port()}"

@@ -201,12 +201,13 @@ class Takeover:
         """Tell the peers what we fired, then commit it to the local ledger.
 
         Peers first: a slow fsync must not hold back the claims (or the heartbeats after
-        them), or a live owner could look dead. The commit is for a whole-cluster restart.
+        them), or a live owner could look dead. The commit, in the ledger's writer thread,
+        is for a restart of this scheduler, or of the whole cluster.
         """
         if self.claims:
             self.mesh.broadcast("claims", scheduler=self.id, ticks=self.claims)
             self.claims = []
-            self.ledger.flush()
+            self.ledger.flush_async()
 
     def start_firing(self, now: float) -> None:
         """Fire from now plus the warm-up; the view changes at that instant."""
