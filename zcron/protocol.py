@@ -24,6 +24,7 @@ PAUSES_PER_PART = 1_000  # [job, paused, stamp, by]: under 600 bytes each
 MAX_PARTS = 500  # a table of 1,000,000 jobs; more parts are a forgery, not a cluster
 MAX_SLOTS = 100_000
 MAX_ENDED = 4096  # runs ended in one turn, reported in one `ready`
+MAX_RESULTS = 64  # records in one `results` (~25 KiB each at most: well inside a message)
 # Every number on the wire is finite and within this (a float tick of 1e300 or NaN once
 # stopped a job for good, and NaN breaks heap order silently): Unix seconds, counts, ids.
 MAX_NUMBER = float(1 << 53)
@@ -124,6 +125,9 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
     },
     # worker or scheduler -> sink: one run record (spec §5)
     "result": {"record": (dict, True, 64)},
+    # worker or scheduler -> sink: a loop turn's records, each checked as a `result`'s
+    # (one bad record is dropped and counted alone: check_record)
+    "results": {"records": (list, True, MAX_RESULTS)},
     # sink -> sender: these run ids are stored durably
     "ack": {"run_ids": (list, True, 10000)},
     # scheduler -> sink: the jobs this scheduler knows and their next ticks
@@ -250,6 +254,12 @@ def _require(ok: bool, detail: str) -> None:
         raise ProtocolError("bad_field", detail)
 
 
+def validate_record(rec: object) -> None:
+    """One run record, as a `result` carries it (and each of a `results`' records)."""
+    _require(isinstance(rec, dict), "a record is a map")
+    _check_record({"record": rec})
+
+
 def _check_record(msg: dict) -> None:
     rec = msg["record"]
     _check_fields(rec, RECORD, "record")
@@ -334,6 +344,8 @@ def _check_parts(msg: dict) -> None:
 # type -> the checks a schema cannot express (contents of lists and maps)
 _NESTED = {
     "result": _check_record,
+    "results": lambda m: _require(all(isinstance(r, dict) for r in m["records"]),
+                                  "results.records must hold maps"),
     "job": _check_job,
     "claims": lambda m: _require(all(map(_is_tick_pair, m["ticks"])), "ticks: [job, tick]"),
     "accepted": lambda m: (

@@ -79,6 +79,9 @@ class Roles:
             return
         if kind == "result":
             return self.check_record(msg["record"], sender)
+        if kind == "results":  # each record is checked alone, at the sink (check_record)
+            self.reporter_field(sender)
+            return None
         role, id_field = SENDERS.get(kind, (None, None))
         if role is None or sender.role != role:
             raise ProtocolError("unauthorized", f"{kind} from {sender.role or 'an unknown'} key "
@@ -90,14 +93,21 @@ class Roles:
     def check_record(self, rec: dict, sender: Sender) -> None:
         """A worker reports runs it ran; a scheduler reports runs it dispatched (missed, lost,
         skipped); nobody else writes records."""
+        if not sender.authenticated:
+            return
+        field = self.reporter_field(sender)
+        if rec[field] != sender.name:
+            raise ProtocolError("impersonation", f"record with {field} {rec[field]!r:.40} "
+                                f"from key {sender.name!r:.40}")  # fmt: skip
+
+    def reporter_field(self, sender: Sender) -> str:
+        """The record field that must name a sender allowed to write records."""
         field = {WORKER: "worker", SCHEDULER: "scheduler"}.get(sender.role or "")
         if field is None:
             raise ProtocolError(
                 "unauthorized", f"result from {sender.role} key {sender.name!r:.40}"
             )
-        if rec[field] != sender.name:
-            raise ProtocolError("impersonation", f"record with {field} {rec[field]!r:.40} "
-                                f"from key {sender.name!r:.40}")  # fmt: skip
+        return field
 
     def users_of(self, client: str | None) -> tuple[str, ...] | None:
         """The users a client key may run commands as (None: no keys, anyone as anyone)."""

@@ -104,6 +104,7 @@ class Scheduler:
         self.workers = WorkerTable(cluster.peer_timeout)
         self.recalls = Recalls()  # queued runs asked back from busy workers (prefetch.py)
         self.spool = Spool(f"{config.scheduler.state}/spool")
+        self.results: list[dict] = []  # records made this turn, sent at its end
         self.ledger = TickLedger(f"{config.scheduler.state}/ledger")
         self.pauses = Pauses(self.ledger.pauses(), self.ledger.save_pauses)
         self.members = Membership(
@@ -254,6 +255,7 @@ class Scheduler:
         self.notifier.stopping()
         if hasattr(self, "takeover"):
             self.takeover.leave()
+            self.send_results(self.clock.monotonic())
             self.mesh.close()
             self.router.close(linger=0)
             self.sink.close(linger=0)
@@ -280,6 +282,7 @@ class Scheduler:
         self.security.redial_failed(now_mono)
         self.reload_if_due(now)
         self.report_if_due(now)
+        self.send_results(now_mono)
         self.ledger.flush_if_due(now_mono)
 
     def timeout_ms(self) -> int:
@@ -783,8 +786,7 @@ class Scheduler:
         """Spool a record this scheduler made (missed, lost, skipped) and send it to the
         sink; an outcome (not a guess) sets off follow-ups here and at the peers."""
         self.spool.add(rec)
-        send_nowait(self.sink, protocol.encode("result", record=rec))
-        self.spool.mark_sent(rec["run_id"], self.clock.monotonic())
+        self.results.append(rec)  # sent with the turn's others (send_results)
         if outcome:
             self.pending.note(Outcome.from_record(rec, self.clock.now()), ours=True)
 
@@ -908,8 +910,14 @@ class Scheduler:
             self.send_job_table(report, now)
         else:
             send_nowait(self.sink, protocol.encode("jobs", jobs=[], part=0, parts=0, **report))
-        for rec in self.spool.due(now_mono):
-            send_nowait(self.sink, protocol.encode("result", record=rec))
+        self.spool.send_turn(self.sink, self.spool.due(now_mono), now_mono)
+
+    def send_results(self, now_mono: float) -> None:
+        """The turn's records in as few messages as fit (at overload, hundreds of `missed`
+        a second went one message each)."""
+        if self.results:
+            self.spool.send_turn(self.sink, self.results, now_mono)
+            self.results = []
 
 
 

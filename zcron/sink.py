@@ -32,7 +32,7 @@ from zcron.job import HOOK_SUFFIX
 from zcron.log import setup_logging
 from zcron.metrics import Metrics
 from zcron.net import bind, make_socket
-from zcron.protocol import MAX_NAME, check_window, decode, encode
+from zcron.protocol import MAX_NAME, check_window, decode, encode, validate_record
 from zcron.roles import Roles, Sender
 from zcron.statedir import hold
 from zcron.store import Store, StoreError
@@ -346,7 +346,7 @@ class Sink:
             if len(frames) != 2:
                 raise ProtocolError("malformed", f"{len(frames)} frames")
             kind, fields = decode(frames[1])
-            if kind not in ("result", "jobs", "ready"):
+            if kind not in ("result", "results", "jobs", "ready"):
                 raise ProtocolError("unexpected_type", kind)
             self.roles.check(kind, fields, sender)
             if kind == "result":
@@ -354,12 +354,29 @@ class Sink:
                     fields["record"], self.clock.now(), self.config.sink.retention, self.ahead_s
                 )
                 batch.add(frames[0], rec)
+            elif kind == "results":
+                self.take_records(frames[0], fields["records"], batch, sender)
             elif kind == "jobs":
                 self.reports.note_jobs(fields, now)
             else:
                 self.reports.note_worker(fields, now)
         except ProtocolError as exc:
             self.rejects(f"dropped a message: {exc}", exc.reason)
+
+    def take_records(self, identity: bytes, records: list[dict], batch: Batch, sender: Sender
+                     ) -> None:  # fmt: skip
+        """A turn's records from one sender: each checked alone, a bad one dropped and
+        counted (the sender resends it, unacknowledged, and it is dropped again: the good
+        ones beside it are stored)."""
+        now = self.clock.now()
+        for rec in records:
+            try:
+                validate_record(rec)
+                self.roles.check_record(rec, sender)
+                batch.add(identity, check_record(rec, now, self.config.sink.retention,
+                                                 self.ahead_s))  # fmt: skip
+            except ProtocolError as exc:
+                self.rejects(f"dropped a record: {exc}", exc.reason)
 
     def store_batch(self, batch: Batch) -> None:
         """Write the batch in one synced transaction, then ack; on failure ack nothing."""

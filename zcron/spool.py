@@ -16,7 +16,7 @@ import zmq
 
 from zcron import protocol
 from zcron.errors import ProtocolError
-from zcron.net import receive
+from zcron.net import receive, send_nowait
 
 log = logging.getLogger(__name__)
 RESEND_AFTER_S = 2.0
@@ -27,6 +27,7 @@ MAX_RESEND_AFTER_S = 30.0
 # Records per segment file before the next one is started: a segment is deleted only once
 # all its records are acknowledged, so this bounds what one slow record keeps on disk.
 SEGMENT_RECORDS = 1000
+RESULTS_BYTES = 256 << 10  # a `results` message's records, estimated (the limit is 1 MiB)
 ACKED = "acked"  # the key of an ack marker: {"acked": [run ids]}
 
 
@@ -237,6 +238,25 @@ class Spool:
 
     def mark_sent(self, run_id: str, now: float) -> None:
         self.sent_at[run_id] = now
+
+    def send_turn(self, sink: zmq.Socket, records: list[dict], now: float) -> None:
+        """A loop turn's records to the sink in as few `results` as fit: one message and
+        one wake-up of the sink per turn, not per record (at 2 slots, a worker's sends
+        were a quarter of its busy time; the sink drained one record per message)."""
+        start = 0
+        while start < len(records):
+            chunk, size = [], 0
+            while start < len(records) and len(chunk) < protocol.MAX_RESULTS:
+                rec = records[start]
+                # the tails dominate; 3 bytes a character at worst in UTF-8
+                size += 600 + 3 * (len(rec["stdout_tail"]) + len(rec["stderr_tail"]))
+                if chunk and size > RESULTS_BYTES:
+                    break
+                chunk.append(rec)
+                start += 1
+            send_nowait(sink, protocol.encode("results", records=chunk))
+            for rec in chunk:
+                self.sent_at[rec["run_id"]] = now
 
     def ack(self, run_ids: list[str]) -> None:
         """Forget acknowledged records; the sink answers, so resend the rest promptly again.

@@ -81,6 +81,7 @@ class Worker:
         # [[run_id, job, status, tick, attempt, exit_code, ended], ...]
         self.ended: list[list] = []
         self.spawners_full = False  # no spawner had room for the next received job
+        self.results: list[dict] = []  # records spooled this turn, sent at its end
         self.spool = Spool(config.worker.spool)
         self.poller = zmq.Poller()
         # The runs' pipes sit in one epoll set, polled as one fd: zmq's poll() costs
@@ -169,6 +170,7 @@ class Worker:
         log.info("worker %s stopped (%d results left in spool)", self.id, len(self.spool))
 
     def stop_runs(self) -> None:
+        self.send_results(self.clock.monotonic())
         for run in list(self.runs.by_id.values()):
             run.begin_kill(self.clock.monotonic(), grace=0.0)
         # Give the sink a moment to acknowledge what finished during the drain.
@@ -194,6 +196,7 @@ class Worker:
         self.mailer.expire(now)
         self.drain_if_due(now)
         self.heartbeat_if_due(now)
+        self.send_results(now)
         self.resend_if_due(now)
         self.notifier.watchdog_if_due(now)
 
@@ -667,19 +670,20 @@ class Worker:
             self.next_heartbeat = now + self.heartbeat_s
 
     def report(self, rec: dict) -> None:
+        """Spool the record now; it goes to the sink with the turn's others (send_results)."""
         self.spool.add(rec)
-        self.send_result(rec, self.clock.monotonic())
+        self.results.append(rec)
 
-    def send_result(self, rec: dict, now: float) -> None:
-        send_nowait(self.sink, protocol.encode("result", record=rec))
-        self.spool.mark_sent(rec["run_id"], now)
+    def send_results(self, now: float) -> None:
+        if self.results:
+            self.spool.send_turn(self.sink, self.results, now)
+            self.results = []
 
     def resend_if_due(self, now: float) -> None:
         if now < self.next_resend or not self.spool.pending:
             return
         self.next_resend = now + 1.0
-        for rec in self.spool.due(now):
-            self.send_result(rec, now)
+        self.spool.send_turn(self.sink, self.spool.due(now), now)
 
     def handle_sink(self) -> None:
         self.spool.take_acks(self.sink, self.rejects)

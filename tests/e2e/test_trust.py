@@ -312,6 +312,11 @@ def forgeries(now: float) -> list[tuple[str, str, bytes]]:
         ),
         (
             "sink",
+            "a turn's records, one as w2",
+            encode("results", records=[{**forged, "finished": now, "worker": "w2"}]),
+        ),
+        (
+            "sink",
             "a job table as a",
             encode("jobs", scheduler="a", jobs=[], sent=now, part=0, parts=10**9),
         ),

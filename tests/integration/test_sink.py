@@ -170,6 +170,30 @@ def test_garbage_is_counted_and_the_sink_keeps_serving(
     assert [r["run_id"] for r in cluster.runs()] == ["backup-3"]
 
 
+def test_a_turns_results_are_stored_together_and_a_bad_record_is_dropped_alone(
+    procs: Processes, cluster: Cluster, ctx: zmq.Context
+) -> None:
+    """`results` (a loop turn's records in one message): each record is checked alone, so a
+    bad one is dropped and counted while the good ones beside it are stored and acked."""
+    start_sink(procs, cluster)
+    sock = connect(ctx, cluster)
+    good = [run_record(n) for n in (1, 2, 3)]
+    bad = [{**run_record(4), "status": "great"}, {**run_record(5), "finished": float("inf")},
+           {**run_record(6), "attempt": 0}, "not a map"]  # fmt: skip
+    sock.send(encode("results", records=[good[0], bad[0], good[1], bad[1], bad[2], good[2]]))
+    sock.send(encode("results", records=[bad[3]]))  # not a map: the whole message is bad
+    sock.send(encode("results", records=[run_record(n) for n in range(100, 200)]))  # > 64
+    assert acked(sock, {r["run_id"] for r in good}) >= {r["run_id"] for r in good}
+    got = metric_samples(cluster)
+
+    def rejected(reason: str) -> float:
+        return got.get(("zcron_rejected_messages_total", (("reason", reason),)), 0)
+
+    # three bad records alone, the message with a non-map; 100 records: too many for one
+    assert (rejected("bad_field"), rejected("too_large")) == (4, 1)
+    assert sorted(r["run_id"] for r in cluster.runs()) == sorted(r["run_id"] for r in good)
+
+
 def test_bad_parameters_are_400_with_a_message(procs: Processes, cluster: Cluster) -> None:
     start_sink(procs, cluster)
     assert http_error(cluster, "/api/runs?limit=x") == (

@@ -103,6 +103,13 @@ def test_records_are_written_by_the_worker_that_ran_or_the_scheduler_that_dispat
     for key in ("w2", "b", "cli", "sink"):
         with pytest.raises(ProtocolError):
             ROLES.check("result", {"record": rec}, ROLES.sender(key))
+    # a turn's records: a worker or scheduler key may send them (each record is then
+    # checked alone as above, at the sink); a client or the sink may not
+    for key in ("w1", "a"):
+        ROLES.check("results", {"records": [rec]}, ROLES.sender(key))
+    for key in ("cli", "sink"):
+        with pytest.raises(ProtocolError):
+            ROLES.check("results", {"records": [rec]}, ROLES.sender(key))
 
 
 def test_client_users_come_from_the_config() -> None:
