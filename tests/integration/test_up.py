@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +32,20 @@ def start_up(procs: Processes, cluster: Cluster) -> subprocess.Popen:
     proc = procs.start("up", "-c", str(cluster.config_path), "--data", str(cluster.root / "data"))
     wait_until(lambda: cluster.get_json_or_none("/api/jobs") is not None, 20, "the sink's HTTP")
     return proc
+
+
+def comm(pid: int) -> str:
+    """The process's name (/proc/PID/comm): `zcron up` names its children zcron-ROLE."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def three_children(proc: subprocess.Popen) -> list[int]:
+    return wait_until(
+        lambda: len(child_pids(proc.pid)) == 3 and child_pids(proc.pid), 10, "three children"
+    )
 
 
 def all_runs(cluster: Cluster, **params: object) -> list[dict]:
@@ -154,11 +171,123 @@ def test_sigterm_stops_everything_cleanly(procs: Processes, cluster: Cluster) ->
 
 def test_a_dead_child_stops_the_others_and_up_fails(procs: Processes, cluster: Cluster) -> None:
     proc = start_up(procs, cluster)
-    children = wait_until(
-        lambda: len(child_pids(proc.pid)) == 3 and child_pids(proc.pid), 10, "three children"
-    )
-    worker = next(pid for pid in children if " worker " in cmdline(pid))
+    children = three_children(proc)
+    worker = next(pid for pid in children if comm(pid) == "zcron-worker")
     os.kill(worker, signal.SIGKILL)
     assert proc.wait(30) == 1
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or "zcron" not in cmdline(pid)
+
+
+def fd_targets(pid: int, first: int = 0) -> set[str]:
+    """What the process's fds from `first` on point at (paths, socket:[inode], ...)."""
+    targets = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        if int(fd) >= first:
+            try:
+                targets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                pass  # closed meanwhile
+    return targets
+
+
+def shared_dirty_kib(pid: int) -> int:
+    """KiB of written pages the process shares with others: after a fork, those it has not
+    written since; an interpreter started by exec shares none."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Shared_Dirty:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_roles_are_forked_from_up_and_share_its_pages_not_its_fds(
+    procs: Processes, cluster: Cluster
+) -> None:
+    proc = start_up(procs, cluster)
+    children = three_children(proc)
+    roles = {comm(pid).removeprefix("zcron-"): pid for pid in children}
+    assert set(roles) == {"scheduler", "worker", "sink"}
+    # up's own fds (its lock, its signal socket pair); not its stdio, which they share
+    stdio = {os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in (0, 1, 2)}
+    private = {t for t in fd_targets(proc.pid, 3) - stdio if not t.startswith("anon_inode:")}
+    assert any(t.endswith("/data/lock") for t in private) and any(
+        t.startswith("socket:") for t in private
+    )
+    for role, pid in roles.items():
+        assert os.readlink(f"/proc/{pid}/exe") == os.readlink(f"/proc/{proc.pid}/exe")
+        words = cmdline(pid).split()  # what ps and tools read
+        assert "zcron" in words and role in words and "up" not in words, words
+        assert os.getpgid(pid) == pid, "its own process group: Ctrl-C reaches only up"
+        assert shared_dirty_kib(pid) > 4096, f"{role} shares no written pages: not forked"
+        assert not private & fd_targets(pid), f"{role} holds fds of up's"
+    worker_children = lambda: [cmdline(p) for p in child_pids(roles["worker"])]  # noqa: E731
+    wait_until(
+        lambda: any("zcron.spawner" in c for c in worker_children()),
+        10,
+        "the forked worker to start its spawner",
+    )
+    assert procs.stop(proc, signal.SIGTERM) == 0
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or "zcron" not in cmdline(pid)
+
+
+def test_children_stop_when_up_is_killed(procs: Processes, cluster: Cluster) -> None:
+    proc = start_up(procs, cluster)
+    children = three_children(proc)
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        gone = lambda: not any(comm(pid).startswith("zcron-") for pid in children)  # noqa: E731
+        wait_until(gone, 30, "the children to get SIGTERM (PR_SET_PDEATHSIG) and exit")
+    finally:
+        for pid in children:
+            if comm(pid).startswith("zcron-"):
+                os.kill(pid, signal.SIGKILL)
+
+
+def notify_datagrams(sock: socket.socket, timeout_s: float) -> list[tuple[int, str]]:
+    """(sender pid, text) of each datagram that arrives within `timeout_s`."""
+    sock.settimeout(timeout_s)
+    got = []
+    try:
+        while True:
+            data, ancillary, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            pid = next(struct.unpack("3i", cred[:12])[0] for level, kind, cred in ancillary
+                       if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS))  # fmt: skip
+            got.append((pid, data.decode()))
+    except TimeoutError:
+        return got
+
+
+def test_only_up_talks_to_systemd(procs: Processes, cluster: Cluster) -> None:
+    (cluster.schedules / "seconds").write_text("# name: tick\n* * * * * *  -  true\n")
+    path = str(cluster.root / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}  # children would ping at 0.1 s
+        proc = procs.start("up", "-c", str(cluster.config_path), "--data",
+                           str(cluster.root / "data"), env=env)  # fmt: skip
+        wait_until(lambda: all_runs(cluster, job="tick"), 30, "every role to be running")
+        got = notify_datagrams(sock, 0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        got += notify_datagrams(sock, 0.5)
+    assert [text for _, text in got] == ["READY=1", "STOPPING=1"], got
+    assert {pid for pid, _ in got} == {proc.pid}
+
+
+@pytest.mark.parametrize("level", ["info", "warning"])
+def test_log_level_reaches_the_roles(procs: Processes, cluster: Cluster, level: str) -> None:
+    (cluster.schedules / "seconds").write_text("# name: tick\n* * * * * *  -  true\n")
+    proc = procs.start("up", "-c", str(cluster.config_path), "--data",
+                       str(cluster.root / "data"), "--log-level", level)  # fmt: skip
+    wait_until(lambda: all_runs(cluster, job="tick"), 30, "a run")
+    assert procs.stop(proc, signal.SIGTERM) == 0
+    lines = procs.log(proc).splitlines()
+    roles_info = [line for line in lines if line.startswith("zcron-") and ": INFO " in line]
+    if level == "info":
+        for role in ("zcron-scheduler[a]", "zcron-worker[", "zcron-sink"):
+            assert any(line.startswith(role) for line in roles_info), (role, lines)
+    else:
+        assert not roles_info, roles_info
