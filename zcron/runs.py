@@ -112,10 +112,15 @@ class RunTable:
         return self.timeouts[0][0] if self.timeouts else None
 
     def spawn_answered(self, request: int, pid: int | None, at: float = 0.0,
-                       pidfd: int | None = None) -> Run:  # fmt: skip
+                       pidfd: int | None = None) -> Run | None:  # fmt: skip
         """The spawner answered a request: it started the process at `at`, or (pid None)
-        it could not. `pidfd` (ours now) is polled with the pipes: readable at the exit."""
-        run = self.by_request.pop(request)
+        it could not. `pidfd` (ours now) is polled with the pipes: readable at the exit.
+        None for a request we no longer know (its pidfd is closed)."""
+        run = self.by_request.pop(request, None)
+        if run is None:
+            if pidfd is not None:
+                os.close(pidfd)
+            return None
         if pid is not None:
             run.spawned(pid, at)
             self.by_pid[pid] = run

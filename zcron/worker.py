@@ -509,6 +509,7 @@ class Worker:
                 self.release(run)
 
     def release(self, run: Run) -> None:
+        self.coalesce.forget((run.msg["scheduler"], run.msg["job"]), run.run_id)  # started
         run.release(self.clock.now(), self.clock.monotonic())
         self.runs.released(run)
 
@@ -529,7 +530,7 @@ class Worker:
             if "id" in answer:
                 run = self.runs.spawn_answered(answer["id"], answer.get("pid"),
                                                answer.get("at", 0), answer.get("pidfd"))
-                if "error" in answer:
+                if run is not None and "error" in answer:
                     self.spawn_failed(run, answer["error"])
             elif (run := self.runs.reaped(answer["pid"], answer["status"])) is not None:
                 rec = self.runs.forget(run, self.clock.now())
