@@ -74,7 +74,7 @@ class WorkerConfig:
     slots: int = 4
     spool: str = ".zcron/worker"
     drain_timeout: float = 60.0
-    prefetch: int | None = None  # jobs taken beyond the free slots (None: max(slots, 32))
+    prefetch: int | None = None  # jobs taken beyond the free slots (None: max(slots, 100))
 
 
 @dataclass(frozen=True)

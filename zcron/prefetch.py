@@ -3,7 +3,7 @@
 With `slots = 2` every job used to pay a round trip before it could start: a slot frees,
 the worker announces it (`ready`), the scheduler sends the next job, the worker arms and
 releases it. A worker now takes up to `prefetch` jobs more than its slots (default
-max(slots, 32)) and starts the next queued one the moment a slot frees: `slots` limits
+max(slots, 100)) and starts the next queued one the moment a slot frees: `slots` limits
 running commands, not messages.
 
 Credit stays exact. Each `ready` says `free` (slots neither running nor promised to a
@@ -35,7 +35,11 @@ from collections.abc import Iterable
 
 from zcron.slots import WorkerSlots
 
-DEFAULT_PREFETCH_MIN = 32  # enough to bridge a round trip at ~1,000 jobs/s per worker
+# 100 jobs due at one instant all wait parked before it, at 2 slots: p99 lateness 71 ms
+# against 180 ms with 32 (the rest waited for a round trip and a spawn after the tick), and
+# 7,534 of 10,000 started at 1,000 jobs/s against 6,312. Parked shells cost ~0.24 MiB PSS
+# each while they wait (81 against 65 MiB peak at 100 jobs/s); an idle worker parks none.
+DEFAULT_PREFETCH_MIN = 100
 RECALL_AGAIN_S = 1.0  # a recall not answered (the run had started) may be sent again
 
 

@@ -34,7 +34,7 @@ def test_capacity_counts_queued_jobs_against_slots_then_the_queue() -> None:
     assert capacity(slots=2, prefetch=32, running=1, queued=1) == (0, 32)  # armed next turn
     assert capacity(slots=2, prefetch=32, running=2, queued=32) == (0, 0)
     assert capacity(slots=2, prefetch=0, running=2, queued=0) == (0, 0)
-    assert prefetch_of(None, 2) == 32 and prefetch_of(None, 100) == 100 and prefetch_of(0, 4) == 0
+    assert prefetch_of(None, 2) == 100 and prefetch_of(None, 200) == 200 and prefetch_of(0, 4) == 0
 
 
 def test_the_whole_queue_is_parked_ahead_within_the_open_files() -> None:
