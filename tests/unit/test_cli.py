@@ -3,6 +3,7 @@ and the tools a test needs (skipped, never installed, when missing)."""
 
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import os
@@ -85,6 +86,13 @@ def test_every_command_in_the_usage_has_a_summary_and_a_handler(capsys) -> None:
     for command in COMMANDS:
         code, out, _ = zcron(capsys, command, "--help")
         assert code == 0 and out.startswith(f"zcron {command}: "), out  # from Commands:
+
+
+def test_main_called_in_process_leaves_the_garbage_collector_alone(capsys) -> None:
+    # only as the program (argv None) does a client command freeze it before exit
+    frozen = gc.get_freeze_count()
+    zcron(capsys, "push", "-c", "/nonexistent", "--", "true")
+    assert gc.get_freeze_count() == frozen
 
 
 def test_help_after_double_dash_belongs_to_the_pushed_command(capsys) -> None:
