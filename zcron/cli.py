@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import re
 import sys
-
-from docopt import DocoptExit, docopt
 
 from zcron import __version__
 from zcron.errors import ConfigError, ScheduleError, ZcronError, did_you_mean
@@ -99,16 +98,24 @@ _FLAG = re.compile(r"--?[A-Za-z][\w-]*")
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command; return its exit code."""
+    program = argv is None
     argv = sys.argv[1:] if argv is None else argv
     try:
         code = _main(argv)
         sys.stdout.flush()  # here, not at exit: a reader gone is then caught below
-        return code
     except BrokenPipeError:
         # The reader went away (`zcron --help | head`): no traceback, and none at exit
         # either, when Python flushes stdout again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        code = 1
+    if program and argv[:1] and argv[0] in COMMANDS and argv[0] not in DAEMONS:
+        # At exit the interpreter collects garbage over every object of every loaded
+        # module (re, enum, typing, zmq...): ~5-10 ms of a ~50 ms `zcron push`. A client
+        # command is done by now; frozen, those objects are left to the process's end
+        # (atexit handlers, refcount finalizers and file flushes still run; the daemons,
+        # which close their stores on the way out, keep the whole teardown).
+        gc.freeze()
+    return code
 
 
 def _main(argv: list[str]) -> int:
@@ -124,12 +131,16 @@ def _main(argv: list[str]) -> int:
         )
         print(usage_lines(), file=sys.stderr)
         return 2
-    try:
-        args = docopt(_doc_for(argv), argv=argv, default_help=False,
-                      version=f"zcron {__version__}")  # fmt: skip
-    except DocoptExit as exc:
-        print(_usage_error(argv, exc), file=sys.stderr)
-        return 2
+    args = plain_args(argv) if argv[0] in COMMANDS else None
+    if args is None:
+        from docopt import DocoptExit, docopt
+
+        try:
+            args = docopt(_doc_for(argv), argv=argv, default_help=False,
+                          version=f"zcron {__version__}")  # fmt: skip
+        except DocoptExit as exc:
+            print(_usage_error(argv, exc), file=sys.stderr)
+            return 2
     command = next(name for name in COMMANDS if args.get(name))
     return _dispatch(command, args)
 
@@ -142,6 +153,101 @@ def _doc_for(argv: list[str]) -> str:
         return USAGE
     usage = usage_lines(argv[0])
     return "\n\n".join([usage, "Options:", *_options_of(usage)])
+
+
+def plain_args(argv: list[str]) -> dict | None:
+    """docopt's dict for argv, read without docopt (importing it and building its pattern
+    were ~3 ms of a `zcron push`) when the line is plain: each option spelled in full and
+    given once, its value the next word, the positionals what the usage line's slots take.
+    None for any other line: docopt reads it, and words its errors (tests/unit/
+    test_cli_argv.py holds the two readings equal)."""
+    shape = _usage_shape(argv[0])
+    if shape is None:
+        return None
+    args, aliases, groups, slots = shape
+    words, given, positionals = argv[1:], set(), []
+    while words and words[0] != "--":
+        word, words = words[0], words[1:]
+        if not word.startswith("-"):
+            positionals.append(word)
+            continue
+        key, takes_value = aliases.get(word, (None, False))
+        if key is None or key in given or takes_value and words[:1] in ([], ["--"]):
+            return None
+        given.add(key)
+        args[key], words = (words[0], words[1:]) if takes_value else (True, words)
+    if any(len(given & group) > 1 for group in groups):
+        return None
+    return _fill_slots(args, slots, positionals, words)
+
+
+def _fill_slots(args: dict, slots: list[str], before: list[str], rest: list[str]) -> dict | None:
+    """The positionals into the slots: the required NAMEs, then one [NAME] or [NAME...],
+    and after `--` (rest) a NAME...; None when they do not fit."""
+    if ("--" in slots) != bool(rest):
+        return None
+    if rest:
+        if len(rest) < 2:
+            return None
+        args["--"], args[slots[-1][:-3]], slots = True, rest[1:], slots[:-2]
+    for slot in slots:
+        name = slot.strip("[]")
+        if name.endswith("..."):
+            args[name[:-3]], before = before, []
+        elif before:
+            args[name], before = before[0], before[1:]
+        elif not slot.startswith("["):
+            return None
+    return None if before else args
+
+
+def _usage_shape(command: str) -> tuple[dict, dict, list[set], list[str]] | None:
+    """From the command's usage line and option blocks: the args docopt gives when no
+    option is, option word -> (key, takes a value), the sets of mutually exclusive keys,
+    the positional slots; None unless the line is made of [-o VALUE] [--flag] [--a X | --b
+    Y], then NAMEs, then one [NAME] or [NAME...], and last `-- NAME...` if any."""
+    lines = usage_lines(command).split("\n")[1:]
+    if len(lines) != 1:
+        return None
+    options, args, groups, slots = _option_forms(command), {command: True}, [], []
+    for item in _USAGE_ITEM.findall(lines[0])[2:]:
+        if item.startswith("[-"):
+            forms = [options.get(words.split()[0]) for words in item.strip("[]").split(" | ")]
+            if None in forms:
+                return None
+            args.update((key, default) for key, _, default in forms)
+            groups.append({key for key, _, _ in forms})
+        else:
+            slots.append(item)
+    if not _PLAIN_SLOTS.fullmatch(" ".join(slots)):
+        return None
+    for slot in slots:
+        name = slot.strip("[]")
+        if name != "--":
+            args[name.removesuffix("...")] = [] if name.endswith("...") else None
+    aliases = {word: (key, takes) for word, (key, takes, _) in options.items()}
+    return args, aliases, groups, slots
+
+
+def _option_forms(command: str) -> dict[str, tuple[str, bool, object]]:
+    """Option word -> (docopt's key, takes a value, its value when not given), from the
+    command's option blocks, read as docopt's Option.parse reads one."""
+    forms: dict[str, tuple[str, bool, object]] = {}
+    for block in _options_of(usage_lines(command)):
+        spelled, description = re.split(r"(?:  )|$", block.strip(), flags=re.M, maxsplit=1)
+        words = spelled.replace(",", " ").replace("=", " ").split()
+        names = [word for word in words if word.startswith("-")]
+        longer = [name for name in names if name.startswith("--")]
+        key, takes = (longer or names)[-1], len(names) < len(words)
+        default = re.findall(r"\[default: (.*)\]", description, flags=re.I)
+        value = (default[0] if default else None) if takes else False
+        forms.update((name, (key, takes, value)) for name in names)
+    return forms
+
+
+_USAGE_ITEM = re.compile(r"\[[^\]]*\]|\S+")
+# Required NAMEs, then one optional [NAME] or [NAME...], then `-- NAME...`.
+_PLAIN_SLOTS = re.compile(r"(?:[A-Z_]+ ?)*(?:\[[A-Z_]+(?:\.\.\.)?\] ?)?(?:-- [A-Z_]+\.\.\.)?")
 
 
 def _dispatch(command: str, args: dict) -> int:
@@ -225,7 +331,7 @@ def _option_blocks() -> list[str]:
     return blocks
 
 
-def _usage_error(argv: list[str], exc: DocoptExit) -> str:
+def _usage_error(argv: list[str], exc: Exception) -> str:
     """One line saying what was wrong, then the command's usage."""
     command = argv[0] if argv and argv[0] in COMMANDS else None
     message = str(exc).split("\n", 1)[0]

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import zmq
 
 from zcron import protocol
-from zcron.config import Config
 from zcron.errors import ProtocolError, ZcronError
 from zcron.keyfiles import check_keys_dir, client_key_name, load_public, load_secret
 from zcron.net import HANDSHAKE_FAILED, make_socket, monitor_event
+
+if TYPE_CHECKING:  # either: the command line reads a ClientConfig, a program may hold a Config
+    from zcron.config import Config
+    from zcron.configfile import ClientConfig
 
 REQUEST_TIMEOUT_MS = 2000
 PIPELINE = 256  # requests in flight at most from ask_many (a scheduler commits up to 500)
@@ -27,7 +31,7 @@ class SchedulerClient:
     next: the command line makes one; a program pushing many keeps it (a connection per
     request cost ~3 ms, most of a push)."""
 
-    def __init__(self, config: Config, scheduler_id: str):
+    def __init__(self, config: Config | ClientConfig, scheduler_id: str):
         self.scheduler_id = scheduler_id
         self.address = config.scheduler_address(scheduler_id)
         self.keys_dir, self.key_name = config.cluster.keys, ""
@@ -117,13 +121,15 @@ class SchedulerClient:
         self.close()
 
 
-def request(config: Config, op: str, args: dict, scheduler_id: str) -> dict:
+def request(config: Config | ClientConfig, op: str, args: dict, scheduler_id: str) -> dict:
     """Send one request to one scheduler and return its reply (ZcronError when none)."""
     with SchedulerClient(config, scheduler_id) as client:
         return client.ask(op, args)
 
 
-def ask_any(config: Config, op: str, args: dict, refused: type[ZcronError] = ZcronError) -> dict:
+def ask_any(
+    config: Config | ClientConfig, op: str, args: dict, refused: type[ZcronError] = ZcronError
+) -> dict:
     """Ask the schedulers in turn until one accepts the request; when none does, raise
     `refused` if one answered (with its reason), else ZcronError (none reachable)."""
     errors, answered = [], False

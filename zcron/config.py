@@ -1,41 +1,28 @@
-"""Cluster configuration: TOML file → frozen dataclasses with loopback defaults (spec §2)."""
+"""Cluster configuration: TOML file → frozen dataclasses with loopback defaults (spec §2).
+
+Where the file is, and its reading and checking, are zcron.configfile's (the command line
+uses that alone); here its tables become the dataclasses the daemons run with.
+"""
 
 from __future__ import annotations
 
-import math
 import os
-import re
-import tomllib
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
-from zcron.errors import ConfigError, did_you_mean, toml_position
-
-DEFAULT_PATH = "/etc/zcron/zcron.conf"
-UP_CONFIG = ".zcron/zcron-up.conf"  # written by `zcron up` with the default --data
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str | int | float, where: str = "duration") -> float:
-    """Seconds for `250ms`, `30s`, `5m`, `2h`, `14d` or `1h30m`; bare numbers are seconds."""
-    if isinstance(text, bool):
-        raise ConfigError(f"{where}: expected a duration like 30s, got {text!r}")
-    if isinstance(text, int | float):
-        if not math.isfinite(text) or text < 0:
-            raise ConfigError(f"{where}: duration must not be negative, got {text!r}")
-        return float(text)
-    spec = str(text).strip()
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(spec):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if not spec or pos != len(spec) or not math.isfinite(total):
-        raise ConfigError(f"{where}: bad duration {text!r} (use e.g. 250ms, 30s, 5m, 2h, 14d)")
-    return total
+from zcron.configfile import DEFAULT_PATH as DEFAULT_PATH
+from zcron.configfile import (
+    HEARTBEAT_S,
+    PEER_TIMEOUT_S,
+    SCHEDULERS,
+    SINK_HTTP,
+    config_path,
+    read_config,
+    read_file,
+    scheduler_address,
+)
+from zcron.configfile import parse_duration as parse_duration
+from zcron.errors import ConfigError
 
 
 def default_schedules_dir() -> str:
@@ -47,11 +34,11 @@ def default_schedules_dir() -> str:
 class ClusterConfig:
     """[cluster]: the schedulers, the sink, the keys and the timing they share."""
 
-    schedulers: dict[str, str] = field(default_factory=lambda: {"a": "tcp://127.0.0.1:7701"})
+    schedulers: dict[str, str] = field(default_factory=lambda: dict(SCHEDULERS))
     sink: str = "tcp://127.0.0.1:7710"
     keys: str | None = None
-    heartbeat: float = 0.2
-    peer_timeout: float = 1.0
+    heartbeat: float = HEARTBEAT_S
+    peer_timeout: float = PEER_TIMEOUT_S
     max_clock_skew: float = 0.5
     insecure: bool = False
 
@@ -81,7 +68,7 @@ class WorkerConfig:
 class SinkConfig:
     """[sink]: the HTTP address, the data directory and what it keeps."""
 
-    http: str = "127.0.0.1:9464"
+    http: str = SINK_HTTP
     data: str = ".zcron/sink"
     retention: float = 14 * 86400.0
     job_labels: bool = True
@@ -91,7 +78,7 @@ class SinkConfig:
 @dataclass(frozen=True)
 class Config:
     """The whole configuration file. (Each class has a docstring: without one, @dataclass
-    computes inspect.signature for it at import, ~0.5 ms of every CLI start for the five.)"""
+    computes inspect.signature for it at import, ~0.5 ms of a daemon's start for the five.)"""
 
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -103,14 +90,9 @@ class Config:
 
     def scheduler_address(self, scheduler_id: str | None = None) -> str:
         """The address of one configured scheduler (this process's own by default)."""
-        sid = scheduler_id or self.scheduler.id
-        try:
-            return self.cluster.schedulers[sid]
-        except KeyError:
-            raise ConfigError(
-                f"{self.path or 'config'}: scheduler id {sid!r} is not in [cluster] schedulers "
-                f"({', '.join(sorted(self.cluster.schedulers))})"
-            ) from None
+        return scheduler_address(
+            self.cluster.schedulers, scheduler_id or self.scheduler.id, self.path
+        )
 
     def with_overrides(self, section: str, **values: Any) -> Config:
         """A copy with command-line values (those not None) replacing the file's."""
@@ -128,143 +110,12 @@ _SECTIONS = {
 }
 
 
-def _schedulers(value: Any, name: str) -> dict[str, str]:
-    if (
-        not isinstance(value, dict)
-        or not value
-        or not all(isinstance(v, str) for v in value.values())
-    ):
-        raise ConfigError(f'{name}: expected a table of id = "tcp://host:port"')
-    return dict(value)
-
-
-def _pools(value: Any, name: str) -> tuple[str, ...]:
-    pools = [value] if isinstance(value, str) else value
-    if not isinstance(pools, list) or not pools or not all(isinstance(p, str) for p in pools):
-        raise ConfigError(f"{name}: expected a pool name or a list of them")
-    return tuple(pools)
-
-
-def _slots(value: Any, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name}: expected a whole number >= 1, got {value!r}")
-    return value
-
-
-def _prefetch(value: Any, name: str) -> int:
-    # at most what a `ready` lists as queued (protocol: 4,096 run ids), so a scheduler
-    # knows every queued job of a worker that dies
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4096:
-        raise ConfigError(f"{name}: expected a whole number from 0 to 4096, got {value!r}")
-    return value
-
-
-def _names(value: Any, name: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{name}: expected a list of host names, got {value!r}")
-    return tuple(value)
-
-
-def _flag(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
-    return value
-
-
-def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{name}: expected a string, got {value!r}")
-    return value
-
-
-_KEY_TYPES = {
-    "heartbeat": parse_duration,
-    "peer_timeout": parse_duration,
-    "max_clock_skew": parse_duration,
-    "retention": parse_duration,
-    "drain_timeout": parse_duration,
-    "schedulers": _schedulers,
-    "pool": _pools,
-    "slots": _slots,
-    "prefetch": _prefetch,
-    "insecure": _flag,
-    "job_labels": _flag,
-    "http_hosts": _names,
-}
-
-
-def _coerce(section: str, key: str, value: Any, where: str) -> Any:
-    return _KEY_TYPES.get(key, _text)(value, f"{where}: [{section}] {key}")
-
-
-def _section(section: str, table: Any, where: str) -> Any:
-    cls = _SECTIONS[section]
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: [{section}] must be a table")
-    known = {f.name for f in fields(cls)}
-    values = {}
-    for key, value in table.items():
-        if key not in known:
-            raise ConfigError(
-                f"{where}: unknown key [{section}] {key}{did_you_mean(key, known)} "
-                f"(known: {', '.join(sorted(known))})"
-            )
-        values[key] = _coerce(section, key, value, where)
-    return cls(**values)
-
-
-def _clients(table: Any, where: str) -> dict[str, tuple[str, ...]]:
-    """`[clients]`: key name = ["user", ...]; root only when named (spec §7)."""
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: [clients] must be a table of key name = [users]")
-    clients = {}
-    for name, users in table.items():
-        users = [users] if isinstance(users, str) else users
-        if not isinstance(users, list) or not all(
-            isinstance(u, str) and u and len(u) <= 64 for u in users
-        ):
-            raise ConfigError(
-                f'{where}: [clients] {name}: expected a list of user names, e.g. ["deploy"]'
-            )
-        clients[name] = tuple(users)
-    return clients
-
-
 def parse_config(text: str, where: str = "config") -> Config:
     """Parse TOML text into a Config; every unknown key or bad value is a ConfigError."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message, line, column = toml_position(str(exc))
-        position = f":{line}:{column}" if line is not None else ""
-        raise ConfigError(f"{where}{position}: {message}") from None
-    known = (*_SECTIONS, "clients")
-    unknown = sorted(set(doc) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown section [{unknown[0]}]{did_you_mean(unknown[0], known)} "
-            f"(known: {', '.join(known)})"
-        )
-    parts = {name: _section(name, doc[name], where) for name in _SECTIONS if name in doc}
-    config = Config(path=where, clients=_clients(doc.get("clients", {}), where), **parts)
-    if config.cluster.heartbeat <= 0 or config.cluster.peer_timeout <= config.cluster.heartbeat:
-        raise ConfigError(f"{where}: [cluster] peer_timeout must exceed heartbeat (> 0)")
-    return config
-
-
-def config_path(explicit: str | None, up_fallback: bool = True) -> str | None:
-    """`-c FILE`, else $ZCRON_CONFIG, else /etc/zcron/zcron.conf when present; else the
-    configuration a `zcron up` in this directory runs with (its keys, its ports), so that
-    `zcron runs` beside a running `up` needs no config; else None (the defaults)."""
-    if explicit:
-        return explicit
-    if os.environ.get("ZCRON_CONFIG"):
-        return os.environ["ZCRON_CONFIG"]
-    if os.path.exists(DEFAULT_PATH):
-        return DEFAULT_PATH
-    if up_fallback and os.path.isfile(UP_CONFIG):
-        return UP_CONFIG
-    return None
+    tables = read_config(text, where)
+    clients = tables.pop("clients")
+    parts = {name: _SECTIONS[name](**values) for name, values in tables.items()}
+    return Config(path=where, clients=clients, **parts)
 
 
 def load_config(explicit: str | None = None, up_fallback: bool = True) -> Config:
@@ -272,11 +123,7 @@ def load_config(explicit: str | None = None, up_fallback: bool = True) -> Config
     path = config_path(explicit, up_fallback)
     if path is None:
         return Config()
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
-    return parse_config(text, path)
+    return parse_config(read_file(path), path)
 
 
 def load_daemon_config(args: dict, up_fallback: bool = True) -> Config:

@@ -4,7 +4,6 @@ and checked without ZeroMQ, so that the command line loads no more than it uses
 
 from __future__ import annotations
 
-import glob
 import os
 import stat
 
@@ -80,17 +79,25 @@ def load_public(keys_dir: str, name: str) -> bytes:
 def trusted_keys(keys_dir: str) -> dict[bytes, str]:
     """z85 public key -> key name, for every `NAME.key` of the directory."""
     names: dict[bytes, str] = {}
-    for path in sorted(glob.glob(os.path.join(keys_dir, "*.key"))):
-        names[_read_pair(path)[0]] = os.path.basename(path)[: -len(".key")]
+    for name in key_names(keys_dir, ".key"):
+        names[_read_pair(os.path.join(keys_dir, f"{name}.key"))[0]] = name
     return names
+
+
+def key_names(keys_dir: str, suffix: str) -> list[str]:
+    """NAME of every `NAME{suffix}` in the directory, in the order of the file names: what
+    glob `*{suffix}` finds (no hidden files; none when the directory cannot be listed),
+    without loading glob and fnmatch."""
+    try:
+        entries = sorted(os.listdir(keys_dir))
+    except OSError:
+        return []
+    return [e[: -len(suffix)] for e in entries if e.endswith(suffix) and e[0] != "."]
 
 
 def client_key_name(keys_dir: str) -> str:
     """The key the command-line client uses: `cli`, else the first readable `*.key_secret`."""
-    candidates = [CLI_KEY] + sorted(
-        os.path.basename(p)[: -len(".key_secret")]
-        for p in glob.glob(os.path.join(keys_dir, "*.key_secret"))
-    )
+    candidates = [CLI_KEY, *sorted(key_names(keys_dir, ".key_secret"))]
     for name in candidates:
         if os.access(os.path.join(keys_dir, f"{name}.key_secret"), os.R_OK):
             return name

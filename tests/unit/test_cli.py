@@ -3,6 +3,8 @@ and the tools a test needs (skipped, never installed, when missing)."""
 
 from __future__ import annotations
 
+import gc
+import glob
 import json
 import os
 import subprocess
@@ -15,6 +17,7 @@ from tests.tools import ensure_tool
 from zcron.cli import COMMANDS, USAGE, main
 from zcron.config import parse_config
 from zcron.errors import ConfigError
+from zcron.keyfiles import client_key_name, key_names
 from zcron.log import iso_utc
 from zcron.tomljobs import parse_toml
 
@@ -83,6 +86,13 @@ def test_every_command_in_the_usage_has_a_summary_and_a_handler(capsys) -> None:
     for command in COMMANDS:
         code, out, _ = zcron(capsys, command, "--help")
         assert code == 0 and out.startswith(f"zcron {command}: "), out  # from Commands:
+
+
+def test_main_called_in_process_leaves_the_garbage_collector_alone(capsys) -> None:
+    # only as the program (argv None) does a client command freeze it before exit
+    frozen = gc.get_freeze_count()
+    zcron(capsys, "push", "-c", "/nonexistent", "--", "true")
+    assert gc.get_freeze_count() == frozen
 
 
 def test_help_after_double_dash_belongs_to_the_pushed_command(capsys) -> None:
@@ -156,6 +166,21 @@ def test_unknown_keys_suggest_the_closest_known_one() -> None:
         parse_config("[worker]\nslot = 2\n", "z.conf")
     with pytest.raises(ConfigError, match=r'unknown section \[sinks\] \(did you mean "sink"'):
         parse_config("[sinks]\n", "z.conf")
+
+
+def test_key_names_are_what_glob_finds(tmp_path: Path) -> None:
+    for name in ("cli.key_secret", "a.key_secret", "a-b.key_secret", ".hidden.key_secret",
+                 "b.key", "b.key.bak", "key_secret"):  # fmt: skip
+        (tmp_path / name).write_text("")
+    found = sorted(glob.glob(str(tmp_path / "*.key_secret")))
+    assert [
+        str(tmp_path / f"{n}.key_secret") for n in key_names(str(tmp_path), ".key_secret")
+    ] == found
+    assert key_names(str(tmp_path), ".key") == ["b"]
+    assert key_names(str(tmp_path / "absent"), ".key") == []
+    assert client_key_name(str(tmp_path)) == "cli"
+    (tmp_path / "cli.key_secret").unlink()
+    assert client_key_name(str(tmp_path)) == "a"  # by name, as before: a before a-b
 
 
 def test_log_lines_show_iso_times_not_epoch_seconds() -> None:

@@ -41,7 +41,7 @@ def test_bad_durations_name_the_key(text: object) -> None:
 
 def test_no_file_gives_the_loopback_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ZCRON_CONFIG", raising=False)
-    monkeypatch.setattr("zcron.config.DEFAULT_PATH", "/nonexistent/zcron.conf")
+    monkeypatch.setattr("zcron.configfile.DEFAULT_PATH", "/nonexistent/zcron.conf")
     config = load_config(None)
     assert config.cluster.schedulers == {"a": "tcp://127.0.0.1:7701"}
     assert config.cluster.sink == "tcp://127.0.0.1:7710"

@@ -18,6 +18,8 @@ from zcron.config import (
     WorkerConfig,
     parse_config,
 )
+from zcron.configfile import KEYS as FILE_KEYS
+from zcron.configfile import ClientConfig, read_config
 from zcron.errors import ConfigError
 
 SECTIONS = {"cluster": ClusterConfig, "scheduler": SchedulerConfig, "worker": WorkerConfig,
@@ -98,3 +100,32 @@ def test_any_config_text_gives_a_config_or_a_config_error_naming_the_file(text: 
 def test_non_finite_durations_are_config_errors(value: str) -> None:
     with pytest.raises(ConfigError, match="retention"):
         parse_config(f"[sink]\nretention = {value}\n", "x.conf")
+
+
+def test_the_file_takes_exactly_the_fields_of_each_section() -> None:
+    assert {name: set(keys) for name, keys in FILE_KEYS.items()} == {
+        name: {f.name for f in fields(cls)} for name, cls in SECTIONS.items()
+    }
+
+
+def client_view(config: ClientConfig | Config) -> tuple:
+    return config.path, config.cluster.schedulers, config.cluster.keys, config.sink.http
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=config_texts)
+def test_the_command_lines_reading_agrees_with_the_daemons(text: str) -> None:
+    """The same error, or the same schedulers, keys and sink address, as parse_config."""
+    try:
+        expected: tuple | str = client_view(parse_config(text, "fuzz.conf"))
+    except ConfigError as exc:
+        expected = str(exc)
+    try:
+        got: tuple | str = client_view(ClientConfig("fuzz.conf", read_config(text, "fuzz.conf")))
+    except ConfigError as exc:
+        got = str(exc)
+    assert got == expected
+
+
+def test_the_command_lines_defaults_are_the_daemons() -> None:
+    assert client_view(ClientConfig()) == client_view(Config())
