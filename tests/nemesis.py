@@ -96,17 +96,17 @@ class Nemesis:
     faults: list[Fault] = field(default_factory=list)
 
     def start(self, name: str) -> None:
-        os.environ["ZCRON_LOG_TIMES"] = "1"  # the logs of a failed run, read beside the faults
+        env = {"ZCRON_LOG_TIMES": "1"}  # the logs of a failed run, read beside the faults
         config = str(self.cluster.config_path)
         if name in SCHEDULERS:
             gid = GID_BASE + SCHEDULERS.index(name)
             prefix = ("setpriv", f"--regid={gid}", "--clear-groups") if self.cuts else ()
             proc = self.procs.start("scheduler", "-c", config, "--id", name,
-                                    name=f"sched-{name}", prefix=prefix)  # fmt: skip
+                                    name=f"sched-{name}", prefix=prefix, env=env)  # fmt: skip
         elif name in WORKERS:
-            proc = self.procs.start("worker", "-c", config, "--id", name, name=name)
+            proc = self.procs.start("worker", "-c", config, "--id", name, name=name, env=env)
         else:
-            proc = self.procs.start("sink", "-c", config, name="sink")
+            proc = self.procs.start("sink", "-c", config, name="sink", env=env)
         self.running[name] = proc
 
     def start_all(self) -> None:
