@@ -408,9 +408,11 @@ class Sink:
         except (lmdb.Error, StoreError) as exc:
             log.error("cannot store %d records (senders will resend): %s", len(batch.records), exc)
             return
+        # the duplicates first: /api/runs shows the commit already, and a reader of both
+        # should rarely see the records before their count
+        self.metrics.count_duplicates(stored.duplicates)
         self.metrics.observe_batch(len(batch.records), self.clock.monotonic() - began)
         self.metrics.observe_new(stored.new, self.clock.now())
-        self.metrics.count_duplicates(stored.duplicates)
         self.metrics.set_last_success(stored.last_success)
         self.metrics.records.set(stored.records)
         for rec in stored.duplicates:
