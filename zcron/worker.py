@@ -361,14 +361,20 @@ class Worker:
         """A scheduler asks back a queued job of its own: returned if it has not started
         (a held one's parked shell is told to exit: it reads end of file on its stdin)."""
         msg = next((m for m in self.runs.received if m["run_id"] == run_id), None)
-        held = self.runs.by_id.get(run_id) if msg is None and run_id in self.runs.held else None
-        owner = msg["scheduler"] if msg is not None else held.msg["scheduler"] if held else None
+        run = self.runs.by_id.get(run_id) if msg is None else None
+        # armed and not released: held, or parked before its instant (the whole queue is
+        # armed ahead, so a job listed as received is armed by the time its recall comes:
+        # left alone, it waited for the recall sent again a second later)
+        parked = run is not None and run.go is not None and run_id not in self.runs.started
+        owner = msg["scheduler"] if msg is not None else run.msg["scheduler"] if parked else None
         if owner != sid:
             return  # started meanwhile (or not its run): its record will come
         if msg is not None:
             self.runs.received.remove(msg)
         else:
-            self.unpark(self.runs.take_held(run_id))
+            self.runs.take_held(run_id)
+            self.unpark(run)
+            run.killed_by_us = True  # never released when its instant comes (release_due_runs)
         returned.append(run_id)
         self.freed = True
 
