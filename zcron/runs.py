@@ -150,9 +150,7 @@ class RunTable:
 
     def reaped(self, pid: int, wait_status: int) -> Run | None:
         run = self.by_pid.pop(pid, None)
-        if run is not None:
-            self.close_pidfd(run)
-            self.started.discard(run.run_id)
+        if run is not None:  # its pidfd and slot go with `forget`, which always follows
             run.exited(wait_status)
             run.state = EXITED
         return run

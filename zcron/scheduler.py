@@ -104,7 +104,6 @@ class Scheduler:
         self.workers = WorkerTable(cluster.peer_timeout)
         self.recalls = Recalls()  # queued runs asked back from busy workers (prefetch.py)
         self.spool = Spool(f"{config.scheduler.state}/spool")
-        self.results: list[dict] = []  # records made this turn, sent at its end
         self.ledger = TickLedger(f"{config.scheduler.state}/ledger")
         self.pauses = Pauses(self.ledger.pauses(), self.ledger.save_pauses)
         self.members = Membership(
@@ -255,7 +254,7 @@ class Scheduler:
         self.notifier.stopping()
         if hasattr(self, "takeover"):
             self.takeover.leave()
-            self.send_results(self.clock.monotonic())
+            self.spool.send_new(self.sink, self.clock.monotonic())
             self.mesh.close()
             self.router.close(linger=0)
             self.sink.close(linger=0)
@@ -281,8 +280,10 @@ class Scheduler:
         self.takeover.heartbeat_if_due(now, now_mono)
         self.security.redial_failed(now_mono)
         self.reload_if_due(now)
+        # the turn's records (hundreds of `missed` a second at overload) in as few messages
+        # as fit; before the report, whose resends would take them as never sent
+        self.spool.send_new(self.sink, now_mono)
         self.report_if_due(now)
-        self.send_results(now_mono)
         self.ledger.flush_if_due(now_mono)
 
     def timeout_ms(self) -> int:
@@ -783,10 +784,9 @@ class Scheduler:
     # -- results and reports --------------------------------------------------------------
 
     def record(self, rec: dict, outcome: bool = True) -> None:
-        """Spool a record this scheduler made (missed, lost, skipped) and send it to the
-        sink; an outcome (not a guess) sets off follow-ups here and at the peers."""
+        """Spool a record this scheduler made (missed, lost, skipped), sent to the sink at
+        the turn's end; an outcome (not a guess) sets off follow-ups here and at the peers."""
         self.spool.add(rec)
-        self.results.append(rec)  # sent with the turn's others (send_results)
         if outcome:
             self.pending.note(Outcome.from_record(rec, self.clock.now()), ours=True)
 
@@ -911,14 +911,6 @@ class Scheduler:
         else:
             send_nowait(self.sink, protocol.encode("jobs", jobs=[], part=0, parts=0, **report))
         self.spool.send_turn(self.sink, self.spool.due(now_mono), now_mono)
-
-    def send_results(self, now_mono: float) -> None:
-        """The turn's records in as few messages as fit (at overload, hundreds of `missed`
-        a second went one message each)."""
-        if self.results:
-            self.spool.send_turn(self.sink, self.results, now_mono)
-            self.results = []
-
 
 
 def cmd_scheduler(args: dict) -> int:

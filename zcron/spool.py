@@ -141,6 +141,7 @@ class Spool:
         self.segment_fd = -1
         self.segment_records = 0
         self.write_errors = 0
+        self.unsent: list[dict] = []  # added since the last send_new
         self._load()
         self._take_spawner_reports()
 
@@ -200,6 +201,7 @@ class Spool:
         is logged and counted; the record is still kept in memory and sent."""
         run_id = rec["run_id"]
         self.pending[run_id] = rec
+        self.unsent.append(rec)
         try:
             segment = self._append(frame(rec))
         except OSError as exc:
@@ -238,6 +240,12 @@ class Spool:
 
     def mark_sent(self, run_id: str, now: float) -> None:
         self.sent_at[run_id] = now
+
+    def send_new(self, sink: zmq.Socket, now: float) -> None:
+        """Send what was added since the last call (a loop turn's records, at its end)."""
+        if self.unsent:
+            records, self.unsent = self.unsent, []
+            self.send_turn(sink, records, now)
 
     def send_turn(self, sink: zmq.Socket, records: list[dict], now: float) -> None:
         """A loop turn's records to the sink in as few `results` as fit: one message and

@@ -81,7 +81,6 @@ class Worker:
         # [[run_id, job, status, tick, attempt, exit_code, ended], ...]
         self.ended: list[list] = []
         self.spawners_full = False  # no spawner had room for the next received job
-        self.results: list[dict] = []  # records spooled this turn, sent at its end
         self.spool = Spool(config.worker.spool)
         self.poller = zmq.Poller()
         # The runs' pipes sit in one epoll set, polled as one fd: zmq's poll() costs
@@ -170,7 +169,7 @@ class Worker:
         log.info("worker %s stopped (%d results left in spool)", self.id, len(self.spool))
 
     def stop_runs(self) -> None:
-        self.send_results(self.clock.monotonic())
+        self.spool.send_new(self.sink, self.clock.monotonic())
         for run in list(self.runs.by_id.values()):
             run.begin_kill(self.clock.monotonic(), grace=0.0)
         # Give the sink a moment to acknowledge what finished during the drain.
@@ -196,7 +195,7 @@ class Worker:
         self.mailer.expire(now)
         self.drain_if_due(now)
         self.heartbeat_if_due(now)
-        self.send_results(now)
+        self.spool.send_new(self.sink, now)  # the turn's records, in as few messages as fit
         self.resend_if_due(now)
         self.notifier.watchdog_if_due(now)
 
@@ -677,14 +676,8 @@ class Worker:
             self.next_heartbeat = now + self.heartbeat_s
 
     def report(self, rec: dict) -> None:
-        """Spool the record now; it goes to the sink with the turn's others (send_results)."""
+        """Spool the record now; it goes to the sink with the turn's others (send_new)."""
         self.spool.add(rec)
-        self.results.append(rec)
-
-    def send_results(self, now: float) -> None:
-        if self.results:
-            self.spool.send_turn(self.sink, self.results, now)
-            self.results = []
 
     def resend_if_due(self, now: float) -> None:
         if now < self.next_resend or not self.spool.pending:

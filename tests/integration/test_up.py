@@ -160,14 +160,19 @@ def test_broken_file_keeps_its_last_good_version(procs: Processes, cluster: Clus
     )
 
 
+def assert_gone(pids: list[int]) -> None:
+    """None of these processes is left (a pid reused since is no zcron)."""
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or "zcron" not in cmdline(pid)
+
+
 def test_sigterm_stops_everything_cleanly(procs: Processes, cluster: Cluster) -> None:
     proc = start_up(procs, cluster)
     children = wait_until(
         lambda: len(child_pids(proc.pid)) == 3 and child_pids(proc.pid), 10, "three children"
     )
     assert procs.stop(proc, signal.SIGTERM) == 0
-    for pid in children:
-        assert not os.path.exists(f"/proc/{pid}") or "zcron" not in cmdline(pid)
+    assert_gone(children)
 
 
 def test_a_dead_child_stops_the_others_and_up_fails(procs: Processes, cluster: Cluster) -> None:
@@ -176,8 +181,7 @@ def test_a_dead_child_stops_the_others_and_up_fails(procs: Processes, cluster: C
     worker = next(pid for pid in children if comm(pid) == "zcron-worker")
     os.kill(worker, signal.SIGKILL)
     assert proc.wait(30) == 1
-    for pid in children:
-        assert not os.path.exists(f"/proc/{pid}") or "zcron" not in cmdline(pid)
+    assert_gone(children)
 
 
 def fd_targets(pid: int, first: int = 0) -> set[str]:
@@ -228,8 +232,7 @@ def test_roles_are_forked_from_up_and_share_its_pages_not_its_fds(
         "the forked worker to start its spawner",
     )
     assert procs.stop(proc, signal.SIGTERM) == 0
-    for pid in children:
-        assert not os.path.exists(f"/proc/{pid}") or "zcron" not in cmdline(pid)
+    assert_gone(children)
 
 
 def test_children_stop_when_up_is_killed(procs: Processes, cluster: Cluster) -> None:
