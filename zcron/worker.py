@@ -512,6 +512,11 @@ class Worker:
             run = runs.by_id.get(runs.held.popleft())
             if run is not None and not run.killed_by_us:  # cancelled while held: never runs
                 self.release(run)
+                # It was `queued` in our last `ready`: this turn's tells it started, or a
+                # scheduler finding us dead would dispatch it again. (Its slot frees at the
+                # exit's pidfd now, turns before the reap that used to set this; the
+                # nemesis saw one such duplicate at a worker SIGKILL.)
+                self.freed = True
 
     def release(self, run: Run) -> None:
         self.coalesce.forget((run.msg["scheduler"], run.msg["job"]), run.run_id)  # started
