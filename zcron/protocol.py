@@ -7,6 +7,7 @@ with a short `reason` that labels `zcron_rejected_messages_total`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -111,6 +112,9 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool, int]]] = {
     "recall": {"run_id": (str, True, MAX_NAME)},
     # worker -> scheduler: these recalled (or, draining, queued) runs never started here
     "returned": {"run_ids": (list, True, 4096)},
+    # worker -> every scheduler: these runs, queued in its last `ready`, started this turn
+    # (a turn that sends no `ready`: ~60 bytes, not the ~10 KB of its lists)
+    "started": {"worker": (str, True, MAX_NAME), "run_ids": (list, True, 4096)},
     # worker -> every scheduler: a run ended (frees overlap state; sets off follow-ups)
     "finished": {
         "run_id": (str, True, MAX_NAME),
@@ -323,9 +327,11 @@ def _is_ended(entry: Any) -> bool:
     )  # fmt: skip
 
 
-def _check_returned(msg: dict) -> None:
-    _require(strings(msg["run_ids"]) and all(0 < len(r) <= MAX_NAME for r in msg["run_ids"]),
-             "returned.run_ids must hold run ids")  # fmt: skip
+def _check_run_ids(kind: str) -> Callable[[dict], None]:
+    def check(msg: dict) -> None:
+        _require(strings(msg["run_ids"]) and all(0 < len(r) <= MAX_NAME for r in msg["run_ids"]),
+                 f"{kind}.run_ids must hold run ids")  # fmt: skip
+    return check
 
 
 def _check_heartbeat(msg: dict) -> None:
@@ -368,7 +374,8 @@ _NESTED = {
         _check_parts(m),
     ),
     "ready": _check_ready,
-    "returned": _check_returned,
+    "returned": _check_run_ids("returned"),
+    "started": _check_run_ids("started"),
     "heartbeat": _check_heartbeat,
     "ack": lambda m: _require(strings(m["run_ids"]), "ack.run_ids must hold strings"),
     "pauses": lambda m: _require(all(map(is_pause, m["entries"])),

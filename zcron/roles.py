@@ -24,6 +24,7 @@ SENDERS: dict[str, tuple[str, str | None]] = {
     "accepted": (WORKER, "worker"),
     "finished": (WORKER, None),  # bound to the worker by its routing id (slots.WorkerTable)
     "returned": (WORKER, None),  # the same: only the worker holding a run can return it
+    "started": (WORKER, "worker"),
     "heartbeat": (SCHEDULER, "scheduler"),
     "claims": (SCHEDULER, "scheduler"),
     "outcomes": (SCHEDULER, "scheduler"),

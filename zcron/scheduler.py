@@ -171,6 +171,7 @@ class Scheduler:
         takeover = self.takeover
         return {
             "ready": self.on_ready, "finished": self.on_finished, "returned": self.on_returned,
+            "started": self.on_started,
             "request": self.requests.on_request, "heartbeat": self.on_heartbeat,
             "claims": takeover.on_fired, "accepted": self.on_accepted,
             "outcomes": lambda identity, msg: self.pending.on_outcomes(msg, self.clock.now()),
@@ -596,9 +597,8 @@ class Scheduler:
         self.router.send_multipart([identity, frame])
 
     def on_ready(self, identity: bytes, msg: dict) -> None:
-        if not identity.startswith(msg["worker"].encode() + b"."):  # net.incarnation's form
-            return self.rejects(f"ready as worker {msg['worker']!r:.40} on another's routing "
-                                f"id {identity[:60]!r}", "impersonation")  # fmt: skip
+        if not self.own_routing_id(identity, msg, "ready"):
+            return
         self.on_batched(identity, msg)
         now_mono = self.clock.monotonic()
         taken = self.workers.taken_by(identity, msg["worker"], now_mono)
@@ -610,6 +610,20 @@ class Scheduler:
         self.hear_silent_worker(msg["worker"])
         self.dispatch_waiting()
         self.recall_queued(now_mono)
+
+    def own_routing_id(self, identity: bytes, msg: dict, kind: str) -> bool:
+        """The worker a message names is the one whose connection it came on."""
+        if identity.startswith(msg["worker"].encode() + b"."):  # net.incarnation's form
+            return True
+        self.rejects(f"{kind} as worker {msg['worker']!r:.40} on another's routing "
+                     f"id {identity[:60]!r}", "impersonation")  # fmt: skip
+        return False
+
+    def on_started(self, identity: bytes, msg: dict) -> None:
+        """Runs queued at the worker's last `ready` have started: no longer ours to
+        dispatch again should it die before its next `ready` (never_started)."""
+        if self.own_routing_id(identity, msg, "started"):
+            self.workers.started(identity, msg["run_ids"])
 
     def on_batched(self, identity: bytes, msg: dict) -> None:
         """What a `ready` carries of the worker's turn, as if sent apart before it: the

@@ -112,6 +112,13 @@ class WorkerTable:
                 best = (key, worker)
         return best[1] if best else None
 
+    def started(self, identity: bytes, run_ids: list[str]) -> None:
+        """Runs the worker listed queued or parked at its last `ready` have started."""
+        worker = self.workers.get(identity)
+        if worker is not None:
+            worker.queued = worker.queued.difference(run_ids)
+            worker.parked = worker.parked.difference(run_ids)
+
     def finished(self, identity: bytes, run_id: str) -> dict | None:
         """Forget a run its worker reports ended (it may not have announced receiving it
         yet); return its job message."""

@@ -3,6 +3,7 @@ slots limit running commands, a freed slot starts the next queued job at once.""
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import zmq
 from tests.harness import wait_until
 from zcron.config import Config, WorkerConfig
 from zcron.protocol import decode
-from zcron.worker import Worker
+from zcron.worker import ANSWERS_WAIT_S, Worker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -191,23 +192,59 @@ def test_a_turn_sends_one_ready_per_scheduler_carrying_its_ended_runs_and_ticks(
             kinds.append(kind)
             ended += [entry[0] for entry in msg.get("ended", [])]
             ticks += msg.get("ticks", [])
-    assert set(kinds) == {"ready"}, kinds
+    assert set(kinds) <= {"ready", "started"}, kinds  # `started`: runs released from the queue
     assert sorted(ended) == [f"r{n}" for n in range(6)] and len(ticks) == 6
-    assert len(kinds) < 12  # at most one per turn that freed something, not two per run
+    assert kinds.count("ready") < 12  # at most one per turn that freed something, not two per run
 
 
-def test_a_draining_worker_returns_its_queue_armed_or_not_and_runs_what_runs(
+def test_a_queued_run_that_starts_is_no_longer_queued_to_its_scheduler_that_turn(
     wired: tuple[Worker, zmq.Socket],
 ) -> None:
+    """A run released from the queue into a freed slot was `queued` in the last `ready`:
+    were the worker to die before telling, a scheduler would dispatch it again (it never
+    started, as far as it knows). The turn that releases it tells it: a `started` of its
+    id, not a whole `ready`, unless the turn sends one anyway."""
     worker, scheduler = wired
-    worker.park_ahead = 2
-    for n in range(6):  # 2 run, 2 wait armed (held), 2 wait unarmed
-        worker.queue(job(f"r{n}", "sleep 0.5"))
-    wait_until(lambda: turn(worker) or len(worker.runs.held) == 2, 10, "two held")
-    assert worker.runs.started == {"r0", "r1"}
-    worker.begin_drain(time.monotonic())
-    returned = [m for k, m in received(scheduler) if k == "returned"]
-    assert returned == [{"run_ids": ["r4", "r5", "r2", "r3"]}], returned
-    wait_until(lambda: turn(worker) or not worker.runs.by_id, 10, "the runs' ends")
-    assert sorted(worker.spool.pending) == ["r0", "r1"]  # the returned ones: no record here
-    assert {r["status"] for r in worker.spool.pending.values()} == {"ok"}
+    for n in range(5):
+        worker.queue(job(f"q{n}", "sleep 0.05"))
+    view: set[str] = set()  # the scheduler's idea of the queue (slots.WorkerSlots)
+    kinds: list[str] = []
+    deadline = time.monotonic() + 20
+    while len(worker.spool.pending) < 5:
+        assert time.monotonic() < deadline, (kinds, worker.spool.pending)
+        turn(worker)
+        worker.announce_if_freed()
+        for kind, msg in received(scheduler):
+            kinds.append(kind)
+            if kind == "ready":
+                view = set(msg.get("queued", ()))
+            elif kind == "started":
+                view -= set(msg["run_ids"])
+        started_here = worker.runs.started | set(worker.spool.pending)
+        assert not view & started_here, (view, started_here, kinds)
+    assert "started" in kinds, kinds  # 3 runs left the queue on an exit's pidfd
+
+
+def test_the_spawners_answers_wait_while_runs_are_queued(worker: Worker) -> None:
+    """While runs wait for a slot, the exit statuses (records) wait unread for up to
+    ANSWERS_WAIT_S; the slot still frees at the exit (pidfd), the runs still go one at a
+    time, and every record comes."""
+    for n in range(6):
+        worker.queue(job(f"w{n}", "sleep 0.01"))
+    spawners = [s.fileno() for s in worker.spawners.values()]
+    unread_since, longest = None, 0.0  # an answer waiting unread while runs are queued
+    deadline = time.monotonic() + 20
+    while len(worker.spool.pending) < 6:
+        assert time.monotonic() < deadline, worker.spool.pending
+        worker.step()
+        now = time.monotonic()
+        if worker.answers_wait_until is not None and select.select(spawners, [], [], 0)[0]:
+            unread_since = unread_since or now
+            longest = max(longest, now - unread_since)
+        else:
+            unread_since = None
+    assert longest >= ANSWERS_WAIT_S / 3, longest
+    records = sorted(worker.spool.pending.values(), key=lambda r: r["started"])
+    assert all(r["status"] == "ok" for r in records), records
+    for before, after in zip(records, records[1:], strict=False):
+        assert before["finished"] <= after["started"]  # one slot

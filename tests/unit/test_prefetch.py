@@ -125,12 +125,16 @@ def test_a_drain_returns_the_queue_by_scheduler() -> None:
 def test_recall_returned_and_the_ready_fields_are_validated() -> None:
     assert decode(encode("recall", run_id="r1")) == ("recall", {"run_id": "r1"})
     assert decode(encode("returned", run_ids=["r1"]))[1] == {"run_ids": ["r1"]}
+    assert decode(encode("started", worker="w1", run_ids=["r1"]))[1]["run_ids"] == ["r1"]
     base = ready("w1", 1, 0, room=3, queued=("r1",))
     assert decode(encode("ready", **base))[1]["room"] == 3
     end = ["r1", "j", "ok", 100.0, 1, 0, 100.5]
     batched = {**base, "ended": [end], "ticks": [["j", 100.0]], "runs": [["j", 100.0, 1]]}
     assert decode(encode("ready", **batched))[1]["ended"] == [end]
     bad = [encode("returned", run_ids=[1]), encode("returned", run_ids=[""]),
+           encode("started", worker="w1", run_ids=[1]), encode("started", worker="w1"),
+           encode("started", worker="w1", run_ids=["r" * 300]),
+           encode("started", worker="w1", run_ids=["r1"] * 4097),
            encode("ready", **{**base, "room": -1}), encode("ready", **{**base, "queued": [3]}),
            encode("ready", **{**base, "room": float("nan")}),
            encode("ready", **{**base, "ended": [["r1", "j", "bogus", *end[3:]]]}),

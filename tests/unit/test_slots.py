@@ -64,3 +64,16 @@ def test_silent_workers_expire() -> None:
     assert table.expire(0.5) == []
     assert [w.id for w in table.expire(1.5)] == ["w1"]
     assert table.pick("default") is None
+
+
+def test_a_started_run_is_no_longer_queued_nor_parked() -> None:
+    """A worker that releases a queued run tells it in a `started` between two `ready`s:
+    were it to die then, the run must not count as never started (dispatched again)."""
+    table = WorkerTable(timeout_s=1.0)
+    table.announce(b"w1", {**ready("w1", 0, 0), "queued": ["q1", "q2"], "parked": ["p1", "q1"]},
+                   now=0.0)  # fmt: skip
+    table.started(b"w1", ["q1", "p1"])
+    worker = table.workers[b"w1"]
+    assert worker.queued == {"q2"} and worker.parked == set()
+    table.started(b"w9", ["q2"])  # a worker we do not know: nothing to change
+    assert worker.queued == {"q2"}

@@ -76,6 +76,9 @@ def test_roles_follow_key_names() -> None:
         ("ready", {"worker": "w1"}, "w1", True),
         ("ready", {"worker": "w2"}, "w1", False),
         ("accepted", {"worker": "w1"}, "a", False),
+        ("started", {"worker": "w1"}, "w1", True),
+        ("started", {"worker": "w2"}, "w1", False),  # another worker's runs
+        ("started", {"worker": "w1"}, "a", False),  # a scheduler posing as a worker
         ("request", {"op": "push"}, "cli", True),
         ("request", {"op": "push"}, "w1", False),  # a worker's key pushes nothing
         ("request", {"op": "push"}, "a", False),
