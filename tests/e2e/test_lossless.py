@@ -105,13 +105,23 @@ def test_sink_and_worker_kills_lose_no_run_and_store_none_twice(
     steady(STEADY_S + 1)
     last = math.floor(time.time()) - 1.0
 
-    records = wait_until(lambda: settled(cluster, first, last), 30, "every tick stored")
+    # The jobs keep firing meanwhile: the runs that ran by now must all be stored, those
+    # after it may not be yet (marks read after the records once showed a whole tick, 40
+    # runs, that had started after the records were read, as "not stored").
+    ran_by_now = {path.name for path in marks.iterdir()}
+
+    def stored() -> list[dict] | None:
+        records = settled(cluster, first, last)
+        return records if records and ran_by_now <= {r["run_id"] for r in records} else None
+
+    records = wait_until(stored, 30, "every tick stored, and every run that ran by then")
     assert scheduler.poll() is None and worker.poll() is None and sink.poll() is None
 
     run_ids = [r["run_id"] for r in records]
     assert len(run_ids) == len(set(run_ids)), "a run id stored twice"
-    ran = {path.name for path in marks.iterdir()}
-    assert ran <= set(run_ids), f"{len(ran - set(run_ids))} runs that ran are not stored"
+    missing = ran_by_now - set(run_ids)
+    assert not missing, f"{len(missing)} runs that ran are not stored"
+    ran = {path.name for path in marks.iterdir()}  # after the records: every stored run's mark
     ok = {r["run_id"] for r in records if r["status"] == "ok"}
     assert ok <= ran, "an ok record for a run that never ran"
 

@@ -273,6 +273,9 @@ def forgeries(now: float) -> list[tuple[str, str, bytes]]:
         ("a", "accepted tick 1e300", encode("accepted", worker="w1", ticks=[["tick", 1e300]])),
         ("a", "accepted far ahead", encode("accepted", worker="w1", ticks=[["tick", now + 600]])),
         ("a", "accepted as w2", encode("accepted", worker="w2", ticks=[["tick", now + 1]])),
+        ("a", "started as w2", encode("started", worker="w2", run_ids=["x"])),
+        ("a", "started, a NaN run id", encode("started", worker="w1", run_ids=[float("nan")])),
+        ("a", "started, 5,000 run ids", encode("started", worker="w1", run_ids=["x"] * 5000)),
         (
             "a",
             "a push from a worker key",
