@@ -34,7 +34,8 @@ ORPHAN_GRACE_S = 2.0  # TERM to KILL for the runs of a worker that died
 # the worker did spool is kept instead: one record per run id).
 RECENT_S = 10.0
 UNRELEASED = 125  # a parked shell's exit when its stdin closed before release (process.py)
-REPORTS_ENV = "ZCRON_SPAWNER_REPORTS"  # the worker's spool directory, for those reports
+# Where those reports go: a path prefix in the worker's spool directory, naming the worker
+REPORTS_ENV = "ZCRON_SPAWNER_REPORTS"
 # Ignored signals survive exec, and a shell cannot trap what it found ignored: Python
 # ignores SIGPIPE and SIGXFSZ, the spawner INT and TERM. Jobs get cron's defaults.
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
@@ -79,7 +80,7 @@ class Ledger:
     restarted worker reads (spool.py); runs we end here (TERM, KILL) stay `lost`."""
 
     def __init__(self) -> None:
-        self.directory = os.environ.get(REPORTS_ENV)
+        self.prefix = os.environ.get(REPORTS_ENV)
         self.requested: dict[int, dict] = {}  # request id -> skeleton, until its pid
         self.running: dict[int, dict] = {}  # pid -> skeleton with "spawned"
         # (monotonic, final record) told the worker: ~10,000 at 1,000 runs/s, trimmed once a
@@ -122,10 +123,10 @@ class Ledger:
         records = [rec for _, rec in self.recent]
         records += [rec for pid, status in exited.items()
                     if (rec := self.ended(pid, status)) is not None]  # fmt: skip
-        if not records or not self.directory:
+        if not records or not self.prefix:
             return
-        name = f"orphans-{os.getpid()}-{time.time_ns():x}"
-        tmp = os.path.join(self.directory, name + ".tmp")
+        name = f"{self.prefix}{os.getpid()}-{time.time_ns():x}"
+        tmp = name + ".tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
@@ -133,7 +134,7 @@ class Ledger:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp, os.path.join(self.directory, name + ".rep"))
+            os.rename(tmp, name + ".rep")
         except OSError as exc:
             os.write(2, f"zcron spawner: cannot report {len(records)} runs: {exc}\n".encode())
 

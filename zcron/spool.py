@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import marshal
 import os
+import re
 import struct
 import time
 import zlib
@@ -106,6 +107,14 @@ def read_segment(data: bytes) -> dict[str, dict]:
     return records
 
 
+OWNER_MARK = "@"  # ends the owner's id in a file name: `seg-w1@<ns>.rec`, `orphans-w1@...`
+
+
+def owner_tag(owner: str | None) -> str:
+    """The owner's part of a file name (an id's characters other than these become _)."""
+    return "" if not owner else re.sub(r"[^A-Za-z0-9_.-]", "_", owner)[:64] + OWNER_MARK
+
+
 def pending_on_disk(directory: str | Path) -> int:
     """Records a spool directory holds unacknowledged, read without changing it (a record
     being appended right now is not counted)."""
@@ -129,8 +138,14 @@ class Spool:
     deletion, which was a third of a busy worker's CPU (ext4's search for a free inode).
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, owner: str | None = None):
+        """`owner`: the worker id whose files these are. Workers of one host may share a
+        directory (the lock is per id): a worker's segments and its spawner's reports
+        carry its id, and a restarted worker takes only its own (and unnamed ones, from
+        before names carried it). Taking another's, it sent them under its key and the
+        sink refused them for good: the nemesis found 7 records spooled forever."""
         self.directory = Path(directory)
+        self.tag = owner_tag(owner)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.pending: dict[str, dict] = {}
         self.sent_at: dict[str, float] = {}
@@ -149,7 +164,7 @@ class Spool:
         """Read every segment (and old one-record files), then move what is pending into a
         fresh segment: a torn tail from a crash is set aside as .bad, its good records kept."""
         found: list[dict] = []
-        old = sorted(self.directory.glob("*.rec"))
+        old = sorted(p for p in self.directory.glob("*.rec") if self.ours(p.name))
         for path in old:
             found += self._read(path)
         for rec in found:
@@ -167,6 +182,8 @@ class Spool:
         worker spooled its own (one record per run id). A report that is not a list of
         valid records is set aside as .bad, as a torn segment is."""
         for path in sorted(self.directory.glob("orphans-*.rep")):
+            if not self.ours(path.name):
+                continue
             try:
                 records = marshal.loads(path.read_bytes())
                 if not isinstance(records, list):
@@ -184,6 +201,14 @@ class Spool:
             path.unlink()
             log.warning("spool %s: %d runs that ended after the worker died, from its "
                         "spawner's report", self.directory, len(taken))  # fmt: skip
+
+    def ours(self, name: str) -> bool:
+        """A file of ours: named with our tag, or with none (written before names carried
+        the owner); every file when we have no owner."""
+        if not self.tag:
+            return True
+        kind, _, rest = name.partition("-")
+        return rest.startswith(self.tag) or OWNER_MARK not in rest
 
     def _read(self, path: Path) -> list[dict]:
         data = path.read_bytes()
@@ -216,7 +241,7 @@ class Spool:
     def _append(self, frame: bytes) -> Path:
         if self.segment is None or self.segment_records >= SEGMENT_RECORDS:
             self._close_segment()
-            self.segment = self.directory / f"seg-{time.time_ns():x}.rec"
+            self.segment = self.directory / f"seg-{self.tag}{time.time_ns():x}.rec"
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
             self.segment_fd = os.open(self.segment, flags, 0o600)
             self.segment_records = 0

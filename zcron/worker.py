@@ -37,7 +37,7 @@ from zcron.protocol import run_record
 from zcron.roles import Roles
 from zcron.runs import RunTable
 from zcron.spawner import Spawner, SpawnerGone, start_spawners
-from zcron.spool import Spool
+from zcron.spool import Spool, owner_tag
 from zcron.statedir import hold
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class Worker:
         # [[run_id, job, status, tick, attempt, exit_code, ended], ...]
         self.ended: list[list] = []
         self.spawners_full = False  # no spawner had room for the next received job
-        self.spool = Spool(config.worker.spool)
+        self.spool = Spool(config.worker.spool, owner=self.id)
         self.poller = zmq.Poller()
         # The runs' pipes sit in one epoll set, polled as one fd: zmq's poll() costs
         # O(fds) a call, and a burst of thousands of runs holds three fds each.
@@ -103,7 +103,8 @@ class Worker:
         # has exec'd.
         request_ids = itertools.count(1)
         self.spawners = {}
-        for spawner in start_spawners(SPAWNERS, request_ids, config.worker.spool):
+        reports = os.path.join(config.worker.spool, f"orphans-{owner_tag(self.id)}")
+        for spawner in start_spawners(SPAWNERS, request_ids, reports):
             self.spawners[spawner.fileno()] = spawner
             self.poller.register(spawner.fileno(), zmq.POLLIN)
         self.next_spawner = itertools.cycle(list(self.spawners.values()))

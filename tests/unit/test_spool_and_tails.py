@@ -10,7 +10,7 @@ from zcron import spawner_process
 from zcron import spool as spool_module
 from zcron.process import Tail
 from zcron.protocol import record
-from zcron.spool import RESEND_AFTER_S, Spool
+from zcron.spool import RESEND_AFTER_S, Spool, owner_tag, pending_on_disk
 
 
 def test_spooled_records_survive_a_restart_until_acked(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def _skeleton(run_id: str) -> dict:
 def test_the_spawners_ledger_reports_only_runs_that_ended_on_their_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(spawner_process.REPORTS_ENV, str(tmp_path))
+    monkeypatch.setenv(spawner_process.REPORTS_ENV, str(tmp_path / f"orphans-{owner_tag('w1')}"))
     ledger = spawner_process.Ledger()
     for n, pid in enumerate((11, 12, 13, 14), 1):
         ledger.requested[n] = _skeleton(f"r{pid}")
@@ -109,8 +109,24 @@ def test_the_spawners_ledger_reports_only_runs_that_ended_on_their_own(
     assert sorted(records) == ["r11", "r12"]
     assert (records["r11"]["status"], records["r12"]["status"]) == ("ok", "failed")
     assert records["r12"]["exit_code"] == 3 and records["r12"]["started"] == 100.0
-    spool = Spool(str(tmp_path))  # the restarted worker takes them, once
+    assert not Spool(str(tmp_path), owner="w2").pending  # another worker of the directory
+    spool = Spool(str(tmp_path), owner="w1")  # the restarted worker takes them, once
     assert sorted(spool.pending) == ["r11", "r12"] and not list(tmp_path.glob("*.rep"))
+
+
+def test_workers_sharing_a_spool_directory_take_only_their_own_files(tmp_path: Path) -> None:
+    """The lock is per worker id, so two workers may share a directory: a restarted one
+    takes its own segments and its spawner's reports, never the other's (it would send
+    them under its key, and the sink refuse them for good: 7 records spooled forever)."""
+    Spool(str(tmp_path)).add(_skeleton("r0"))  # a segment named before names carried ids
+    w1 = Spool(str(tmp_path), owner="w1")  # takes the unnamed one: nobody else can tell
+    w1.add(_skeleton("r1"))
+    w1.add(_skeleton("r2"))
+    w2 = Spool(str(tmp_path), owner="w2")
+    assert w2.pending == {}
+    assert sorted(w1.pending) == ["r0", "r1", "r2"] and pending_on_disk(tmp_path) == 3
+    again = Spool(str(tmp_path), owner="w1")  # w1 restarted: its own records, still there
+    assert sorted(again.pending) == ["r0", "r1", "r2"]
 
 
 def test_a_spawner_report_that_is_not_records_is_set_aside(tmp_path: Path) -> None:
