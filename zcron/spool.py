@@ -202,12 +202,18 @@ class Spool:
             log.warning("spool %s: %d runs that ended after the worker died, from its "
                         "spawner's report", self.directory, len(taken))  # fmt: skip
 
+    @property
+    def reports_prefix(self) -> str:
+        """Where our spawner writes its reports (spawner_process.REPORTS_ENV): the names
+        _take_spawner_reports reads."""
+        return str(self.directory / f"orphans-{self.tag}")
+
     def ours(self, name: str) -> bool:
         """A file of ours: named with our tag, or with none (written before names carried
         the owner); every file when we have no owner."""
         if not self.tag:
             return True
-        kind, _, rest = name.partition("-")
+        _, _, rest = name.partition("-")
         return rest.startswith(self.tag) or OWNER_MARK not in rest
 
     def _read(self, path: Path) -> list[dict]:

@@ -37,7 +37,7 @@ from zcron.protocol import run_record
 from zcron.roles import Roles
 from zcron.runs import RunTable
 from zcron.spawner import Spawner, SpawnerGone, start_spawners
-from zcron.spool import Spool, owner_tag
+from zcron.spool import Spool
 from zcron.statedir import hold
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,7 @@ class Worker:
         # has exec'd.
         request_ids = itertools.count(1)
         self.spawners = {}
-        reports = os.path.join(config.worker.spool, f"orphans-{owner_tag(self.id)}")
-        for spawner in start_spawners(SPAWNERS, request_ids, reports):
+        for spawner in start_spawners(SPAWNERS, request_ids, self.spool.reports_prefix):
             self.spawners[spawner.fileno()] = spawner
             self.poller.register(spawner.fileno(), zmq.POLLIN)
         self.next_spawner = itertools.cycle(list(self.spawners.values()))

@@ -10,7 +10,7 @@ from zcron import spawner_process
 from zcron import spool as spool_module
 from zcron.process import Tail
 from zcron.protocol import record
-from zcron.spool import RESEND_AFTER_S, Spool, owner_tag, pending_on_disk
+from zcron.spool import RESEND_AFTER_S, Spool, pending_on_disk
 
 
 def test_spooled_records_survive_a_restart_until_acked(tmp_path: Path) -> None:
@@ -96,7 +96,8 @@ def _skeleton(run_id: str) -> dict:
 def test_the_spawners_ledger_reports_only_runs_that_ended_on_their_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(spawner_process.REPORTS_ENV, str(tmp_path / f"orphans-{owner_tag('w1')}"))
+    prefix = Spool(str(tmp_path), owner="w1").reports_prefix
+    monkeypatch.setenv(spawner_process.REPORTS_ENV, prefix)
     ledger = spawner_process.Ledger()
     for n, pid in enumerate((11, 12, 13, 14), 1):
         ledger.requested[n] = _skeleton(f"r{pid}")
